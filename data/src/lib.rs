@@ -1,0 +1,20 @@
+//! `baichuan-data`: the SentencePiece tokenizer, raw text corpora to token streams, and the
+//! deterministic, resumable sample order that slices global batches over ranks.
+
+pub mod loader;
+pub mod text;
+pub mod tokenizer;
+
+pub use loader::{Batch, Loader, LoaderState, SampleOrder, TokenSource};
+pub use tokenizer::Tokenizer;
+
+/// Errors of the data crate; each names the file or field and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {msg}")]
+    Input { path: String, msg: String },
+    #[error("data config: {0}")]
+    Config(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+}

@@ -1,0 +1,93 @@
+//! The Baichuan SentencePiece tokenizer (BPE, 64000 pieces, byte fallback) through the
+//! `sentencepiece` crate, which wraps Google's C++ library: the same code Python's
+//! `sentencepiece` runs, so ids agree exactly.
+//!
+//! Training text follows the reference: no BOS, EOS appended after each document.
+
+use std::path::{Path, PathBuf};
+
+use sentencepiece::SentencePieceProcessor;
+
+use crate::DataError;
+
+/// A loaded SentencePiece model.
+pub struct Tokenizer {
+    sp: SentencePieceProcessor,
+    path: PathBuf,
+    eos: u32,
+    bos: u32,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer").field("path", &self.path).field("vocab", &self.vocab_size()).finish()
+    }
+}
+
+impl Tokenizer {
+    /// Opens a `tokenizer.model`; the error names the file and how to get one.
+    pub fn open(path: &Path) -> Result<Self, DataError> {
+        if !path.is_file() {
+            return Err(DataError::Input {
+                path: path.display().to_string(),
+                msg: "tokenizer model not found; HINT: scripts/setup.sh builds the Baichuan-7B \
+                      tokenizer into assets/tokenizer.model, and model directories carry one"
+                    .into(),
+            });
+        }
+        let sp = SentencePieceProcessor::open(path).map_err(|e| DataError::Input {
+            path: path.display().to_string(),
+            msg: format!("not a SentencePiece model: {e}"),
+        })?;
+        let eos = sp.eos_id().unwrap_or(2);
+        let bos = sp.bos_id().unwrap_or(1);
+        Ok(Tokenizer { sp, path: path.to_path_buf(), eos, bos })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.sp.len()
+    }
+
+    pub fn eos_id(&self) -> u32 {
+        self.eos
+    }
+
+    pub fn bos_id(&self) -> u32 {
+        self.bos
+    }
+
+    /// Token ids of `text` (no BOS, no EOS).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
+        let pieces = self.sp.encode(text).map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        Ok(pieces.into_iter().map(|p| p.id).collect())
+    }
+
+    /// Pieces of `text`, for inspection (`baichuan tokenize --pieces`).
+    pub fn encode_pieces(&self, text: &str) -> Result<Vec<(u32, String)>, DataError> {
+        let pieces = self.sp.encode(text).map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        Ok(pieces.into_iter().map(|p| (p.id, p.piece)).collect())
+    }
+
+    /// Text of `ids`.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, DataError> {
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size()) {
+            return Err(DataError::Tokenizer(format!(
+                "id {bad} is outside the vocabulary of {} ({})",
+                self.vocab_size(),
+                self.path.display()
+            )));
+        }
+        self.sp.decode_piece_ids(ids).map_err(|e| DataError::Tokenizer(e.to_string()))
+    }
+
+    /// A training document: its ids followed by EOS.
+    pub fn encode_document(&self, text: &str) -> Result<Vec<u32>, DataError> {
+        let mut ids = self.encode(text)?;
+        ids.push(self.eos);
+        Ok(ids)
+    }
+}

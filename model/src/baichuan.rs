@@ -1,0 +1,451 @@
+//! The Baichuan-7B network: RMSNorm, rotary embeddings, attention with the fused `W_pack`
+//! projection, the SwiGLU MLP, the decoder block and the whole causal LM.
+//!
+//! Follows Baichuan Inc.'s `modeling_baichuan.py` (Baichuan-7B) and Hugging Face's
+//! `modeling_llama.py`, which computes the same function: pre-norm RMSNorm with the variance
+//! in fp32, RoPE (Su et al. 2021) base 10000 in the NeoX `rotate_half` form with cos/sin built
+//! in fp32, causal attention through libtorch's fused `scaled_dot_product_attention`
+//! (FlashAttention kernels on CUDA), `down(silu(gate(x)) * up(x))`, no biases, untied head.
+//!
+//! Parameters are plain tensors named by their Hugging Face keys. The model exposes its
+//! pieces (`embed`, `layers[i].forward`, `head`) so that the trainer can run the layer-wise
+//! schedule (detached block inputs, recomputation, per-block gradient hand-off); the model
+//! itself knows nothing of ranks, buckets or loss scaling.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::config::ModelConfig;
+use crate::ModelError;
+
+/// Root-mean-square layer norm; the variance is always computed in fp32.
+#[derive(Debug)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    fn new(size: i64, eps: f64, device: Device) -> Self {
+        let weight = Tensor::ones([size], (Kind::Float, device)).set_requires_grad(true);
+        RmsNorm { weight, eps }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let dtype = x.kind();
+        let xf = x.to_kind(Kind::Float);
+        let variance = xf.square().mean_dim(-1, true, Kind::Float); // (B, T, 1)
+        let normed = (xf * (variance + self.eps).rsqrt()).to_kind(dtype);
+        normed * &self.weight
+    }
+}
+
+/// Precomputed rotary tables `cos`, `sin`: (max_positions, head_dim), fp32.
+#[derive(Debug)]
+pub struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rotary {
+    pub fn new(head_dim: i64, max_positions: i64, base: f64, device: Device) -> Self {
+        let exponent = Tensor::arange_start_step(0, head_dim, 2, (Kind::Float, device)) / head_dim as f64;
+        let inv_freq = Tensor::pow_scalar(base, &exponent).reciprocal(); // (hd/2)
+        let t = Tensor::arange(max_positions, (Kind::Float, device)); // (P)
+        let freqs = t.unsqueeze(1) * inv_freq.unsqueeze(0); // (P, hd/2)
+        let emb = Tensor::cat(&[&freqs, &freqs], -1); // (P, hd)
+        Rotary { cos: emb.cos(), sin: emb.sin() }
+    }
+
+    fn to_device(&mut self, device: Device) {
+        self.cos = self.cos.to_device(device);
+        self.sin = self.sin.to_device(device);
+    }
+
+    /// Rotates `x`: (B, nh, T, hd) at positions `offset..offset+T`.
+    pub fn apply(&self, x: &Tensor, offset: i64) -> Tensor {
+        let t = x.size()[2];
+        let cos = self.cos.narrow(0, offset, t).to_kind(x.kind()); // (T, hd)
+        let sin = self.sin.narrow(0, offset, t).to_kind(x.kind());
+        x * cos + rotate_half(x) * sin
+    }
+}
+
+/// `[-x2, x1]` for `x = [x1, x2]` split in halves along the last dimension.
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size()[3] / 2;
+    let x1 = x.narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    Tensor::cat(&[&x2.neg(), &x1], -1)
+}
+
+/// Keys and values of earlier positions for incremental decoding, preallocated per layer.
+#[derive(Debug)]
+pub struct KvCache {
+    keys: Vec<Tensor>,   // per layer (B, nh, capacity, hd)
+    values: Vec<Tensor>, // per layer (B, nh, capacity, hd)
+    len: i64,
+    capacity: i64,
+}
+
+impl KvCache {
+    pub fn new(config: &ModelConfig, batch: i64, capacity: i64, kind: Kind, device: Device) -> Self {
+        let shape = [batch, config.num_attention_heads, capacity, config.head_dim()];
+        let layers = config.num_hidden_layers as usize;
+        KvCache {
+            keys: (0..layers).map(|_| Tensor::zeros(shape, (kind, device))).collect(),
+            values: (0..layers).map(|_| Tensor::zeros(shape, (kind, device))).collect(),
+            len: 0,
+            capacity,
+        }
+    }
+
+    /// Positions already cached.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> i64 {
+        self.capacity
+    }
+}
+
+/// Multi-head causal self-attention with the fused QKV projection `W_pack` (rows Q, K, V).
+#[derive(Debug)]
+pub struct Attention {
+    pub w_pack: Tensor, // (3d, d)
+    pub o_proj: Tensor, // (d, d)
+    num_heads: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rotary: &Rotary,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor {
+        let (b, t, d) = x.size3().expect("attention input is (B, T, d)");
+        let qkv = x
+            .linear(&self.w_pack, None::<Tensor>)
+            .view([b, t, 3, self.num_heads, self.head_dim])
+            .permute([2, 0, 3, 1, 4]); // (3, B, nh, T, hd)
+        let offset = cache.as_ref().map_or(0, |(c, _)| c.len);
+        let q = rotary.apply(&qkv.get(0), offset);
+        let k = rotary.apply(&qkv.get(1), offset);
+        let v = qkv.get(2);
+        let y = match cache {
+            None => Tensor::scaled_dot_product_attention(
+                &q, &k, &v, None::<Tensor>, 0.0, true, None, false,
+            ),
+            Some((cache, layer)) => {
+                let end = offset + t;
+                cache.keys[layer].narrow(2, offset, t).copy_(&k);
+                cache.values[layer].narrow(2, offset, t).copy_(&v);
+                let keys = cache.keys[layer].narrow(2, 0, end); // (B, nh, end, hd)
+                let values = cache.values[layer].narrow(2, 0, end);
+                if t == 1 {
+                    // one new query sees every cached position
+                    Tensor::scaled_dot_product_attention(
+                        &q, &keys, &values, None::<Tensor>, 0.0, false, None, false,
+                    )
+                } else {
+                    // query i sits at position offset+i and sees keys 0..=offset+i
+                    let mask = Tensor::ones([t, end], (Kind::Bool, x.device())).tril(offset);
+                    Tensor::scaled_dot_product_attention(
+                        &q, &keys, &values, Some(mask), 0.0, false, None, false,
+                    )
+                }
+            }
+        }; // (B, nh, T, hd)
+        let y = y.transpose(1, 2).contiguous().view([b, t, d]);
+        y.linear(&self.o_proj, None::<Tensor>)
+    }
+}
+
+/// The SwiGLU feed-forward layer: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug)]
+pub struct Mlp {
+    pub gate_proj: Tensor, // (f, d)
+    pub up_proj: Tensor,   // (f, d)
+    pub down_proj: Tensor, // (d, f)
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let gate = x.linear(&self.gate_proj, None::<Tensor>).silu(); // (B, T, f)
+        let up = x.linear(&self.up_proj, None::<Tensor>);
+        (gate * up).linear(&self.down_proj, None::<Tensor>) // (B, T, d)
+    }
+}
+
+/// One pre-norm decoder block.
+#[derive(Debug)]
+pub struct Block {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+impl Block {
+    /// `x`: (B, T, d) -> (B, T, d), positions 0..T, causal.
+    pub fn forward(&self, x: &Tensor, rotary: &Rotary) -> Tensor {
+        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), rotary, None);
+        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
+    }
+
+    fn forward_cached(&self, x: &Tensor, rotary: &Rotary, cache: &mut KvCache, layer: usize) -> Tensor {
+        let attn = self.self_attn.forward(&self.input_layernorm.forward(x), rotary, Some((cache, layer)));
+        let h = x + attn;
+        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
+    }
+
+    /// The block's parameters with their names relative to `model.layers.{i}.`.
+    pub fn named_parameters(&self) -> Vec<(&'static str, &Tensor)> {
+        vec![
+            ("input_layernorm.weight", &self.input_layernorm.weight),
+            ("self_attn.W_pack.weight", &self.self_attn.w_pack),
+            ("self_attn.o_proj.weight", &self.self_attn.o_proj),
+            ("post_attention_layernorm.weight", &self.post_attention_layernorm.weight),
+            ("mlp.gate_proj.weight", &self.mlp.gate_proj),
+            ("mlp.up_proj.weight", &self.mlp.up_proj),
+            ("mlp.down_proj.weight", &self.mlp.down_proj),
+        ]
+    }
+}
+
+/// The Baichuan-7B causal language model.
+#[derive(Debug)]
+pub struct Baichuan {
+    pub config: ModelConfig,
+    pub embed_tokens: Tensor, // (V, d)
+    pub layers: Vec<Block>,
+    pub norm: RmsNorm,
+    pub lm_head: Tensor, // (V, d)
+    pub rotary: Rotary,
+}
+
+fn param(shape: &[i64], std: f64, device: Device) -> Tensor {
+    let mut t = Tensor::empty(shape, (Kind::Float, device));
+    let _ = t.normal_(0.0, std);
+    t.set_requires_grad(true)
+}
+
+impl Baichuan {
+    /// A freshly initialised fp32 model: every matrix normal(0, initializer_range), norms
+    /// one, the padding row of the embedding zero (as the reference's `_init_weights`).
+    /// Seed libtorch (`tch::manual_seed`) first for a reproducible draw.
+    pub fn new(config: &ModelConfig, device: Device) -> Result<Self, ModelError> {
+        config.validate()?;
+        let (v, d, f) = (config.vocab_size, config.hidden_size, config.intermediate_size);
+        let std = config.initializer_range;
+        let embed_tokens = param(&[v, d], std, device);
+        if let Some(pad) = config.pad_token_id {
+            tch::no_grad(|| {
+                let _ = embed_tokens.get(pad).zero_();
+            });
+        }
+        let layers = (0..config.num_hidden_layers)
+            .map(|_| Block {
+                input_layernorm: RmsNorm::new(d, config.rms_norm_eps, device),
+                self_attn: Attention {
+                    w_pack: param(&[3 * d, d], std, device),
+                    o_proj: param(&[d, d], std, device),
+                    num_heads: config.num_attention_heads,
+                    head_dim: config.head_dim(),
+                },
+                post_attention_layernorm: RmsNorm::new(d, config.rms_norm_eps, device),
+                mlp: Mlp {
+                    gate_proj: param(&[f, d], std, device),
+                    up_proj: param(&[f, d], std, device),
+                    down_proj: param(&[d, f], std, device),
+                },
+            })
+            .collect();
+        Ok(Baichuan {
+            config: config.clone(),
+            embed_tokens,
+            layers,
+            norm: RmsNorm::new(d, config.rms_norm_eps, device),
+            lm_head: param(&[v, d], std, device),
+            rotary: Rotary::new(config.head_dim(), config.max_position_embeddings, config.rope_theta, device),
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.embed_tokens.device()
+    }
+
+    /// The dtype of the parameters (all share one).
+    pub fn kind(&self) -> Kind {
+        self.embed_tokens.kind()
+    }
+
+    /// Every parameter with its Hugging Face name, in a fixed order: embedding, blocks in
+    /// order, final norm, head. The tensors share storage and autograd state with the model.
+    pub fn named_parameters(&self) -> Vec<(String, &Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed_tokens)];
+        for (i, block) in self.layers.iter().enumerate() {
+            for (name, t) in block.named_parameters() {
+                out.push((format!("model.layers.{i}.{name}"), t));
+            }
+        }
+        out.push(("model.norm.weight".to_string(), &self.norm.weight));
+        out.push(("lm_head.weight".to_string(), &self.lm_head));
+        out
+    }
+
+    pub fn parameters(&self) -> Vec<&Tensor> {
+        self.named_parameters().into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// Replaces every parameter's data by a copy in `kind` on `device`, in place (the
+    /// parameter tensors keep their identity), and moves the rotary tables.
+    pub fn to(&mut self, device: Device, kind: Kind) {
+        tch::no_grad(|| {
+            for p in self.parameters() {
+                let mut p = p.shallow_clone();
+                p.set_data(&p.to_device(device).to_kind(kind));
+            }
+        });
+        self.rotary.to_device(device);
+    }
+
+    /// Token embedding: ids (B, T) int64 -> (B, T, d). The padding row gets no gradient.
+    pub fn embed(&self, ids: &Tensor) -> Tensor {
+        let pad = self.config.pad_token_id.unwrap_or(-1);
+        Tensor::embedding(&self.embed_tokens, ids, pad, false, false)
+    }
+
+    /// Final norm and head: (B, T, d) -> logits (B, T, V) in the parameter dtype.
+    pub fn head(&self, h: &Tensor) -> Tensor {
+        self.norm.forward(h).linear(&self.lm_head, None::<Tensor>)
+    }
+
+    /// Runs block `i` on (B, T, d).
+    pub fn block(&self, i: usize, x: &Tensor) -> Tensor {
+        self.layers[i].forward(x, &self.rotary)
+    }
+
+    /// The whole network on ids (B, T): logits (B, T, V).
+    pub fn forward(&self, ids: &Tensor) -> Tensor {
+        let mut h = self.embed(ids);
+        for i in 0..self.layers.len() {
+            h = self.block(i, &h);
+        }
+        self.head(&h)
+    }
+
+    /// Incremental forward for decoding: appends `ids` (B, T) after the cached positions and
+    /// returns the logits of the last position (B, V).
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor, ModelError> {
+        let t = ids.size()[1];
+        if cache.len + t > cache.capacity {
+            return Err(ModelError::Config(format!(
+                "sequence of {} tokens exceeds the cache capacity {} (max_position_embeddings {})",
+                cache.len + t,
+                cache.capacity,
+                self.config.max_position_embeddings
+            )));
+        }
+        let mut h = self.embed(ids);
+        for (i, block) in self.layers.iter().enumerate() {
+            h = block.forward_cached(&h, &self.rotary, cache, i);
+        }
+        cache.len += t;
+        let last = h.narrow(1, t - 1, 1); // (B, 1, d)
+        Ok(self.head(&last).squeeze_dim(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> ModelConfig {
+        ModelConfig {
+            vocab_size: 50,
+            hidden_size: 16,
+            intermediate_size: 24,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            max_position_embeddings: 32,
+            ..ModelConfig::tiny()
+        }
+    }
+
+    #[test]
+    fn parameter_names_and_count_match_the_config() {
+        let c = tiny();
+        let m = Baichuan::new(&c, Device::Cpu).unwrap();
+        let named = m.named_parameters();
+        let total: i64 = named.iter().map(|(_, t)| t.numel() as i64).sum();
+        assert_eq!(total as u64, c.num_parameters());
+        assert_eq!(named[0].0, "model.embed_tokens.weight");
+        assert_eq!(named[2].0, "model.layers.0.self_attn.W_pack.weight");
+        assert_eq!(named[2].1.size(), vec![48, 16]);
+        assert_eq!(named.last().unwrap().0, "lm_head.weight");
+        // the padding row starts at zero
+        assert_eq!(m.embed_tokens.get(0).abs().sum(Kind::Float).double_value(&[]), 0.0);
+    }
+
+    #[test]
+    fn rms_norm_matches_its_definition() {
+        let n = RmsNorm::new(4, 1e-6, Device::Cpu);
+        let x = Tensor::from_slice(&[1.0f32, -2.0, 3.0, -4.0]).view([1, 1, 4]);
+        let y = n.forward(&x);
+        let rms = ((1.0 + 4.0 + 9.0 + 16.0) / 4.0f64 + 1e-6).sqrt();
+        let got = y.double_value(&[0, 0, 3]);
+        assert!((got - (-4.0 / rms)).abs() < 1e-6, "{got}");
+    }
+
+    #[test]
+    fn rotary_keeps_norms_and_is_identity_at_position_zero() {
+        let r = Rotary::new(8, 16, 10000.0, Device::Cpu);
+        let x = Tensor::randn([1, 2, 5, 8], (Kind::Float, Device::Cpu));
+        let y = r.apply(&x, 0);
+        let d0 = (y.narrow(2, 0, 1) - x.narrow(2, 0, 1)).abs().max().double_value(&[]);
+        assert!(d0 < 1e-7);
+        let nx = x.square().sum_dim_intlist(-1, false, Kind::Float);
+        let ny = y.square().sum_dim_intlist(-1, false, Kind::Float);
+        assert!((nx - ny).abs().max().double_value(&[]) < 1e-5);
+    }
+
+    #[test]
+    fn the_model_is_causal() {
+        tch::manual_seed(0);
+        let m = Baichuan::new(&tiny(), Device::Cpu).unwrap();
+        let a = Tensor::from_slice(&[3i64, 4, 5, 6, 7]).view([1, 5]);
+        let b = Tensor::from_slice(&[3i64, 4, 5, 9, 9]).view([1, 5]);
+        let (la, lb) = tch::no_grad(|| (m.forward(&a), m.forward(&b)));
+        let diff = (la.narrow(1, 0, 3) - lb.narrow(1, 0, 3)).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "earlier positions changed by {diff}");
+        let later = (la.narrow(1, 3, 2) - lb.narrow(1, 3, 2)).abs().max().double_value(&[]);
+        assert!(later > 1e-4);
+    }
+
+    #[test]
+    fn cached_decoding_equals_the_full_forward() {
+        tch::manual_seed(1);
+        let c = tiny();
+        let m = Baichuan::new(&c, Device::Cpu).unwrap();
+        let ids = Tensor::from_slice(&[5i64, 9, 2, 7, 11, 13, 1]).view([1, 7]);
+        let full = tch::no_grad(|| m.forward(&ids)); // (1, 7, V)
+        let mut cache = KvCache::new(&c, 1, 16, Kind::Float, Device::Cpu);
+        tch::no_grad(|| {
+            // prefill 4 tokens, then one at a time, then a chunk of 2 against a warm cache
+            let l = m.forward_cached(&ids.narrow(1, 0, 4), &mut cache).unwrap();
+            assert!((l - full.get(0).get(3)).abs().max().double_value(&[]) < 1e-5);
+            let l = m.forward_cached(&ids.narrow(1, 4, 1), &mut cache).unwrap();
+            assert!((l - full.get(0).get(4)).abs().max().double_value(&[]) < 1e-5);
+            let l = m.forward_cached(&ids.narrow(1, 5, 2), &mut cache).unwrap();
+            assert!((l - full.get(0).get(6)).abs().max().double_value(&[]) < 1e-5);
+        });
+        assert_eq!(cache.len(), 7);
+    }
+}

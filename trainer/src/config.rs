@@ -1,0 +1,391 @@
+//! The run configuration: one typed tree read from TOML, defaults in code, unknown keys
+//! rejected, `--set section.key=value` overrides type-checked against the same tree, and a
+//! single `validate()` at start-up that resolves the derived values (model shape, gradient
+//! accumulation, device).
+//!
+//! Follows nanoGPT/torchtitan practice (config is one typed tree saved with every run) and
+//! DESIGN.md's section sketch. Model keys use the Hugging Face `config.json` names.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use baichuan_model::ModelConfig;
+use serde::{Deserialize, Serialize};
+
+/// `[job]`: naming, where outputs go, the seed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobConfig {
+    /// Name shown in logs.
+    pub name: String,
+    /// Directory for metrics, logs and the trained model.
+    pub run_dir: PathBuf,
+    /// Seed of initialisation and data order.
+    pub seed: u64,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        JobConfig { name: "baichuan".into(), run_dir: "runs/default".into(), seed: 1234 }
+    }
+}
+
+/// `[model]`: a preset, optionally reshaped by Hugging Face config names, or weights to start from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// "tiny" | "small" | "baichuan-7b".
+    pub preset: String,
+    pub vocab_size: Option<i64>,
+    pub hidden_size: Option<i64>,
+    pub intermediate_size: Option<i64>,
+    pub num_hidden_layers: Option<i64>,
+    pub num_attention_heads: Option<i64>,
+    pub max_position_embeddings: Option<i64>,
+    pub rms_norm_eps: Option<f64>,
+    pub initializer_range: Option<f64>,
+    /// A Hugging Face model directory to start from; its config.json decides the shape.
+    pub init_from: Option<PathBuf>,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection {
+            preset: "tiny".into(),
+            vocab_size: None,
+            hidden_size: None,
+            intermediate_size: None,
+            num_hidden_layers: None,
+            num_attention_heads: None,
+            max_position_embeddings: None,
+            rms_norm_eps: None,
+            initializer_range: None,
+            init_from: None,
+        }
+    }
+}
+
+impl ModelSection {
+    /// The preset with the overrides applied (or the shape of `init_from`).
+    pub fn resolve(&self) -> Result<ModelConfig> {
+        let mut c = match &self.init_from {
+            Some(dir) => baichuan_model::hf::read_config(dir)
+                .with_context(|| format!("model.init_from = {}", dir.display()))?
+                .0,
+            None => ModelConfig::preset(&self.preset)?,
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
+        }
+        set!(
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            max_position_embeddings,
+            rms_norm_eps,
+            initializer_range
+        );
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Text input formats read directly by `train`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// UTF-8 `.txt` files, one document per line (the reference's layout).
+    Text,
+    /// JSON lines with a text field.
+    Jsonl,
+}
+
+/// `[data]`: where tokens come from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Files or directories of training text.
+    pub path: Vec<PathBuf>,
+    pub format: DataFormat,
+    /// JSONL field holding the document.
+    pub text_key: String,
+    /// SentencePiece model; defaults to `tokenizer.model` of `model.init_from`.
+    pub tokenizer: PathBuf,
+    /// Tokens per training sequence.
+    pub seq_len: i64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            path: vec!["data/sample".into()],
+            format: DataFormat::Text,
+            text_key: "text".into(),
+            tokenizer: "assets/tokenizer.model".into(),
+            seq_len: 128,
+        }
+    }
+}
+
+/// Numeric precision of parameters and activations.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// fp32 everywhere.
+    Fp32,
+    /// bf16 parameters and activations; fp32 master weights, AdamW state, norm variance and loss.
+    Bf16,
+}
+
+/// Where to compute.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when available, else CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// `[train]`: optimisation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Sequences per forward/backward on one rank.
+    pub micro_batch_size: i64,
+    /// Sequences per optimizer step over all ranks; a multiple of the micro-batch.
+    pub global_batch_size: i64,
+    /// Peak learning rate after warm-up.
+    pub lr: f64,
+    /// Learning rate at the end of the cosine decay.
+    pub min_lr: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: u64,
+    /// AdamW decoupled weight decay, applied to matrices only (not norms).
+    pub weight_decay: f64,
+    pub betas: [f64; 2],
+    pub eps: f64,
+    /// Global gradient-norm clipping threshold; 0 disables.
+    pub grad_clip: f64,
+    pub precision: Precision,
+    pub device: DeviceChoice,
+    /// Print a line every this many steps.
+    pub log_interval: u64,
+    /// Tokens per chunk of the cross-entropy (bounds the fp32 logits held at once).
+    pub loss_chunk_tokens: i64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 100,
+            micro_batch_size: 8,
+            global_batch_size: 8,
+            lr: 3e-4,
+            min_lr: 3e-5,
+            warmup_steps: 10,
+            weight_decay: 0.1,
+            betas: [0.9, 0.95],
+            eps: 1e-8,
+            grad_clip: 1.0,
+            precision: Precision::Fp32,
+            device: DeviceChoice::Auto,
+            log_interval: 10,
+            loss_chunk_tokens: 8192,
+        }
+    }
+}
+
+/// The whole run configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    pub job: JobConfig,
+    pub model: ModelSection,
+    pub data: DataConfig,
+    pub train: TrainConfig,
+}
+
+/// Values derived once at start-up from the config and the world.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub model: ModelConfig,
+    pub grad_accum: i64,
+    pub device: tch::Device,
+}
+
+/// Parses `a.b=v`: the value as a TOML value (number, bool, array, quoted string), falling
+/// back to a bare string.
+fn parse_override(spec: &str) -> Result<(Vec<String>, toml::Value)> {
+    let (key, raw) = spec
+        .split_once('=')
+        .with_context(|| format!("--set {spec:?}: expected section.key=value"))?;
+    let path: Vec<String> = key.trim().split('.').map(str::to_string).collect();
+    if path.len() < 2 || path.iter().any(|p| p.is_empty()) {
+        bail!("--set {spec:?}: the key must name a section and a field, e.g. train.lr=1e-3");
+    }
+    let raw = raw.trim();
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    Ok((path, value))
+}
+
+impl RunConfig {
+    /// Reads a TOML file and applies `--set` overrides; every error names the file or key.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        Self::from_toml(&text, overrides).with_context(|| format!("config {}", path.display()))
+    }
+
+    pub fn from_toml(text: &str, overrides: &[String]) -> Result<Self> {
+        let mut table: toml::Table = toml::from_str(text).context("invalid TOML")?;
+        for spec in overrides {
+            let (path, value) = parse_override(spec)?;
+            let mut node = &mut table;
+            for part in &path[..path.len() - 1] {
+                let entry = node.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                node = entry
+                    .as_table_mut()
+                    .with_context(|| format!("--set {spec:?}: {part} is not a section"))?;
+            }
+            node.insert(path[path.len() - 1].clone(), value);
+        }
+        let config: RunConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            anyhow::anyhow!("{}", e.message().trim()).context(
+                "HINT: see the configuration reference in README.md for every key and its type",
+            )
+        })?;
+        Ok(config)
+    }
+
+    /// Checks the config once and derives what the run needs. `world` is the number of
+    /// data-parallel ranks.
+    pub fn validate(&self, world: i64) -> Result<Resolved> {
+        let model = self.model.resolve().context("[model]")?;
+        let t = &self.train;
+        let d = &self.data;
+        if d.seq_len <= 0 || d.seq_len > model.max_position_embeddings {
+            bail!(
+                "data.seq_len = {} must be in 1..={} (model.max_position_embeddings)",
+                d.seq_len,
+                model.max_position_embeddings
+            );
+        }
+        if d.path.is_empty() {
+            bail!("data.path is empty: name at least one file or directory of training text");
+        }
+        if t.micro_batch_size <= 0 || t.global_batch_size <= 0 {
+            bail!("train.micro_batch_size and train.global_batch_size must be positive");
+        }
+        let per_step = t.micro_batch_size * world;
+        if t.global_batch_size % per_step != 0 {
+            bail!(
+                "train.global_batch_size = {} is not a multiple of micro_batch_size x ranks = {} x {world}; \
+                 HINT: set it to a multiple of {per_step}",
+                t.global_batch_size,
+                t.micro_batch_size
+            );
+        }
+        if t.steps == 0 {
+            bail!("train.steps must be at least 1");
+        }
+        if !(t.lr > 0.0) || t.min_lr < 0.0 || t.min_lr > t.lr {
+            bail!("train.lr must be > 0 and 0 <= train.min_lr <= train.lr");
+        }
+        if t.betas.iter().any(|b| !(0.0..1.0).contains(b)) || !(t.eps > 0.0) {
+            bail!("train.betas must lie in [0, 1) and train.eps must be > 0");
+        }
+        if t.weight_decay < 0.0 || t.grad_clip < 0.0 {
+            bail!("train.weight_decay and train.grad_clip must be >= 0");
+        }
+        if t.loss_chunk_tokens <= 0 || t.log_interval == 0 {
+            bail!("train.loss_chunk_tokens and train.log_interval must be positive");
+        }
+        let device = match t.device {
+            DeviceChoice::Cpu => tch::Device::Cpu,
+            DeviceChoice::Cuda if !tch::Cuda::is_available() => {
+                bail!("train.device = \"cuda\" but libtorch sees no CUDA device; HINT: use \"auto\" or \"cpu\"")
+            }
+            DeviceChoice::Cuda => tch::Device::Cuda(0),
+            DeviceChoice::Auto => tch::Device::cuda_if_available(),
+        };
+        Ok(Resolved { model, grad_accum: t.global_batch_size / per_step, device })
+    }
+
+    /// The TOML text of the resolved config, saved beside every run.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_from_an_empty_file() {
+        let c = RunConfig::from_toml("", &[]).unwrap();
+        assert_eq!(c, RunConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = RunConfig::from_toml("[train]\nlearning_rate = 1.0\n", &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("learning_rate"), "{err:#}");
+        let err = RunConfig::from_toml("[trian]\n", &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("trian"), "{err:#}");
+    }
+
+    #[test]
+    fn overrides_are_type_checked() {
+        let c = RunConfig::from_toml("", &["train.lr=0.5".into(), "job.name=abc".into()]).unwrap();
+        assert_eq!(c.train.lr, 0.5);
+        assert_eq!(c.job.name, "abc");
+        let c = RunConfig::from_toml("", &["train.betas=[0.8, 0.9]".into(), "train.precision=bf16".into()])
+            .unwrap();
+        assert_eq!(c.train.betas, [0.8, 0.9]);
+        assert_eq!(c.train.precision, Precision::Bf16);
+        let err = RunConfig::from_toml("", &["train.steps=many".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("steps") || format!("{err:#}").contains("integer"), "{err:#}");
+        assert!(RunConfig::from_toml("", &["train.nope=1".into()]).is_err());
+        assert!(RunConfig::from_toml("", &["lr=1".into()]).is_err());
+    }
+
+    #[test]
+    fn validate_derives_accumulation_and_rejects_uneven_batches() {
+        let mut c = RunConfig::default();
+        c.train.micro_batch_size = 4;
+        c.train.global_batch_size = 16;
+        c.train.device = DeviceChoice::Cpu;
+        assert_eq!(c.validate(1).unwrap().grad_accum, 4);
+        assert_eq!(c.validate(2).unwrap().grad_accum, 2);
+        let err = c.validate(3).unwrap_err().to_string();
+        assert!(err.contains("global_batch_size"), "{err}");
+        c.data.seq_len = 100_000;
+        assert!(c.validate(1).unwrap_err().to_string().contains("seq_len"));
+    }
+
+    #[test]
+    fn every_example_config_parses_and_validates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) == Some("toml") {
+                let c = RunConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                let mut c = c;
+                c.train.device = DeviceChoice::Cpu;
+                c.validate(1).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "expected the example configs in {}", dir.display());
+    }
+}

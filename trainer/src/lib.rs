@@ -1,0 +1,10 @@
+//! `baichuan-trainer`: everything around the model that makes a training run: the typed run
+//! config, the layer-wise training step, the flat AdamW, metrics, the memory planner and the
+//! training loop. The `baichuan` binary (main.rs) is a thin CLI over these modules.
+
+pub mod config;
+pub mod info;
+pub mod metrics;
+pub mod optim;
+pub mod step;
+pub mod train;

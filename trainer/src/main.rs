@@ -1,0 +1,261 @@
+//! The `baichuan` command line: `train`, `init`, `export`, `generate`, `info`, `tokenize`.
+//! Each subcommand is a thin layer over the library crates; errors carry context naming the
+//! file or flag at fault (anyhow), and end with a HINT where a fix is known.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use baichuan_data::Tokenizer;
+use baichuan_model::generate::{generate, Sampling};
+use baichuan_model::{hf, Baichuan, Layout};
+use baichuan_trainer::config::RunConfig;
+use baichuan_trainer::{info, train};
+use clap::{Parser, Subcommand, ValueEnum};
+use tch::{Device, Kind};
+
+#[derive(Parser)]
+#[command(name = "baichuan", version, about = "Pretrain Baichuan-7B-architecture language models on libtorch")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// Fused W_pack, as Baichuan-7B is published.
+    Baichuan,
+    /// Separate q/k/v: loads in transformers' LlamaForCausalLM without custom code.
+    Llama,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Dtype {
+    Fp32,
+    Bf16,
+    Fp16,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model from a TOML run config.
+    Train {
+        #[arg(long)]
+        config: PathBuf,
+        /// Override a config value, e.g. --set train.lr=1e-3 (repeatable).
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Write a freshly initialised model directory (a seed checkpoint).
+    Init {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        overrides: Vec<String>,
+        #[arg(long, value_enum, default_value = "fp32")]
+        dtype: Dtype,
+    },
+    /// Rewrite a model directory in Baichuan or LLaMA layout, optionally sharded.
+    Export {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "baichuan")]
+        format: Format,
+        #[arg(long, value_enum, default_value = "fp32")]
+        dtype: Dtype,
+        /// Largest shard in bytes (suffixes KB, MB, GB); one file when omitted.
+        #[arg(long)]
+        max_shard_size: Option<String>,
+    },
+    /// Generate text from a model directory, streaming tokens as they come.
+    Generate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// 0 is greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        #[arg(long, default_value_t = 0)]
+        top_k: i64,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        #[arg(long, default_value_t = 1.1)]
+        repetition_penalty: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// cpu, cuda or auto.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Print token ids instead of text.
+        #[arg(long)]
+        ids: bool,
+    },
+    /// Parameter count, FLOPs per token and the per-GPU memory plan of a config.
+    Info {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        overrides: Vec<String>,
+        #[arg(long, default_value_t = 8)]
+        world_size: u64,
+        #[arg(long, value_enum, default_value = "bf16")]
+        dtype: Dtype,
+        #[arg(long, default_value_t = 1)]
+        zero_stage: u8,
+        #[arg(long)]
+        activation_checkpointing: bool,
+    },
+    /// Encode stdin to ids (or pieces), or decode ids to text.
+    Tokenize {
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long)]
+        pieces: bool,
+        #[arg(long)]
+        decode: bool,
+    },
+}
+
+fn kind_of(d: Dtype) -> Kind {
+    match d {
+        Dtype::Fp32 => Kind::Float,
+        Dtype::Bf16 => Kind::BFloat16,
+        Dtype::Fp16 => Kind::Half,
+    }
+}
+
+fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim().to_ascii_uppercase();
+    let (num, mult) = [("GB", 1u64 << 30), ("MB", 1 << 20), ("KB", 1 << 10), ("B", 1)]
+        .iter()
+        .find_map(|(suffix, m)| t.strip_suffix(suffix).map(|n| (n.trim().to_string(), *m)))
+        .unwrap_or((t.clone(), 1));
+    let value: f64 = num.parse().with_context(|| format!("--max-shard-size {text:?}: expected e.g. 5GB"))?;
+    Ok((value * mult as f64) as u64)
+}
+
+fn device_of(name: &str) -> Result<Device> {
+    Ok(match name {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        "auto" => Device::cuda_if_available(),
+        other => bail!("--device {other:?}: expected cpu, cuda or auto"),
+    })
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Train { config, overrides } => {
+            let cfg = RunConfig::load(&config, &overrides)?;
+            let summary = train::train(&cfg)?;
+            if let (Some(first), Some(last)) = (summary.losses.first(), summary.losses.last()) {
+                println!("loss: {first:.4} at step 1 -> {last:.4} at step {}", summary.losses.len());
+            }
+        }
+        Command::Init { config, out, overrides, dtype } => {
+            let cfg = RunConfig::load(&config, &overrides)?;
+            let resolved = cfg.validate(1)?;
+            tch::manual_seed(cfg.job.seed as i64);
+            let model = Baichuan::new(&resolved.model, Device::Cpu)?;
+            hf::save_pretrained(&model, &out, Layout::Baichuan, kind_of(dtype), None)?;
+            if cfg.data.tokenizer.exists() {
+                hf::copy_tokenizer(&cfg.data.tokenizer, &out)?;
+            } else {
+                eprintln!("warning: tokenizer {} not found; the model directory has none", cfg.data.tokenizer.display());
+            }
+            println!("wrote a freshly initialised model ({} parameters) to {}", resolved.model.num_parameters(), out.display());
+        }
+        Command::Export { model, out, format, dtype, max_shard_size } => {
+            let m = hf::load_pretrained(&model, Device::Cpu).with_context(|| format!("loading {}", model.display()))?;
+            let shard = max_shard_size.as_deref().map(parse_size).transpose()?;
+            let layout = match format {
+                Format::Baichuan => Layout::Baichuan,
+                Format::Llama => Layout::Llama,
+            };
+            hf::save_pretrained(&m, &out, layout, kind_of(dtype), shard)?;
+            let tok = model.join(hf::TOKENIZER_FILE);
+            if tok.exists() {
+                hf::copy_tokenizer(&tok, &out)?;
+            }
+            println!("exported {} to {}", model.display(), out.display());
+        }
+        Command::Generate { model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, device, ids } => {
+            let tok_path = model.join(hf::TOKENIZER_FILE);
+            let tokenizer = Tokenizer::open(&tok_path)?;
+            let mut m = hf::load_pretrained(&model, Device::Cpu).with_context(|| format!("loading {}", model.display()))?;
+            let device = device_of(&device)?;
+            m.to(device, if device.is_cuda() { Kind::BFloat16 } else { Kind::Float });
+            let prompt_ids: Vec<i64> = tokenizer.encode(&prompt)?.into_iter().map(i64::from).collect();
+            let sampling = Sampling { temperature, top_k, top_p, repetition_penalty, max_new_tokens, stop_at_eos: true, seed };
+            let mut generated: Vec<u32> = Vec::new();
+            let mut printed = 0usize;
+            let mut stdout = std::io::stdout();
+            print!("{prompt}");
+            generate(&m, &prompt_ids, &sampling, |id| {
+                if ids {
+                    print!(" {id}");
+                } else if id != m.config.eos_token_id {
+                    generated.push(id as u32);
+                    // print the newly completed text; hold back a partial UTF-8 character
+                    if let Ok(text) = tokenizer.decode(&generated) {
+                        if !text.ends_with('\u{FFFD}') && text.len() > printed {
+                            print!("{}", &text[printed..]);
+                            printed = text.len();
+                        }
+                    }
+                }
+                let _ = stdout.flush();
+                true
+            })?;
+            println!();
+        }
+        Command::Info { config, overrides, world_size, dtype, zero_stage, activation_checkpointing } => {
+            let cfg = RunConfig::load(&config, &overrides)?;
+            let model = cfg.model.resolve()?;
+            if zero_stage > 2 {
+                bail!("--zero-stage {zero_stage}: stages 0, 1 and 2 are supported");
+            }
+            let input = info::PlanInput {
+                world_size,
+                param_bytes: kind_of(dtype).elt_size_in_bytes() as u64,
+                zero_stage,
+                activation_checkpointing,
+                micro_batch_size: cfg.train.micro_batch_size as u64,
+                seq_len: cfg.data.seq_len as u64,
+                loss_chunk_tokens: cfg.train.loss_chunk_tokens as u64,
+            };
+            print!("{}", info::report(&model, &input));
+        }
+        Command::Tokenize { tokenizer, pieces, decode } => {
+            let tok = Tokenizer::open(&tokenizer)?;
+            let mut input = String::new();
+            std::io::stdin().read_to_string(&mut input).context("reading stdin")?;
+            if decode {
+                let ids = input
+                    .split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == ']')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.parse::<u32>().with_context(|| format!("{s:?} is not a token id")))
+                    .collect::<Result<Vec<_>>>()?;
+                println!("{}", tok.decode(&ids)?);
+            } else {
+                let text = input.strip_suffix('\n').unwrap_or(&input);
+                if pieces {
+                    for (id, piece) in tok.encode_pieces(text)? {
+                        println!("{id}\t{piece}");
+                    }
+                } else {
+                    let ids: Vec<String> = tok.encode(text)?.iter().map(u32::to_string).collect();
+                    println!("{}", ids.join(" "));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! Throughput accounting and step logs: tokens/s, model FLOPs utilisation (MFU), peak
+//! FLOP/s of the device, peak memory, and one JSON object per step in `metrics.jsonl`.
+//!
+//! MFU follows DESIGN.md (torchtitan's convention): FLOPs per token x tokens/s per device /
+//! peak. Peaks: the datasheet's dense bf16 rate for known data-centre GPUs; otherwise (CPU,
+//! fp32, unknown GPU) a matrix-product rate measured here, in the run's dtype.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+/// One step's record, written as a JSON line.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    pub step: u64,
+    pub tokens: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    pub mfu: f64,
+    pub step_time_s: f64,
+    pub peak_memory_mb: f64,
+}
+
+/// Appends step records to `<run_dir>/metrics.jsonl`.
+pub struct MetricsLog {
+    out: BufWriter<File>,
+}
+
+impl MetricsLog {
+    pub fn create(run_dir: &Path) -> Result<Self> {
+        let path = run_dir.join("metrics.jsonl");
+        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(MetricsLog { out: BufWriter::new(file) })
+    }
+
+    pub fn write(&mut self, record: &StepRecord) -> Result<()> {
+        serde_json::to_writer(&mut self.out, record)?;
+        self.out.write_all(b"\n")?;
+        self.out.flush()?;
+        Ok(())
+    }
+}
+
+/// Name of the first GPU as `nvidia-smi` reports it, if any.
+fn gpu_name() -> Option<String> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader"])
+        .output()
+        .ok()?;
+    String::from_utf8(out.stdout).ok()?.lines().next().map(|s| s.trim().to_string())
+}
+
+/// Dense bf16 peak of known GPUs, FLOP/s.
+fn datasheet_bf16_peak(name: &str) -> Option<f64> {
+    let table = [("H100", 989e12), ("H200", 989e12), ("H800", 989e12), ("A100", 312e12), ("A800", 312e12)];
+    table.iter().find(|(key, _)| name.contains(key)).map(|&(_, peak)| peak)
+}
+
+/// Measured rate of a square matrix product in `kind` on `device`, FLOP/s.
+pub fn measured_matmul_peak(device: Device, kind: Kind) -> f64 {
+    let n: i64 = if device.is_cuda() { 8192 } else { 1024 };
+    let a = Tensor::randn([n, n], (Kind::Float, device)).to_kind(kind);
+    let b = Tensor::randn([n, n], (Kind::Float, device)).to_kind(kind);
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let _ = a.matmul(&b);
+    sync();
+    let reps = if device.is_cuda() { 20 } else { 5 };
+    let start = Instant::now();
+    for _ in 0..reps {
+        let _ = a.matmul(&b);
+    }
+    sync();
+    2.0 * (n * n * n) as f64 * reps as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The peak used for MFU, with a word on where it came from.
+pub fn peak_flops(device: Device, kind: Kind) -> (f64, String) {
+    if device.is_cuda() && kind == Kind::BFloat16 {
+        if let Some(name) = gpu_name() {
+            if let Some(peak) = datasheet_bf16_peak(&name) {
+                return (peak, format!("{name} datasheet bf16"));
+            }
+        }
+    }
+    let peak = measured_matmul_peak(device, kind);
+    (peak, format!("measured {kind:?} matmul on {device:?}"))
+}
+
+/// Peak memory so far in MiB: the process's peak RSS on CPU (VmHWM).
+pub fn peak_memory_mb(device: Device) -> f64 {
+    let _ = device;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_gpus_use_the_datasheet_peak() {
+        assert_eq!(datasheet_bf16_peak("NVIDIA H100 80GB HBM3"), Some(989e12));
+        assert_eq!(datasheet_bf16_peak("NVIDIA A800-SXM4-80GB"), Some(312e12));
+        assert_eq!(datasheet_bf16_peak("Tesla T4"), None);
+    }
+
+    #[test]
+    fn measured_cpu_peak_is_plausible() {
+        let p = measured_matmul_peak(Device::Cpu, Kind::Float);
+        assert!(p > 1e8 && p < 1e14, "{p}");
+        assert!(peak_memory_mb(Device::Cpu) > 1.0);
+    }
+}
