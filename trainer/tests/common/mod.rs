@@ -1,0 +1,51 @@
+//! Helpers shared by the trainer's integration tests: the oracle Python and the repository root.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Python of `.venv` (or `$BAICHUAN_PYTHON`) that runs the independent oracles.
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("BAICHUAN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv/bin/python"));
+    assert!(p.exists(), "{} not found: run scripts/setup.sh first (it creates .venv)", p.display());
+    p
+}
+
+/// Runs a reference script and returns the JSON object of its last stdout line.
+pub fn run_oracle(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(root().join(script))
+        .args(args)
+        .output()
+        .expect("start the oracle");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().expect("oracle printed a result");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{script}: {e}: {last}"))
+}
+
+/// The tokenizer built by scripts/setup.sh.
+pub fn tokenizer() -> PathBuf {
+    let p = root().join("assets/tokenizer.model");
+    assert!(p.exists(), "{} not found: run scripts/setup.sh first", p.display());
+    p
+}
+
+/// A fresh temporary directory under target/ (removed at the start of the next run).
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = root().join("target/test-tmp").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
