@@ -151,6 +151,7 @@ fn device_of(name: &str) -> Result<Device> {
 }
 
 fn main() -> Result<()> {
+    baichuan_trainer::host_alloc::tune_host_allocator();
     match Cli::parse().command {
         Command::Train { config, overrides } => {
             let cfg = RunConfig::load(&config, &overrides)?;
