@@ -37,8 +37,17 @@ impl Permutation {
         let bits = (64 - n.saturating_sub(1).leading_zeros()).max(2);
         let bits = bits + (bits & 1);
         let base = mix64(seed ^ mix64(epoch.wrapping_add(0x5151_5151)));
-        let keys = [mix64(base ^ 1), mix64(base ^ 2), mix64(base ^ 3), mix64(base ^ 4)];
-        Permutation { n, half_bits: bits / 2, keys }
+        let keys = [
+            mix64(base ^ 1),
+            mix64(base ^ 2),
+            mix64(base ^ 3),
+            mix64(base ^ 4),
+        ];
+        Permutation {
+            n,
+            half_bits: bits / 2,
+            keys,
+        }
     }
 
     fn feistel(&self, x: u64) -> u64 {
@@ -93,7 +102,11 @@ impl SampleOrder {
             )));
         }
         let num_samples = (num_tokens - 1) / seq_len;
-        Ok(SampleOrder { seq_len, num_samples, seed })
+        Ok(SampleOrder {
+            seq_len,
+            num_samples,
+            seed,
+        })
     }
 
     pub fn num_samples(&self) -> u64 {
@@ -116,7 +129,10 @@ impl SampleOrder {
     }
 
     pub fn state_at(&self, position: u64) -> LoaderState {
-        LoaderState { epoch: position / self.num_samples, next_sample: position % self.num_samples }
+        LoaderState {
+            epoch: position / self.num_samples,
+            next_sample: position % self.num_samples,
+        }
     }
 
     pub fn position_of(&self, state: LoaderState) -> Result<u64, DataError> {
@@ -178,7 +194,9 @@ impl<S: TokenSource> Loader<S> {
         world: u64,
     ) -> Result<Self, DataError> {
         if world == 0 || rank >= world {
-            return Err(DataError::Config(format!("rank {rank} is outside a world of {world}")));
+            return Err(DataError::Config(format!(
+                "rank {rank} is outside a world of {world}"
+            )));
         }
         if global_batch == 0 || global_batch % world != 0 {
             return Err(DataError::Config(format!(
@@ -186,7 +204,14 @@ impl<S: TokenSource> Loader<S> {
             )));
         }
         let order = SampleOrder::new(source.num_tokens(), seq_len, seed)?;
-        Ok(Loader { source, order, global_batch, rank, world, position: 0 })
+        Ok(Loader {
+            source,
+            order,
+            global_batch,
+            rank,
+            world,
+            position: 0,
+        })
     }
 
     pub fn order(&self) -> &SampleOrder {
@@ -228,7 +253,12 @@ impl<S: TokenSource> Loader<S> {
             sample_ids.push(sample);
         }
         self.position += self.global_batch;
-        Batch { tokens, samples: per_rank as usize, seq_len: row - 1, sample_ids }
+        Batch {
+            tokens,
+            samples: per_rank as usize,
+            seq_len: row - 1,
+            sample_ids,
+        }
     }
 }
 
@@ -249,10 +279,18 @@ mod tests {
 
     #[test]
     fn order_depends_on_seed_and_epoch() {
-        let a: Vec<u64> = (0..50).map(|i| Permutation::new(50, 1, 0).apply(i)).collect();
-        let b: Vec<u64> = (0..50).map(|i| Permutation::new(50, 2, 0).apply(i)).collect();
-        let c: Vec<u64> = (0..50).map(|i| Permutation::new(50, 1, 1).apply(i)).collect();
-        let again: Vec<u64> = (0..50).map(|i| Permutation::new(50, 1, 0).apply(i)).collect();
+        let a: Vec<u64> = (0..50)
+            .map(|i| Permutation::new(50, 1, 0).apply(i))
+            .collect();
+        let b: Vec<u64> = (0..50)
+            .map(|i| Permutation::new(50, 2, 0).apply(i))
+            .collect();
+        let c: Vec<u64> = (0..50)
+            .map(|i| Permutation::new(50, 1, 1).apply(i))
+            .collect();
+        let again: Vec<u64> = (0..50)
+            .map(|i| Permutation::new(50, 1, 0).apply(i))
+            .collect();
         assert_eq!(a, again);
         assert_ne!(a, b);
         assert_ne!(a, c);

@@ -39,14 +39,18 @@ pub fn list_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
                     msg: e.to_string(),
                 })?;
                 for entry in entries {
-                    let path = entry.map_err(|e| DataError::Input {
-                        path: dir.display().to_string(),
-                        msg: e.to_string(),
-                    })?
-                    .path();
+                    let path = entry
+                        .map_err(|e| DataError::Input {
+                            path: dir.display().to_string(),
+                            msg: e.to_string(),
+                        })?
+                        .path();
                     if path.is_dir() {
                         stack.push(path);
-                    } else if matches!(path.extension().and_then(|e| e.to_str()), Some("txt" | "jsonl")) {
+                    } else if matches!(
+                        path.extension().and_then(|e| e.to_str()),
+                        Some("txt" | "jsonl")
+                    ) {
                         out.push(path);
                     }
                 }
@@ -67,7 +71,13 @@ pub fn list_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
 }
 
 /// The document texts of one line: the line itself (`.txt`) or its JSON `text_key` field.
-fn document_of(line: &str, jsonl: bool, text_key: &str, path: &Path, lineno: usize) -> Result<Option<String>, DataError> {
+fn document_of(
+    line: &str,
+    jsonl: bool,
+    text_key: &str,
+    path: &Path,
+    lineno: usize,
+) -> Result<Option<String>, DataError> {
     if !jsonl {
         return Ok(Some(line.to_string()));
     }
@@ -85,10 +95,21 @@ fn document_of(line: &str, jsonl: bool, text_key: &str, path: &Path, lineno: usi
 }
 
 /// Tokenizes one file into documents (ids + EOS each).
-pub fn tokenize_file(tok: &Tokenizer, path: &Path, text_key: &str) -> Result<(Vec<u32>, TextStats), DataError> {
-    let bytes = fs::read(path).map_err(|e| DataError::Input { path: path.display().to_string(), msg: e.to_string() })?;
+pub fn tokenize_file(
+    tok: &Tokenizer,
+    path: &Path,
+    text_key: &str,
+) -> Result<(Vec<u32>, TextStats), DataError> {
+    let bytes = fs::read(path).map_err(|e| DataError::Input {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    })?;
     let jsonl = path.extension().and_then(|e| e.to_str()) == Some("jsonl");
-    let mut stats = TextStats { files: 1, bytes: bytes.len() as u64, ..TextStats::default() };
+    let mut stats = TextStats {
+        files: 1,
+        bytes: bytes.len() as u64,
+        ..TextStats::default()
+    };
     let mut ids = Vec::with_capacity(bytes.len() / 3);
     let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
     if lines.last().is_some_and(|l| l.is_empty()) {
@@ -117,12 +138,20 @@ pub fn tokenize_file(tok: &Tokenizer, path: &Path, text_key: &str) -> Result<(Ve
 }
 
 /// Tokenizes every file of `inputs` in parallel and concatenates them in path order.
-pub fn tokenize_corpus(tok: &Tokenizer, inputs: &[PathBuf], text_key: &str) -> Result<(Vec<u32>, TextStats), DataError> {
+pub fn tokenize_corpus(
+    tok: &Tokenizer,
+    inputs: &[PathBuf],
+    text_key: &str,
+) -> Result<(Vec<u32>, TextStats), DataError> {
     let files = list_files(inputs)?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len());
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len());
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<Option<Result<(Vec<u32>, TextStats), DataError>>> = (0..files.len()).map(|_| None).collect();
-    let slots: Vec<std::sync::Mutex<&mut Option<_>>> = results.iter_mut().map(std::sync::Mutex::new).collect();
+    let mut results: Vec<Option<Result<(Vec<u32>, TextStats), DataError>>> =
+        (0..files.len()).map(|_| None).collect();
+    let slots: Vec<std::sync::Mutex<&mut Option<_>>> =
+        results.iter_mut().map(std::sync::Mutex::new).collect();
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {

@@ -20,7 +20,10 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer").field("path", &self.path).field("vocab", &self.vocab_size()).finish()
+        f.debug_struct("Tokenizer")
+            .field("path", &self.path)
+            .field("vocab", &self.vocab_size())
+            .finish()
     }
 }
 
@@ -41,7 +44,12 @@ impl Tokenizer {
         })?;
         let eos = sp.eos_id().unwrap_or(2);
         let bos = sp.bos_id().unwrap_or(1);
-        Ok(Tokenizer { sp, path: path.to_path_buf(), eos, bos })
+        Ok(Tokenizer {
+            sp,
+            path: path.to_path_buf(),
+            eos,
+            bos,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -62,13 +70,19 @@ impl Tokenizer {
 
     /// Token ids of `text` (no BOS, no EOS).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
-        let pieces = self.sp.encode(text).map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        let pieces = self
+            .sp
+            .encode(text)
+            .map_err(|e| DataError::Tokenizer(e.to_string()))?;
         Ok(pieces.into_iter().map(|p| p.id).collect())
     }
 
     /// Pieces of `text`, for inspection (`baichuan tokenize --pieces`).
     pub fn encode_pieces(&self, text: &str) -> Result<Vec<(u32, String)>, DataError> {
-        let pieces = self.sp.encode(text).map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        let pieces = self
+            .sp
+            .encode(text)
+            .map_err(|e| DataError::Tokenizer(e.to_string()))?;
         Ok(pieces.into_iter().map(|p| (p.id, p.piece)).collect())
     }
 
@@ -81,7 +95,9 @@ impl Tokenizer {
                 self.path.display()
             )));
         }
-        self.sp.decode_piece_ids(ids).map_err(|e| DataError::Tokenizer(e.to_string()))
+        self.sp
+            .decode_piece_ids(ids)
+            .map_err(|e| DataError::Tokenizer(e.to_string()))
     }
 
     /// A training document: its ids followed by EOS.

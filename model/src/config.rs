@@ -112,7 +112,9 @@ impl ModelConfig {
         ];
         for (name, value) in positive {
             if value <= 0 {
-                return Err(ModelError::Config(format!("model.{name} = {value} must be positive")));
+                return Err(ModelError::Config(format!(
+                    "model.{name} = {value} must be positive"
+                )));
             }
         }
         if self.hidden_size % self.num_attention_heads != 0 {
@@ -128,13 +130,17 @@ impl ModelConfig {
                 self.head_dim()
             )));
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.initializer_range > 0.0) || !(self.rope_theta > 1.0) {
+        if !(self.rms_norm_eps > 0.0) || !(self.initializer_range > 0.0) || !(self.rope_theta > 1.0)
+        {
             return Err(ModelError::Config(
                 "model.rms_norm_eps and model.initializer_range must be > 0 and model.rope_theta > 1"
                     .into(),
             ));
         }
-        for (name, id) in [("bos_token_id", self.bos_token_id), ("eos_token_id", self.eos_token_id)] {
+        for (name, id) in [
+            ("bos_token_id", self.bos_token_id),
+            ("eos_token_id", self.eos_token_id),
+        ] {
             if id < 0 || id >= self.vocab_size {
                 return Err(ModelError::Config(format!(
                     "model.{name} = {id} is outside the vocabulary (0..{})",
@@ -264,7 +270,9 @@ impl HfConfig {
             intermediate_size: self.intermediate_size,
             num_hidden_layers: self.num_hidden_layers,
             num_attention_heads: self.num_attention_heads,
-            max_position_embeddings: self.max_position_embeddings.unwrap_or(base.max_position_embeddings),
+            max_position_embeddings: self
+                .max_position_embeddings
+                .unwrap_or(base.max_position_embeddings),
             rms_norm_eps: self.rms_norm_eps.unwrap_or(base.rms_norm_eps),
             initializer_range: self.initializer_range.unwrap_or(base.initializer_range),
             rope_theta: self.rope_theta.unwrap_or(base.rope_theta),
@@ -309,13 +317,22 @@ impl ModelConfig {
         let map = v.as_object_mut().expect("json object");
         match layout {
             Layout::Baichuan => {
-                map.insert("architectures".into(), serde_json::json!(["BaiChuanForCausalLM"]));
+                map.insert(
+                    "architectures".into(),
+                    serde_json::json!(["BaiChuanForCausalLM"]),
+                );
                 map.insert("model_type".into(), "baichuan".into());
             }
             Layout::Llama => {
-                map.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
+                map.insert(
+                    "architectures".into(),
+                    serde_json::json!(["LlamaForCausalLM"]),
+                );
                 map.insert("model_type".into(), "llama".into());
-                map.insert("num_key_value_heads".into(), self.num_attention_heads.into());
+                map.insert(
+                    "num_key_value_heads".into(),
+                    self.num_attention_heads.into(),
+                );
                 map.insert("head_dim".into(), self.head_dim().into());
                 map.insert("rope_theta".into(), self.rope_theta.into());
                 map.insert("attention_bias".into(), false.into());
@@ -343,7 +360,10 @@ mod tests {
             ModelConfig::preset(name).unwrap().validate().unwrap();
         }
         let small = ModelConfig::small().num_parameters();
-        assert!((90_000_000..120_000_000).contains(&small), "small has {small}");
+        assert!(
+            (90_000_000..120_000_000).contains(&small),
+            "small has {small}"
+        );
         let tiny = ModelConfig::tiny().num_parameters();
         assert!(tiny < 20_000_000, "tiny has {tiny}");
         assert!(ModelConfig::preset("huge").is_err());
@@ -368,13 +388,21 @@ mod tests {
         let mut json = c.to_hf_json(Layout::Llama, "float32");
         json["num_key_value_heads"] = 2.into();
         let hf: HfConfig = serde_json::from_value(json).unwrap();
-        assert!(hf.to_model_config().unwrap_err().to_string().contains("grouped-query"));
+        assert!(hf
+            .to_model_config()
+            .unwrap_err()
+            .to_string()
+            .contains("grouped-query"));
     }
 
     #[test]
     fn validate_names_the_bad_field() {
         let mut c = ModelConfig::tiny();
         c.num_attention_heads = 5;
-        assert!(c.validate().unwrap_err().to_string().contains("num_attention_heads"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("num_attention_heads"));
     }
 }

@@ -97,7 +97,10 @@ pub fn next_token(logits: &Tensor, seen: &[i64], s: &Sampling) -> i64 {
         let drop = drop_sorted.zeros_like().scatter(0, &order, &drop_sorted);
         logits = logits.masked_fill(&drop, f64::NEG_INFINITY);
     }
-    logits.softmax(0, Kind::Float).multinomial(1, false).int64_value(&[0])
+    logits
+        .softmax(0, Kind::Float)
+        .multinomial(1, false)
+        .int64_value(&[0])
 }
 
 /// Generates up to `max_new_tokens` after `prompt`, calling `on_token` with each new id as
@@ -110,7 +113,9 @@ pub fn generate(
 ) -> Result<Vec<i64>, ModelError> {
     sampling.validate()?;
     if prompt.is_empty() {
-        return Err(ModelError::Config("the prompt is empty: give at least one token".into()));
+        return Err(ModelError::Config(
+            "the prompt is empty: give at least one token".into(),
+        ));
     }
     let max_len = model.config.max_position_embeddings;
     let total = prompt.len() as i64 + sampling.max_new_tokens as i64;
@@ -163,7 +168,10 @@ mod tests {
         let logits = Tensor::from_slice(&[1.0f32, 3.0, 2.5]);
         let greedy = Sampling::default();
         assert_eq!(next_token(&logits, &[], &greedy), 1);
-        let penalised = Sampling { repetition_penalty: 1.5, ..Sampling::default() };
+        let penalised = Sampling {
+            repetition_penalty: 1.5,
+            ..Sampling::default()
+        };
         assert_eq!(next_token(&logits, &[1], &penalised), 2);
     }
 
@@ -172,9 +180,17 @@ mod tests {
         tch::manual_seed(3);
         let logits = Tensor::from_slice(&[0.1f32, 0.2, 5.0, 0.3, 4.9]);
         for _ in 0..20 {
-            let k1 = Sampling { temperature: 1.0, top_k: 1, ..Sampling::default() };
+            let k1 = Sampling {
+                temperature: 1.0,
+                top_k: 1,
+                ..Sampling::default()
+            };
             assert_eq!(next_token(&logits, &[], &k1), 2);
-            let p = Sampling { temperature: 1.0, top_p: 0.01, ..Sampling::default() };
+            let p = Sampling {
+                temperature: 1.0,
+                top_p: 0.01,
+                ..Sampling::default()
+            };
             assert_eq!(next_token(&logits, &[], &p), 2);
         }
     }
@@ -184,7 +200,11 @@ mod tests {
         tch::manual_seed(4);
         // probabilities about 0.47, 0.47, 0.06: top_p 0.9 keeps the first two
         let logits = Tensor::from_slice(&[2.0f32, 2.0, 0.0]);
-        let s = Sampling { temperature: 1.0, top_p: 0.9, ..Sampling::default() };
+        let s = Sampling {
+            temperature: 1.0,
+            top_p: 0.9,
+            ..Sampling::default()
+        };
         let mut counts = [0; 3];
         for _ in 0..200 {
             counts[next_token(&logits, &[], &s) as usize] += 1;

@@ -20,7 +20,9 @@ fn config() -> ModelConfig {
 }
 
 fn temp(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-tmp/hf_io").join(name);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-tmp/hf_io")
+        .join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -41,13 +43,27 @@ fn max_diff(a: &Baichuan, b: &Baichuan) -> f64 {
 fn round_trips_in_both_layouts_single_and_sharded() {
     tch::manual_seed(7);
     let model = Baichuan::new(&config(), Device::Cpu).unwrap();
-    for (layout, shard) in [(Layout::Baichuan, None), (Layout::Llama, None), (Layout::Baichuan, Some(40_000)), (Layout::Llama, Some(40_000))] {
+    for (layout, shard) in [
+        (Layout::Baichuan, None),
+        (Layout::Llama, None),
+        (Layout::Baichuan, Some(40_000)),
+        (Layout::Llama, Some(40_000)),
+    ] {
         let dir = temp(&format!("{layout:?}-{shard:?}"));
         save_pretrained(&model, &dir, layout, Kind::Float, shard).unwrap();
         let sharded = dir.join(hf::INDEX_FILE).exists();
         assert_eq!(sharded, shard.is_some(), "{layout:?} {shard:?}");
         if sharded {
-            let n = std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("model-")).count();
+            let n = std::fs::read_dir(&dir)
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("model-")
+                })
+                .count();
             assert!(n > 2, "expected several shards, got {n}");
         }
         let (cfg, got_layout) = hf::read_config(&dir).unwrap();
@@ -63,7 +79,13 @@ fn llama_layout_splits_w_pack_into_q_k_v_rows() {
     tch::manual_seed(8);
     let model = Baichuan::new(&config(), Device::Cpu).unwrap();
     let tensors = hf::export_tensors(&model, Layout::Llama, Kind::Float);
-    let get = |n: &str| &tensors.iter().find(|(k, _)| k == n).unwrap_or_else(|| panic!("{n}")).1;
+    let get = |n: &str| {
+        &tensors
+            .iter()
+            .find(|(k, _)| k == n)
+            .unwrap_or_else(|| panic!("{n}"))
+            .1
+    };
     let w = &model.layers[1].self_attn.w_pack;
     let k = get("model.layers.1.self_attn.k_proj.weight");
     assert_eq!(k.size(), vec![48, 48]);
@@ -90,7 +112,9 @@ fn broken_directories_give_errors_naming_the_file() {
     let model = Baichuan::new(&config(), Device::Cpu).unwrap();
 
     let empty = temp("empty");
-    let err = load_pretrained(&empty, Device::Cpu).unwrap_err().to_string();
+    let err = load_pretrained(&empty, Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("config.json"), "{err}");
 
     let truncated = temp("truncated");
@@ -98,20 +122,34 @@ fn broken_directories_give_errors_naming_the_file() {
     let file = truncated.join(hf::WEIGHTS_FILE);
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
-    let err = load_pretrained(&truncated, Device::Cpu).unwrap_err().to_string();
-    assert!(err.contains("model.safetensors") && err.contains("truncated"), "{err}");
+    let err = load_pretrained(&truncated, Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.safetensors") && err.contains("truncated"),
+        "{err}"
+    );
 
     let wrong_shape = temp("wrong-shape");
     save_pretrained(&model, &wrong_shape, Layout::Baichuan, Kind::Float, None).unwrap();
     let cfg_path = wrong_shape.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).unwrap().replace("\"intermediate_size\": 80", "\"intermediate_size\": 96");
+    let text = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("\"intermediate_size\": 80", "\"intermediate_size\": 96");
     std::fs::write(&cfg_path, text).unwrap();
-    let err = load_pretrained(&wrong_shape, Device::Cpu).unwrap_err().to_string();
-    assert!(err.contains("mlp.gate_proj.weight") && err.contains("shape"), "{err}");
+    let err = load_pretrained(&wrong_shape, Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("mlp.gate_proj.weight") && err.contains("shape"),
+        "{err}"
+    );
 
     let no_weights = temp("no-weights");
     save_pretrained(&model, &no_weights, Layout::Baichuan, Kind::Float, None).unwrap();
     std::fs::remove_file(no_weights.join(hf::WEIGHTS_FILE)).unwrap();
-    let err = load_pretrained(&no_weights, Device::Cpu).unwrap_err().to_string();
+    let err = load_pretrained(&no_weights, Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("convert_bin_to_safetensors"), "{err}");
 }

@@ -26,7 +26,11 @@ pub struct JobConfig {
 
 impl Default for JobConfig {
     fn default() -> Self {
-        JobConfig { name: "baichuan".into(), run_dir: "runs/default".into(), seed: 1234 }
+        JobConfig {
+            name: "baichuan".into(),
+            run_dir: "runs/default".into(),
+            seed: 1234,
+        }
     }
 }
 
@@ -69,9 +73,11 @@ impl ModelSection {
     /// The preset with the overrides applied (or the shape of `init_from`).
     pub fn resolve(&self) -> Result<ModelConfig> {
         let mut c = match &self.init_from {
-            Some(dir) => baichuan_model::hf::read_config(dir)
-                .with_context(|| format!("model.init_from = {}", dir.display()))?
-                .0,
+            Some(dir) => {
+                baichuan_model::hf::read_config(dir)
+                    .with_context(|| format!("model.init_from = {}", dir.display()))?
+                    .0
+            }
             None => ModelConfig::preset(&self.preset)?,
         };
         macro_rules! set {
@@ -250,16 +256,28 @@ impl RunConfig {
             let (path, value) = parse_override(spec)?;
             let mut node = &mut table;
             for part in &path[..path.len() - 1] {
-                let entry = node.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let entry = node
+                    .entry(part.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
                 node = entry
                     .as_table_mut()
                     .with_context(|| format!("--set {spec:?}: {part} is not a section"))?;
             }
             node.insert(path[path.len() - 1].clone(), value);
         }
-        let config: RunConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-            anyhow::anyhow!("{}", e.message().trim()).context(
-                "HINT: see the configuration reference in README.md for every key and its type",
+        // re-read as text so the error can name the key path (`train.steps`)
+        let merged = toml::to_string(&table).context("re-serialising the merged config")?;
+        let de = toml::de::Deserializer::parse(&merged).context("invalid TOML")?;
+        let config: RunConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let at = if path == "." {
+                String::new()
+            } else {
+                format!("{path}: ")
+            };
+            anyhow::anyhow!(
+                "{at}{}; HINT: README.md's configuration reference lists every key and its type",
+                e.into_inner().message().trim()
             )
         })?;
         Ok(config)
@@ -316,7 +334,11 @@ impl RunConfig {
             DeviceChoice::Cuda => tch::Device::Cuda(0),
             DeviceChoice::Auto => tch::Device::cuda_if_available(),
         };
-        Ok(Resolved { model, grad_accum: t.global_batch_size / per_step, device })
+        Ok(Resolved {
+            model,
+            grad_accum: t.global_batch_size / per_step,
+            device,
+        })
     }
 
     /// The TOML text of the resolved config, saved beside every run.
@@ -348,12 +370,21 @@ mod tests {
         let c = RunConfig::from_toml("", &["train.lr=0.5".into(), "job.name=abc".into()]).unwrap();
         assert_eq!(c.train.lr, 0.5);
         assert_eq!(c.job.name, "abc");
-        let c = RunConfig::from_toml("", &["train.betas=[0.8, 0.9]".into(), "train.precision=bf16".into()])
-            .unwrap();
+        let c = RunConfig::from_toml(
+            "",
+            &[
+                "train.betas=[0.8, 0.9]".into(),
+                "train.precision=bf16".into(),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.train.betas, [0.8, 0.9]);
         assert_eq!(c.train.precision, Precision::Bf16);
         let err = RunConfig::from_toml("", &["train.steps=many".into()]).unwrap_err();
-        assert!(format!("{err:#}").contains("steps") || format!("{err:#}").contains("integer"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("steps") || format!("{err:#}").contains("integer"),
+            "{err:#}"
+        );
         assert!(RunConfig::from_toml("", &["train.nope=1".into()]).is_err());
         assert!(RunConfig::from_toml("", &["lr=1".into()]).is_err());
     }
@@ -379,13 +410,53 @@ mod tests {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().and_then(|e| e.to_str()) == Some("toml") {
-                let c = RunConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                let c = RunConfig::load(&path, &[])
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
                 let mut c = c;
                 c.train.device = DeviceChoice::Cpu;
-                c.validate(1).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                c.validate(1)
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
                 n += 1;
             }
         }
         assert!(n >= 3, "expected the example configs in {}", dir.display());
+    }
+
+    #[test]
+    fn readme_documents_every_config_key() {
+        // every optional key set, so that serialisation lists them all
+        let mut c = RunConfig::default();
+        c.model = ModelSection {
+            vocab_size: Some(1),
+            hidden_size: Some(1),
+            intermediate_size: Some(1),
+            num_hidden_layers: Some(1),
+            num_attention_heads: Some(1),
+            max_position_embeddings: Some(1),
+            rms_norm_eps: Some(1.0),
+            initializer_range: Some(1.0),
+            init_from: Some("x".into()),
+            ..ModelSection::default()
+        };
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+                .unwrap();
+        let tree = toml::Value::try_from(&c).unwrap();
+        let mut missing = Vec::new();
+        let mut count = 0;
+        for (section, table) in tree.as_table().unwrap() {
+            for key in table.as_table().unwrap().keys() {
+                count += 1;
+                let name = format!("`{section}.{key}`");
+                if !readme.contains(&name) {
+                    missing.push(name);
+                }
+            }
+        }
+        assert!(count > 30, "only {count} keys found");
+        assert!(
+            missing.is_empty(),
+            "README.md's configuration reference lacks {missing:?}"
+        );
     }
 }

@@ -38,7 +38,12 @@ pub struct MemoryPlan {
 
 impl MemoryPlan {
     pub fn total(&self) -> u64 {
-        self.weights + self.grads + self.master_and_moments + self.fp32_grads + self.activations + self.logits
+        self.weights
+            + self.grads
+            + self.master_and_moments
+            + self.fp32_grads
+            + self.activations
+            + self.logits
     }
 }
 
@@ -51,10 +56,18 @@ pub fn plan(c: &ModelConfig, p: &PlanInput) -> MemoryPlan {
     let weights = n * p.param_bytes;
     // gradients in the parameter dtype, as autograd produces them; stage 2 frees each
     // bucket after its reduce-scatter, so roughly two blocks' worth stay alive
-    let grads = if p.zero_stage >= 2 { 2 * c.block_parameters() * p.param_bytes } else { n * p.param_bytes };
+    let grads = if p.zero_stage >= 2 {
+        2 * c.block_parameters() * p.param_bytes
+    } else {
+        n * p.param_bytes
+    };
     // fp32 master (only in mixed precision; in fp32 the weights are the master) + 2 moments
     let state_per_param = if mixed { 12 } else { 8 };
-    let master_and_moments = if p.zero_stage >= 1 { n * state_per_param / w } else { n * state_per_param };
+    let master_and_moments = if p.zero_stage >= 1 {
+        n * state_per_param / w
+    } else {
+        n * state_per_param
+    };
     let fp32_grads = if p.zero_stage >= 1 { n * 4 / w } else { n * 4 };
     // activation bytes scale with the element size (34 s b h is for 2-byte activations)
     let act_scale = p.param_bytes as f64 / 2.0;
@@ -66,7 +79,14 @@ pub fn plan(c: &ModelConfig, p: &PlanInput) -> MemoryPlan {
     };
     // one chunk of fp32 logits and its gradient
     let logits = p.loss_chunk_tokens.min(s * b) * c.vocab_size as u64 * 4 * 2;
-    MemoryPlan { weights, grads, master_and_moments, fp32_grads, activations, logits }
+    MemoryPlan {
+        weights,
+        grads,
+        master_and_moments,
+        fp32_grads,
+        activations,
+        logits,
+    }
 }
 
 fn gib(bytes: u64) -> f64 {
@@ -107,7 +127,11 @@ pub fn report(c: &ModelConfig, p: &PlanInput) -> String {
     ] {
         out += &format!("  {name:<28} {:>9.2} GiB\n", gib(bytes));
     }
-    out += &format!("  {:<28} {:>9.2} GiB (plus allocator slack and the CUDA context, ~1-3 GiB)\n", "total", gib(m.total()));
+    out += &format!(
+        "  {:<28} {:>9.2} GiB (plus allocator slack and the CUDA context, ~1-3 GiB)\n",
+        "total",
+        gib(m.total())
+    );
     out
 }
 
@@ -132,7 +156,10 @@ mod tests {
         let c = ModelConfig::baichuan_7b();
         let plain = plan(&c, &input(8, 0, true));
         // 2 + 2 + 12 + 4 bytes per parameter = 20 * 7.0e9 = 140 GB before activations
-        assert_eq!(plain.weights + plain.grads + plain.master_and_moments + plain.fp32_grads, 20 * 7_000_559_616);
+        assert_eq!(
+            plain.weights + plain.grads + plain.master_and_moments + plain.fp32_grads,
+            20 * 7_000_559_616
+        );
         assert!(gib(plain.total()) > 80.0);
         let zero1 = plan(&c, &input(8, 1, true));
         assert!(gib(zero1.total()) < 80.0, "{}", gib(zero1.total()));

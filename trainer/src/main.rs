@@ -15,7 +15,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tch::{Device, Kind};
 
 #[derive(Parser)]
-#[command(name = "baichuan", version, about = "Pretrain Baichuan-7B-architecture language models on libtorch")]
+#[command(
+    name = "baichuan",
+    version,
+    about = "Pretrain Baichuan-7B-architecture language models on libtorch"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -133,11 +137,18 @@ fn kind_of(d: Dtype) -> Kind {
 
 fn parse_size(text: &str) -> Result<u64> {
     let t = text.trim().to_ascii_uppercase();
-    let (num, mult) = [("GB", 1u64 << 30), ("MB", 1 << 20), ("KB", 1 << 10), ("B", 1)]
-        .iter()
-        .find_map(|(suffix, m)| t.strip_suffix(suffix).map(|n| (n.trim().to_string(), *m)))
-        .unwrap_or((t.clone(), 1));
-    let value: f64 = num.parse().with_context(|| format!("--max-shard-size {text:?}: expected e.g. 5GB"))?;
+    let (num, mult) = [
+        ("GB", 1u64 << 30),
+        ("MB", 1 << 20),
+        ("KB", 1 << 10),
+        ("B", 1),
+    ]
+    .iter()
+    .find_map(|(suffix, m)| t.strip_suffix(suffix).map(|n| (n.trim().to_string(), *m)))
+    .unwrap_or((t.clone(), 1));
+    let value: f64 = num
+        .parse()
+        .with_context(|| format!("--max-shard-size {text:?}: expected e.g. 5GB"))?;
     Ok((value * mult as f64) as u64)
 }
 
@@ -157,10 +168,18 @@ fn main() -> Result<()> {
             let cfg = RunConfig::load(&config, &overrides)?;
             let summary = train::train(&cfg)?;
             if let (Some(first), Some(last)) = (summary.losses.first(), summary.losses.last()) {
-                println!("loss: {first:.4} at step 1 -> {last:.4} at step {}", summary.losses.len());
+                println!(
+                    "loss: {first:.4} at step 1 -> {last:.4} at step {}",
+                    summary.losses.len()
+                );
             }
         }
-        Command::Init { config, out, overrides, dtype } => {
+        Command::Init {
+            config,
+            out,
+            overrides,
+            dtype,
+        } => {
             let cfg = RunConfig::load(&config, &overrides)?;
             let resolved = cfg.validate(1)?;
             tch::manual_seed(cfg.job.seed as i64);
@@ -169,12 +188,26 @@ fn main() -> Result<()> {
             if cfg.data.tokenizer.exists() {
                 hf::copy_tokenizer(&cfg.data.tokenizer, &out)?;
             } else {
-                eprintln!("warning: tokenizer {} not found; the model directory has none", cfg.data.tokenizer.display());
+                eprintln!(
+                    "warning: tokenizer {} not found; the model directory has none",
+                    cfg.data.tokenizer.display()
+                );
             }
-            println!("wrote a freshly initialised model ({} parameters) to {}", resolved.model.num_parameters(), out.display());
+            println!(
+                "wrote a freshly initialised model ({} parameters) to {}",
+                resolved.model.num_parameters(),
+                out.display()
+            );
         }
-        Command::Export { model, out, format, dtype, max_shard_size } => {
-            let m = hf::load_pretrained(&model, Device::Cpu).with_context(|| format!("loading {}", model.display()))?;
+        Command::Export {
+            model,
+            out,
+            format,
+            dtype,
+            max_shard_size,
+        } => {
+            let m = hf::load_pretrained(&model, Device::Cpu)
+                .with_context(|| format!("loading {}", model.display()))?;
             let shard = max_shard_size.as_deref().map(parse_size).transpose()?;
             let layout = match format {
                 Format::Baichuan => Layout::Baichuan,
@@ -187,14 +220,45 @@ fn main() -> Result<()> {
             }
             println!("exported {} to {}", model.display(), out.display());
         }
-        Command::Generate { model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, device, ids } => {
+        Command::Generate {
+            model,
+            prompt,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty,
+            seed,
+            device,
+            ids,
+        } => {
             let tok_path = model.join(hf::TOKENIZER_FILE);
             let tokenizer = Tokenizer::open(&tok_path)?;
-            let mut m = hf::load_pretrained(&model, Device::Cpu).with_context(|| format!("loading {}", model.display()))?;
+            let mut m = hf::load_pretrained(&model, Device::Cpu)
+                .with_context(|| format!("loading {}", model.display()))?;
             let device = device_of(&device)?;
-            m.to(device, if device.is_cuda() { Kind::BFloat16 } else { Kind::Float });
-            let prompt_ids: Vec<i64> = tokenizer.encode(&prompt)?.into_iter().map(i64::from).collect();
-            let sampling = Sampling { temperature, top_k, top_p, repetition_penalty, max_new_tokens, stop_at_eos: true, seed };
+            m.to(
+                device,
+                if device.is_cuda() {
+                    Kind::BFloat16
+                } else {
+                    Kind::Float
+                },
+            );
+            let prompt_ids: Vec<i64> = tokenizer
+                .encode(&prompt)?
+                .into_iter()
+                .map(i64::from)
+                .collect();
+            let sampling = Sampling {
+                temperature,
+                top_k,
+                top_p,
+                repetition_penalty,
+                max_new_tokens,
+                stop_at_eos: true,
+                seed,
+            };
             let mut generated: Vec<u32> = Vec::new();
             let mut printed = 0usize;
             let mut stdout = std::io::stdout();
@@ -217,7 +281,14 @@ fn main() -> Result<()> {
             })?;
             println!();
         }
-        Command::Info { config, overrides, world_size, dtype, zero_stage, activation_checkpointing } => {
+        Command::Info {
+            config,
+            overrides,
+            world_size,
+            dtype,
+            zero_stage,
+            activation_checkpointing,
+        } => {
             let cfg = RunConfig::load(&config, &overrides)?;
             let model = cfg.model.resolve()?;
             if zero_stage > 2 {
@@ -234,15 +305,24 @@ fn main() -> Result<()> {
             };
             print!("{}", info::report(&model, &input));
         }
-        Command::Tokenize { tokenizer, pieces, decode } => {
+        Command::Tokenize {
+            tokenizer,
+            pieces,
+            decode,
+        } => {
             let tok = Tokenizer::open(&tokenizer)?;
             let mut input = String::new();
-            std::io::stdin().read_to_string(&mut input).context("reading stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("reading stdin")?;
             if decode {
                 let ids = input
                     .split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == ']')
                     .filter(|s| !s.is_empty())
-                    .map(|s| s.parse::<u32>().with_context(|| format!("{s:?} is not a token id")))
+                    .map(|s| {
+                        s.parse::<u32>()
+                            .with_context(|| format!("{s:?} is not a token id"))
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 println!("{}", tok.decode(&ids)?);
             } else {

@@ -37,7 +37,9 @@ impl MetricsLog {
     pub fn create(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join("metrics.jsonl");
         let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(MetricsLog { out: BufWriter::new(file) })
+        Ok(MetricsLog {
+            out: BufWriter::new(file),
+        })
     }
 
     pub fn write(&mut self, record: &StepRecord) -> Result<()> {
@@ -54,13 +56,26 @@ fn gpu_name() -> Option<String> {
         .args(["--query-gpu=name", "--format=csv,noheader"])
         .output()
         .ok()?;
-    String::from_utf8(out.stdout).ok()?.lines().next().map(|s| s.trim().to_string())
+    String::from_utf8(out.stdout)
+        .ok()?
+        .lines()
+        .next()
+        .map(|s| s.trim().to_string())
 }
 
 /// Dense bf16 peak of known GPUs, FLOP/s.
 fn datasheet_bf16_peak(name: &str) -> Option<f64> {
-    let table = [("H100", 989e12), ("H200", 989e12), ("H800", 989e12), ("A100", 312e12), ("A800", 312e12)];
-    table.iter().find(|(key, _)| name.contains(key)).map(|&(_, peak)| peak)
+    let table = [
+        ("H100", 989e12),
+        ("H200", 989e12),
+        ("H800", 989e12),
+        ("A100", 312e12),
+        ("A800", 312e12),
+    ];
+    table
+        .iter()
+        .find(|(key, _)| name.contains(key))
+        .map(|&(_, peak)| peak)
 }
 
 /// Measured rate of a square matrix product in `kind` on `device`, FLOP/s.

@@ -66,7 +66,13 @@ impl FlatAdamW {
         let mut offset = 0;
         for (name, t) in params {
             let numel = t.numel() as i64;
-            slots.push(Slot { name: name.clone(), offset, numel, shape: t.size(), decay: t.dim() >= 2 });
+            slots.push(Slot {
+                name: name.clone(),
+                offset,
+                numel,
+                shape: t.size(),
+                decay: t.dim() >= 2,
+            });
             offset += numel;
         }
         let master = Tensor::zeros([offset], (Kind::Float, device));
@@ -136,12 +142,17 @@ impl FlatAdamW {
         tch::no_grad(|| {
             if h.weight_decay > 0.0 {
                 for &(off, len) in &self.decay_spans {
-                    let _ = self.master.narrow(0, off, len).f_mul_scalar_(1.0 - h.lr * h.weight_decay);
+                    let _ = self
+                        .master
+                        .narrow(0, off, len)
+                        .f_mul_scalar_(1.0 - h.lr * h.weight_decay);
                 }
             }
             let _ = self.exp_avg.lerp_(&self.grad, 1.0 - h.beta1);
             let _ = self.exp_avg_sq.f_mul_scalar_(h.beta2);
-            let _ = self.exp_avg_sq.addcmul_(&(&self.grad * (1.0 - h.beta2)), &self.grad);
+            let _ = self
+                .exp_avg_sq
+                .addcmul_(&(&self.grad * (1.0 - h.beta2)), &self.grad);
             let bias1 = 1.0 - h.beta1.powi(step);
             let bias2_sqrt = (1.0 - h.beta2.powi(step)).sqrt();
             let denom = (self.exp_avg_sq.sqrt() / bias2_sqrt) + h.eps;
@@ -157,7 +168,10 @@ impl FlatAdamW {
         }
         tch::no_grad(|| {
             for ((_, t), s) in params.iter().zip(&self.slots) {
-                let src = self.master.narrow(0, s.offset, s.numel).view(s.shape.as_slice());
+                let src = self
+                    .master
+                    .narrow(0, s.offset, s.numel)
+                    .view(s.shape.as_slice());
                 t.shallow_clone().copy_(&src);
             }
         });
@@ -205,7 +219,10 @@ mod tests {
         opt.gather_grads(&params);
         assert_eq!(opt.grad.double_value(&[0]), 3.0);
         assert_eq!(opt.grad.double_value(&[8]), 0.0);
-        assert!(a.grad().abs().sum(Kind::Float).double_value(&[]) == 0.0, "grads cleared");
+        assert!(
+            a.grad().abs().sum(Kind::Float).double_value(&[]) == 0.0,
+            "grads cleared"
+        );
     }
 
     #[test]
@@ -213,7 +230,9 @@ mod tests {
         let a = Tensor::zeros([4], (Kind::Float, tch::Device::Cpu));
         let mut opt = FlatAdamW::new(&[("a".to_string(), &a)]);
         tch::no_grad(|| {
-            let _ = opt.grad.copy_(&Tensor::from_slice(&[3.0f32, 4.0, 0.0, 0.0]));
+            let _ = opt
+                .grad
+                .copy_(&Tensor::from_slice(&[3.0f32, 4.0, 0.0, 0.0]));
         });
         let n = opt.grad_norm();
         assert!((n - 5.0).abs() < 1e-9);

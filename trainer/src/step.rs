@@ -15,7 +15,13 @@ use tch::{Kind, Reduction, Tensor};
 
 /// Sum of token cross-entropies of `h` (B, T, d) against `targets` (B, T), computed and
 /// back-propagated chunk by chunk with gradient weight `grad_scale`. Returns the loss sum.
-fn head_loss_backward(model: &Baichuan, h: &Tensor, targets: &Tensor, chunk_tokens: i64, grad_scale: f64) -> f64 {
+fn head_loss_backward(
+    model: &Baichuan,
+    h: &Tensor,
+    targets: &Tensor,
+    chunk_tokens: i64,
+    grad_scale: f64,
+) -> f64 {
     let (b, t, _) = h.size3().expect("hidden is (B, T, d)");
     let chunk = (chunk_tokens / b).clamp(1, t);
     let mut total = 0.0;
@@ -25,7 +31,10 @@ fn head_loss_backward(model: &Baichuan, h: &Tensor, targets: &Tensor, chunk_toke
         let logits = model.head(&h.narrow(1, start, len)).to_kind(Kind::Float); // (B, len, V)
         let v = logits.size()[2];
         let y = targets.narrow(1, start, len).reshape([-1]);
-        let loss = logits.view([-1, v]).cross_entropy_loss::<Tensor>(&y, None, Reduction::Sum, -100, 0.0);
+        let loss =
+            logits
+                .view([-1, v])
+                .cross_entropy_loss::<Tensor>(&y, None, Reduction::Sum, -100, 0.0);
         total += loss.double_value(&[]);
         (loss * grad_scale).backward();
         start += len;
@@ -37,7 +46,12 @@ fn head_loss_backward(model: &Baichuan, h: &Tensor, targets: &Tensor, chunk_toke
 /// `tokens[:, :T]`, targets `tokens[:, 1:]`. Gradients of the mean token loss times
 /// `grad_scale` (1 / accumulation steps) accumulate into the parameters' `.grad()`.
 /// Returns the mean token loss of the micro-batch.
-pub fn forward_backward(model: &Baichuan, tokens: &Tensor, grad_scale: f64, chunk_tokens: i64) -> f64 {
+pub fn forward_backward(
+    model: &Baichuan,
+    tokens: &Tensor,
+    grad_scale: f64,
+    chunk_tokens: i64,
+) -> f64 {
     let (b, t1) = tokens.size2().expect("tokens are (B, T+1)");
     let t = t1 - 1;
     let inputs = tokens.narrow(1, 0, t);
@@ -103,8 +117,9 @@ mod tests {
     use baichuan_model::ModelConfig;
     use tch::Device;
 
-    fn small_model(seed: i64) -> Baichuan {
-        tch::manual_seed(seed);
+    /// A small random model and an identical twin (tests run in parallel threads and share
+    /// libtorch's global generator, so the twin copies weights rather than re-seeding).
+    fn small_models() -> (Baichuan, Baichuan) {
         let c = ModelConfig {
             vocab_size: 97,
             hidden_size: 32,
@@ -114,20 +129,30 @@ mod tests {
             max_position_embeddings: 64,
             ..ModelConfig::tiny()
         };
-        Baichuan::new(&c, Device::Cpu).unwrap()
+        let a = Baichuan::new(&c, Device::Cpu).unwrap();
+        let b = Baichuan::new(&c, Device::Cpu).unwrap();
+        tch::no_grad(|| {
+            for ((_, src), (_, dst)) in a.named_parameters().into_iter().zip(b.named_parameters()) {
+                dst.shallow_clone().copy_(src);
+            }
+        });
+        (a, b)
     }
 
     #[test]
     fn layer_wise_backward_equals_the_full_graph_bit_for_bit() {
         let tokens = Tensor::randint(97, [2, 17], (Kind::Int64, Device::Cpu));
         // the whole chunked loss in one chunk, so the reduction order matches exactly
-        let m1 = small_model(5);
+        let (m1, m2) = small_models();
         let loss1 = forward_backward(&m1, &tokens, 1.0, 1 << 20);
-        let m2 = small_model(5);
         let logits = m2.forward(&tokens.narrow(1, 0, 16)).to_kind(Kind::Float);
-        let loss2 = logits
-            .view([-1, 97])
-            .cross_entropy_loss::<Tensor>(&tokens.narrow(1, 1, 16).reshape([-1]), None, Reduction::Sum, -100, 0.0);
+        let loss2 = logits.view([-1, 97]).cross_entropy_loss::<Tensor>(
+            &tokens.narrow(1, 1, 16).reshape([-1]),
+            None,
+            Reduction::Sum,
+            -100,
+            0.0,
+        );
         (&loss2 / 32.0).backward();
         assert!((loss1 - loss2.double_value(&[]) / 32.0).abs() < 1e-6);
         for ((name, a), (_, b)) in m1.named_parameters().iter().zip(m2.named_parameters()) {
@@ -139,11 +164,10 @@ mod tests {
     #[test]
     fn chunked_loss_equals_the_single_chunk_loss() {
         let tokens = Tensor::randint(97, [3, 21], (Kind::Int64, Device::Cpu));
-        let m = small_model(6);
+        let (m, m2) = small_models();
         let whole = eval_loss(&m, &tokens, 1 << 20);
         let chunked = eval_loss(&m, &tokens, 7);
         assert!((whole - chunked).abs() < 1e-5, "{whole} vs {chunked}");
-        let m2 = small_model(6);
         let trained = forward_backward(&m2, &tokens, 1.0, 7);
         assert!((whole - trained).abs() < 1e-5);
     }

@@ -32,7 +32,9 @@ pub struct TrainSummary {
 fn tokenizer_path(config: &RunConfig) -> PathBuf {
     if let Some(dir) = &config.model.init_from {
         let inside = dir.join(hf::TOKENIZER_FILE);
-        if inside.exists() && config.data.tokenizer == crate::config::DataConfig::default().tokenizer {
+        if inside.exists()
+            && config.data.tokenizer == crate::config::DataConfig::default().tokenizer
+        {
             return inside;
         }
     }
@@ -52,7 +54,8 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
     let (t, d) = (&config.train, &config.data);
     let mc = &resolved.model;
     let run_dir = &config.job.run_dir;
-    std::fs::create_dir_all(run_dir).with_context(|| format!("creating run_dir {}", run_dir.display()))?;
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("creating run_dir {}", run_dir.display()))?;
     std::fs::write(run_dir.join("config.toml"), config.to_toml())?;
 
     // ---- data ----
@@ -71,7 +74,14 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
     let started = Instant::now();
     let (tokens, stats) = text::tokenize_corpus(&tokenizer, &d.path, &d.text_key)?;
     let num_tokens = tokens.len() as u64;
-    let mut loader = Loader::new(tokens, d.seq_len as u64, t.global_batch_size as u64, config.job.seed, 0, 1)?;
+    let mut loader = Loader::new(
+        tokens,
+        d.seq_len as u64,
+        t.global_batch_size as u64,
+        config.job.seed,
+        0,
+        1,
+    )?;
     let order = loader.order().clone();
     println!(
         "data: {} files, {} documents, {} tokens ({:.2} bytes/token, {} empty lines skipped, {} lines with invalid UTF-8 repaired) in {:.1}s",
@@ -126,10 +136,23 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
         peak
     );
 
+    println!(
+        "attention: libtorch scaled_dot_product_attention, {} kernel",
+        baichuan_model::baichuan::attention_backend(
+            mc,
+            t.micro_batch_size,
+            d.seq_len,
+            kind,
+            resolved.device
+        )
+    );
+
     let mut log = MetricsLog::create(run_dir)?;
     let bar = ProgressBar::new(t.steps).with_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("valid template"),
     );
     let tokens_per_step = (t.global_batch_size * d.seq_len) as u64;
     let mut losses = Vec::with_capacity(t.steps as usize);
@@ -144,9 +167,15 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
         let all = Tensor::from_slice(&ids).view([batch.samples as i64, row]); // (G, T+1)
         let mut loss = 0.0;
         for micro in 0..resolved.grad_accum {
-            let x = all.narrow(0, micro * t.micro_batch_size, t.micro_batch_size).to_device(resolved.device);
-            loss += step::forward_backward(&model, &x, 1.0 / resolved.grad_accum as f64, t.loss_chunk_tokens)
-                / resolved.grad_accum as f64;
+            let x = all
+                .narrow(0, micro * t.micro_batch_size, t.micro_batch_size)
+                .to_device(resolved.device);
+            loss += step::forward_backward(
+                &model,
+                &x,
+                1.0 / resolved.grad_accum as f64,
+                t.loss_chunk_tokens,
+            ) / resolved.grad_accum as f64;
         }
         opt.gather_grads(&params);
         let grad_norm = opt.grad_norm();
@@ -201,7 +230,11 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
     let model_dir = run_dir.join("model");
     save_model(&model, &opt, &model_dir, &tok_path)?;
     println!("saved the trained model to {}", model_dir.display());
-    Ok(TrainSummary { losses, model_dir, tokens: t.steps * tokens_per_step })
+    Ok(TrainSummary {
+        losses,
+        model_dir,
+        tokens: t.steps * tokens_per_step,
+    })
 }
 
 /// Writes the fp32 master weights as a Hugging Face directory with the tokenizer beside.
@@ -209,7 +242,10 @@ fn save_model(model: &Baichuan, opt: &FlatAdamW, dir: &Path, tokenizer: &Path) -
     let master = Baichuan::new(&model.config, tch::Device::Cpu)?;
     tch::no_grad(|| {
         for (slot, (_, p)) in opt.slots.iter().zip(master.named_parameters()) {
-            let src = opt.master.narrow(0, slot.offset, slot.numel).view(slot.shape.as_slice());
+            let src = opt
+                .master
+                .narrow(0, slot.offset, slot.numel)
+                .view(slot.shape.as_slice());
             p.shallow_clone().copy_(&src.to_device(tch::Device::Cpu));
         }
     });

@@ -34,12 +34,18 @@ fn model_matches_transformers_llama() {
     };
     tch::manual_seed(42);
     let mut model = Baichuan::new(&config, Device::Cpu).unwrap();
-    let dir = common::temp_dir(&format!("parity-{}-{}", if device.is_cuda() { "cuda" } else { "cpu" }, if bf16 { "bf16" } else { "fp32" }));
+    let dir = common::temp_dir(&format!(
+        "parity-{}-{}",
+        if device.is_cuda() { "cuda" } else { "cpu" },
+        if bf16 { "bf16" } else { "fp32" }
+    ));
     hf::save_pretrained(&model, &dir, Layout::Llama, Kind::Float, None).unwrap();
     model.to(device, kind);
 
     let ids = Tensor::randint(config.vocab_size, [2, 37], (Kind::Int64, Device::Cpu));
-    let logits = tch::no_grad(|| model.forward(&ids.to_device(device))).to_kind(Kind::Float).to_device(Device::Cpu);
+    let logits = tch::no_grad(|| model.forward(&ids.to_device(device)))
+        .to_kind(Kind::Float)
+        .to_device(Device::Cpu);
     // chunks of 8 positions exercise the chunked loss
     let loss = step::forward_backward(&model, &ids.to_device(device), 1.0, 16);
     let mut tensors: Vec<(String, Tensor)> = vec![
@@ -48,11 +54,18 @@ fn model_matches_transformers_llama() {
         ("loss".into(), Tensor::from_slice(&[loss])),
     ];
     for (name, p) in model.named_parameters() {
-        tensors.push((format!("grad.{name}"), p.grad().to_kind(Kind::Float).to_device(Device::Cpu)));
+        tensors.push((
+            format!("grad.{name}"),
+            p.grad().to_kind(Kind::Float).to_device(Device::Cpu),
+        ));
     }
     if !bf16 {
         let prompt: Vec<i64> = vec![17, 423, 5, 999, 3, 250, 81];
-        let greedy = Sampling { max_new_tokens: 20, stop_at_eos: false, ..Sampling::default() };
+        let greedy = Sampling {
+            max_new_tokens: 20,
+            stop_at_eos: false,
+            ..Sampling::default()
+        };
         let new = generate(&model, &prompt, &greedy, |_| true).unwrap();
         assert_eq!(new.len(), 20);
         tensors.push(("prompt".into(), Tensor::from_slice(&prompt)));
@@ -61,18 +74,60 @@ fn model_matches_transformers_llama() {
     hf::write_safetensors(&tensors, &dir.join("rust.safetensors")).unwrap();
 
     let dev_arg = if device.is_cuda() { "cuda" } else { "cpu" };
-    let r = common::run_oracle("scripts/reference/hf_parity.py", &[dir.to_str().unwrap(), "--device", dev_arg]);
-    println!("parity ({dev_arg}, {}): {r}", if bf16 { "bf16" } else { "fp32" });
-    let num = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {r}"));
-    assert_eq!(r["grads_checked"].as_u64(), Some(model.named_parameters().len() as u64));
+    let r = common::run_oracle(
+        "scripts/reference/hf_parity.py",
+        &[dir.to_str().unwrap(), "--device", dev_arg],
+    );
+    println!(
+        "parity ({dev_arg}, {}): {r}",
+        if bf16 { "bf16" } else { "fp32" }
+    );
+    let num = |k: &str| {
+        r[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} missing in {r}"))
+    };
+    assert_eq!(
+        r["grads_checked"].as_u64(),
+        Some(model.named_parameters().len() as u64)
+    );
     if bf16 {
-        assert!(num("logits_rel") <= 2e-2, "logits relative error {}", num("logits_rel"));
-        assert!(num("loss_rel") <= 1e-2, "loss relative error {}", num("loss_rel"));
-        assert!(num("grad_rel_max") <= 6e-2, "gradient {} relative error {}", r["grad_worst"], num("grad_rel_max"));
+        assert!(
+            num("logits_rel") <= 2e-2,
+            "logits relative error {}",
+            num("logits_rel")
+        );
+        assert!(
+            num("loss_rel") <= 1e-2,
+            "loss relative error {}",
+            num("loss_rel")
+        );
+        assert!(
+            num("grad_rel_max") <= 6e-2,
+            "gradient {} relative error {}",
+            r["grad_worst"],
+            num("grad_rel_max")
+        );
     } else {
-        assert!(num("logits_max_abs") <= 1e-4, "logits max abs diff {}", num("logits_max_abs"));
-        assert!(num("loss_rel") <= 1e-5, "loss relative diff {}", num("loss_rel"));
-        assert!(num("grad_rel_max") <= 1e-4, "gradient {} relative error {}", r["grad_worst"], num("grad_rel_max"));
-        assert_eq!(r["generate_equal"], serde_json::Value::Bool(true), "greedy generation differs: {r}");
+        assert!(
+            num("logits_max_abs") <= 1e-4,
+            "logits max abs diff {}",
+            num("logits_max_abs")
+        );
+        assert!(
+            num("loss_rel") <= 1e-5,
+            "loss relative diff {}",
+            num("loss_rel")
+        );
+        assert!(
+            num("grad_rel_max") <= 1e-4,
+            "gradient {} relative error {}",
+            r["grad_worst"],
+            num("grad_rel_max")
+        );
+        assert_eq!(
+            r["generate_equal"],
+            serde_json::Value::Bool(true),
+            "greedy generation differs: {r}"
+        );
     }
 }

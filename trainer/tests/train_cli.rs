@@ -14,7 +14,11 @@ fn baichuan() -> Command {
 
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run baichuan");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "baichuan failed:\n{text}");
     text
 }
@@ -23,25 +27,52 @@ fn run_ok(cmd: &mut Command) -> String {
 fn train_on_the_sample_then_generate_and_export() {
     let run = common::temp_dir("train-tiny");
     let run_dir = format!("job.run_dir={}", run.display());
-    let text = run_ok(baichuan().args(["train", "--config", "config/tiny.toml"]).args([
-        "--set", &run_dir,
-        "--set", "train.steps=40",
-        "--set", "train.micro_batch_size=4",
-        "--set", "train.global_batch_size=8",
-        "--set", "data.seq_len=64",
-        "--set", "model.hidden_size=64",
-        "--set", "model.intermediate_size=160",
-        "--set", "model.num_hidden_layers=2",
-        "--set", "train.warmup_steps=5",
-        "--set", "train.device=cpu",
-    ]));
+    let text = run_ok(
+        baichuan()
+            .args(["train", "--config", "config/tiny.toml"])
+            .args([
+                "--set",
+                &run_dir,
+                "--set",
+                "train.steps=40",
+                "--set",
+                "train.micro_batch_size=4",
+                "--set",
+                "train.global_batch_size=8",
+                "--set",
+                "data.seq_len=64",
+                "--set",
+                "model.hidden_size=64",
+                "--set",
+                "model.intermediate_size=160",
+                "--set",
+                "model.num_hidden_layers=2",
+                "--set",
+                "train.warmup_steps=5",
+                "--set",
+                "train.device=cpu",
+            ]),
+    );
     assert!(text.contains("data: 3 files"), "{text}");
 
     // metrics: one JSON line per step with the documented fields; the loss falls clearly
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let rows: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(rows.len(), 40);
-    for key in ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "step_time_s", "peak_memory_mb"] {
+    for key in [
+        "step",
+        "tokens",
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "mfu",
+        "step_time_s",
+        "peak_memory_mb",
+    ] {
         assert!(rows[0].get(key).is_some(), "metrics lack {key}");
     }
     assert_eq!(rows[39]["tokens"].as_u64(), Some(40 * 8 * 64));
@@ -55,10 +86,35 @@ fn train_on_the_sample_then_generate_and_export() {
 
     // the saved model generates, streams text, and exports in LLaMA layout
     let model = run.join("model");
-    let out = run_ok(baichuan().args(["generate", "--model", model.to_str().unwrap(), "--prompt", "And God said", "--max-new-tokens", "8", "--device", "cpu"]));
-    assert!(out.starts_with("And God said") && out.len() > "And God said".len() + 3, "{out}");
+    let out = run_ok(baichuan().args([
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "And God said",
+        "--max-new-tokens",
+        "8",
+        "--device",
+        "cpu",
+    ]));
+    assert!(
+        out.starts_with("And God said") && out.len() > "And God said".len() + 3,
+        "{out}"
+    );
     let llama = run.join("llama");
-    run_ok(baichuan().args(["export", "--model", model.to_str().unwrap(), "--out", llama.to_str().unwrap(), "--format", "llama", "--dtype", "bf16", "--max-shard-size", "4MB"]));
+    run_ok(baichuan().args([
+        "export",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        llama.to_str().unwrap(),
+        "--format",
+        "llama",
+        "--dtype",
+        "bf16",
+        "--max-shard-size",
+        "4MB",
+    ]));
     assert!(llama.join("model.safetensors.index.json").exists());
     assert!(llama.join("tokenizer.model").exists());
     let config = std::fs::read_to_string(llama.join("config.json")).unwrap();
@@ -67,7 +123,16 @@ fn train_on_the_sample_then_generate_and_export() {
 
 #[test]
 fn info_reports_the_7b_parameter_count_and_a_memory_plan() {
-    let out = run_ok(baichuan().args(["info", "--config", "config/baichuan-7b.toml", "--world-size", "8", "--zero-stage", "1", "--activation-checkpointing"]));
+    let out = run_ok(baichuan().args([
+        "info",
+        "--config",
+        "config/baichuan-7b.toml",
+        "--world-size",
+        "8",
+        "--zero-stage",
+        "1",
+        "--activation-checkpointing",
+    ]));
     assert!(out.contains("parameters: 7000559616"), "{out}");
     assert!(out.contains("FLOPs per token at seq 4096"), "{out}");
     assert!(out.contains("total"), "{out}");
@@ -77,7 +142,15 @@ fn info_reports_the_7b_parameter_count_and_a_memory_plan() {
 fn init_writes_a_loadable_seed_checkpoint() {
     let dir = common::temp_dir("init");
     let out_dir = dir.join("seed");
-    run_ok(baichuan().args(["init", "--config", "config/tiny.toml", "--out", out_dir.to_str().unwrap(), "--set", "model.num_hidden_layers=1"]));
+    run_ok(baichuan().args([
+        "init",
+        "--config",
+        "config/tiny.toml",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--set",
+        "model.num_hidden_layers=1",
+    ]));
     for f in ["config.json", "model.safetensors", "tokenizer.model"] {
         assert!(out_dir.join(f).exists(), "{f} missing");
     }
@@ -93,21 +166,46 @@ fn bad_configs_fail_with_the_key_and_a_hint() {
     let dir = common::temp_dir("bad-config");
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[train]\nlearning_rate = 0.1\n").unwrap();
-    let out = baichuan().args(["train", "--config", bad.to_str().unwrap()]).output().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("learning_rate") && err.contains("bad.toml"), "{err}");
-
     let out = baichuan()
-        .args(["train", "--config", "config/tiny.toml", "--set", "train.global_batch_size=12", "--set", "train.micro_batch_size=8"])
+        .args(["train", "--config", bad.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("global_batch_size") && err.contains("HINT"), "{err}");
+    assert!(
+        err.contains("learning_rate") && err.contains("bad.toml"),
+        "{err}"
+    );
 
     let out = baichuan()
-        .args(["train", "--config", "config/tiny.toml", "--set", "data.path=[\"/nonexistent/corpus\"]", "--set", "train.device=cpu"])
+        .args([
+            "train",
+            "--config",
+            "config/tiny.toml",
+            "--set",
+            "train.global_batch_size=12",
+            "--set",
+            "train.micro_batch_size=8",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("global_batch_size") && err.contains("HINT"),
+        "{err}"
+    );
+
+    let out = baichuan()
+        .args([
+            "train",
+            "--config",
+            "config/tiny.toml",
+            "--set",
+            "data.path=[\"/nonexistent/corpus\"]",
+            "--set",
+            "train.device=cpu",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

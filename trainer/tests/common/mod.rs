@@ -4,9 +4,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The repository root.
+/// The repository root: `$BAICHUAN_ROOT` (for test binaries carried to another machine by
+/// scripts/gpu_check.sh) or the source tree they were built from.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    std::env::var_os("BAICHUAN_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
 }
 
 /// The Python of `.venv` (or `$BAICHUAN_PYTHON`) that runs the independent oracles.
@@ -14,7 +17,11 @@ pub fn python() -> PathBuf {
     let p = std::env::var_os("BAICHUAN_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join(".venv/bin/python"));
-    assert!(p.exists(), "{} not found: run scripts/setup.sh first (it creates .venv)", p.display());
+    assert!(
+        p.exists(),
+        "{} not found: run scripts/setup.sh first (it creates .venv)",
+        p.display()
+    );
     p
 }
 
@@ -38,7 +45,11 @@ pub fn run_oracle(script: &str, args: &[&str]) -> serde_json::Value {
 /// The tokenizer built by scripts/setup.sh.
 pub fn tokenizer() -> PathBuf {
     let p = root().join("assets/tokenizer.model");
-    assert!(p.exists(), "{} not found: run scripts/setup.sh first", p.display());
+    assert!(
+        p.exists(),
+        "{} not found: run scripts/setup.sh first",
+        p.display()
+    );
     p
 }
 
