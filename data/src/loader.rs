@@ -198,7 +198,7 @@ impl<S: TokenSource> Loader<S> {
                 "rank {rank} is outside a world of {world}"
             )));
         }
-        if global_batch == 0 || global_batch % world != 0 {
+        if global_batch == 0 || !global_batch.is_multiple_of(world) {
             return Err(DataError::Config(format!(
                 "global batch of {global_batch} sequences does not split evenly over {world} ranks"
             )));

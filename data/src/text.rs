@@ -137,6 +137,8 @@ pub fn tokenize_file(
     Ok((ids, stats))
 }
 
+type FileResult = Result<(Vec<u32>, TextStats), DataError>;
+
 /// Tokenizes every file of `inputs` in parallel and concatenates them in path order.
 pub fn tokenize_corpus(
     tok: &Tokenizer,
@@ -148,23 +150,28 @@ pub fn tokenize_corpus(
         .map_or(1, |n| n.get())
         .min(files.len());
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<Option<Result<(Vec<u32>, TextStats), DataError>>> =
-        (0..files.len()).map(|_| None).collect();
-    let slots: Vec<std::sync::Mutex<&mut Option<_>>> =
-        results.iter_mut().map(std::sync::Mutex::new).collect();
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, FileResult)>();
     std::thread::scope(|s| {
         for _ in 0..threads {
-            s.spawn(|| loop {
+            let tx = tx.clone();
+            let (next, files) = (&next, &files);
+            s.spawn(move || loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= files.len() {
+                if i >= files.len()
+                    || tx
+                        .send((i, tokenize_file(tok, &files[i], text_key)))
+                        .is_err()
+                {
                     break;
                 }
-                let r = tokenize_file(tok, &files[i], text_key);
-                **slots[i].lock().expect("slot lock") = Some(r);
             });
         }
     });
-    drop(slots);
+    drop(tx);
+    let mut results: Vec<Option<FileResult>> = (0..files.len()).map(|_| None).collect();
+    for (i, r) in rx {
+        results[i] = Some(r);
+    }
     let mut all = Vec::new();
     let mut total = TextStats::default();
     for r in results {

@@ -60,7 +60,7 @@ impl Rotary {
         }
     }
 
-    fn to_device(&mut self, device: Device) {
+    fn move_to(&mut self, device: Device) {
         self.cos = self.cos.to_device(device);
         self.sin = self.sin.to_device(device);
     }
@@ -403,7 +403,7 @@ impl Baichuan {
                 p.set_data(&p.to_device(device).to_kind(kind));
             }
         });
-        self.rotary.to_device(device);
+        self.rotary.move_to(device);
     }
 
     /// Token embedding: ids (B, T) int64 -> (B, T, d). The padding row gets no gradient.

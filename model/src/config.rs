@@ -130,7 +130,13 @@ impl ModelConfig {
                 self.head_dim()
             )));
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.initializer_range > 0.0) || !(self.rope_theta > 1.0)
+        if [
+            self.rms_norm_eps,
+            self.initializer_range,
+            self.rope_theta - 1.0,
+        ]
+        .iter()
+        .any(|v| v.is_nan() || *v <= 0.0)
         {
             return Err(ModelError::Config(
                 "model.rms_norm_eps and model.initializer_range must be > 0 and model.rope_theta > 1"

@@ -47,16 +47,16 @@ impl Default for Sampling {
 impl Sampling {
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |m: &str| Err(ModelError::Config(m.to_string()));
-        if !(self.temperature >= 0.0) {
+        if self.temperature.is_nan() || self.temperature < 0.0 {
             return bad("temperature must be >= 0 (0 is greedy)");
         }
         if self.top_k < 0 {
             return bad("top_k must be >= 0 (0 disables it)");
         }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+        if self.top_p.is_nan() || self.top_p <= 0.0 || self.top_p > 1.0 {
             return bad("top_p must be in (0, 1]");
         }
-        if !(self.repetition_penalty > 0.0) {
+        if self.repetition_penalty.is_nan() || self.repetition_penalty <= 0.0 {
             return bad("repetition_penalty must be > 0 (1.0 disables it)");
         }
         Ok(())

@@ -314,10 +314,10 @@ impl RunConfig {
         if t.steps == 0 {
             bail!("train.steps must be at least 1");
         }
-        if !(t.lr > 0.0) || t.min_lr < 0.0 || t.min_lr > t.lr {
+        if t.lr.is_nan() || t.lr <= 0.0 || t.min_lr < 0.0 || t.min_lr > t.lr {
             bail!("train.lr must be > 0 and 0 <= train.min_lr <= train.lr");
         }
-        if t.betas.iter().any(|b| !(0.0..1.0).contains(b)) || !(t.eps > 0.0) {
+        if t.betas.iter().any(|b| !(0.0..1.0).contains(b)) || t.eps.is_nan() || t.eps <= 0.0 {
             bail!("train.betas must lie in [0, 1) and train.eps must be > 0");
         }
         if t.weight_decay < 0.0 || t.grad_clip < 0.0 {
@@ -425,18 +425,20 @@ mod tests {
     #[test]
     fn readme_documents_every_config_key() {
         // every optional key set, so that serialisation lists them all
-        let mut c = RunConfig::default();
-        c.model = ModelSection {
-            vocab_size: Some(1),
-            hidden_size: Some(1),
-            intermediate_size: Some(1),
-            num_hidden_layers: Some(1),
-            num_attention_heads: Some(1),
-            max_position_embeddings: Some(1),
-            rms_norm_eps: Some(1.0),
-            initializer_range: Some(1.0),
-            init_from: Some("x".into()),
-            ..ModelSection::default()
+        let c = RunConfig {
+            model: ModelSection {
+                vocab_size: Some(1),
+                hidden_size: Some(1),
+                intermediate_size: Some(1),
+                num_hidden_layers: Some(1),
+                num_attention_heads: Some(1),
+                max_position_embeddings: Some(1),
+                rms_norm_eps: Some(1.0),
+                initializer_range: Some(1.0),
+                init_from: Some("x".into()),
+                ..ModelSection::default()
+            },
+            ..RunConfig::default()
         };
         let readme =
             std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))

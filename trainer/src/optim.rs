@@ -230,8 +230,7 @@ mod tests {
         let a = Tensor::zeros([4], (Kind::Float, tch::Device::Cpu));
         let mut opt = FlatAdamW::new(&[("a".to_string(), &a)]);
         tch::no_grad(|| {
-            let _ = opt
-                .grad
+            opt.grad
                 .copy_(&Tensor::from_slice(&[3.0f32, 4.0, 0.0, 0.0]));
         });
         let n = opt.grad_norm();
