@@ -13,14 +13,15 @@
 use baichuan_model::Baichuan;
 use tch::{Kind, Reduction, Tensor};
 
-/// Sum of token cross-entropies of `h` (B, T, d) against `targets` (B, T), computed and
-/// back-propagated chunk by chunk with gradient weight `grad_scale`. Returns the loss sum.
-fn head_loss_backward(
+/// Sum of token cross-entropies of `h` (B, T, d) against `targets` (B, T), computed chunk
+/// by chunk of the sequence. With `grad_scale`, each chunk's loss times it is back-propagated
+/// at once (so only one chunk's logits are ever alive). Returns the loss sum.
+fn chunked_cross_entropy(
     model: &Baichuan,
     h: &Tensor,
     targets: &Tensor,
     chunk_tokens: i64,
-    grad_scale: f64,
+    grad_scale: Option<f64>,
 ) -> f64 {
     let (b, t, _) = h.size3().expect("hidden is (B, T, d)");
     let chunk = (chunk_tokens / b).clamp(1, t);
@@ -36,7 +37,9 @@ fn head_loss_backward(
                 .view([-1, v])
                 .cross_entropy_loss::<Tensor>(&y, None, Reduction::Sum, -100, 0.0);
         total += loss.double_value(&[]);
-        (loss * grad_scale).backward();
+        if let Some(scale) = grad_scale {
+            (loss * scale).backward();
+        }
         start += len;
     }
     total
@@ -71,7 +74,13 @@ pub fn forward_backward(
 
     // head: chunked loss, backward into the top leaf and the head's parameters
     let n_tokens = (b * t) as f64;
-    let loss_sum = head_loss_backward(model, &top, &targets, chunk_tokens, grad_scale / n_tokens);
+    let loss_sum = chunked_cross_entropy(
+        model,
+        &top,
+        &targets,
+        chunk_tokens,
+        Some(grad_scale / n_tokens),
+    );
 
     // blocks from the top down, then the embedding
     let mut grad = top.grad();
@@ -92,21 +101,7 @@ pub fn eval_loss(model: &Baichuan, tokens: &Tensor, chunk_tokens: i64) -> f64 {
         for i in 0..model.layers.len() {
             h = model.block(i, &h);
         }
-        let targets = tokens.narrow(1, 1, t);
-        let chunk = (chunk_tokens / b).clamp(1, t);
-        let mut total = 0.0;
-        let mut start = 0;
-        while start < t {
-            let len = chunk.min(t - start);
-            let logits = model.head(&h.narrow(1, start, len)).to_kind(Kind::Float);
-            let v = logits.size()[2];
-            let y = targets.narrow(1, start, len).reshape([-1]);
-            total += logits
-                .view([-1, v])
-                .cross_entropy_loss::<Tensor>(&y, None, Reduction::Sum, -100, 0.0)
-                .double_value(&[]);
-            start += len;
-        }
+        let total = chunked_cross_entropy(model, &h, &tokens.narrow(1, 1, t), chunk_tokens, None);
         total / (b * t) as f64
     })
 }
