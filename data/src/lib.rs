@@ -2,10 +2,12 @@
 //! deterministic, resumable sample order that slices global batches over ranks.
 
 pub mod loader;
+pub mod prepare;
+pub mod shard;
 pub mod text;
 pub mod tokenizer;
 
-pub use loader::{Batch, Loader, LoaderState, SampleOrder, TokenSource};
+pub use loader::{Batch, Loader, LoaderState, Prefetcher, SampleOrder, TokenRange, TokenSource};
 pub use tokenizer::Tokenizer;
 
 /// Errors of the data crate; each names the file or field and the fix.

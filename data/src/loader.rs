@@ -164,6 +164,41 @@ impl TokenSource for Vec<u32> {
     }
 }
 
+impl<T: TokenSource + ?Sized> TokenSource for std::sync::Arc<T> {
+    fn num_tokens(&self) -> u64 {
+        (**self).num_tokens()
+    }
+    fn read(&self, start: u64, out: &mut [u32]) {
+        (**self).read(start, out)
+    }
+}
+
+/// A contiguous range of another token stream (e.g. the training or held-out part).
+pub struct TokenRange<S: TokenSource> {
+    source: S,
+    start: u64,
+    len: u64,
+}
+
+impl<S: TokenSource> TokenRange<S> {
+    pub fn new(source: S, start: u64, len: u64) -> Self {
+        assert!(
+            start + len <= source.num_tokens(),
+            "range outside the stream"
+        );
+        TokenRange { source, start, len }
+    }
+}
+
+impl<S: TokenSource> TokenSource for TokenRange<S> {
+    fn num_tokens(&self) -> u64 {
+        self.len
+    }
+    fn read(&self, start: u64, out: &mut [u32]) {
+        self.source.read(self.start + start, out)
+    }
+}
+
 /// One rank's part of a global batch: `samples` rows of `seq_len + 1` tokens, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
@@ -262,6 +297,93 @@ impl<S: TokenSource> Loader<S> {
     }
 }
 
+/// Produces batches on a background thread, `depth` ahead of the trainer, so the step never
+/// waits for data. `state()` is the state after the last batch handed out, not after the
+/// prefetched ones, so a checkpoint taken between steps resumes exactly.
+pub struct Prefetcher<S: TokenSource + 'static> {
+    loader: Option<Loader<S>>,
+    worker: Option<std::thread::JoinHandle<Loader<S>>>,
+    rx: Option<std::sync::mpsc::Receiver<(Batch, LoaderState)>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    consumed: LoaderState,
+    depth: usize,
+}
+
+impl<S: TokenSource + 'static> Prefetcher<S> {
+    pub fn new(loader: Loader<S>, depth: usize) -> Self {
+        let consumed = loader.state();
+        let mut p = Prefetcher {
+            loader: Some(loader),
+            worker: None,
+            rx: None,
+            stop: Default::default(),
+            consumed,
+            depth: depth.max(1),
+        };
+        p.start();
+        p
+    }
+
+    fn start(&mut self) {
+        let mut loader = self.loader.take().expect("loader is parked");
+        let (tx, rx) = std::sync::mpsc::sync_channel(self.depth);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.stop = stop.clone();
+        self.worker = Some(std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let batch = loader.next_batch();
+                if tx.send((batch, loader.state())).is_err() {
+                    break;
+                }
+            }
+            loader
+        }));
+        self.rx = Some(rx);
+    }
+
+    fn park(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.rx = None; // a blocked send fails and the worker returns the loader
+        if let Some(worker) = self.worker.take() {
+            self.loader = Some(worker.join().expect("prefetch thread"));
+        }
+    }
+
+    /// The next batch of this rank.
+    pub fn next_batch(&mut self) -> Batch {
+        let (batch, state) = self
+            .rx
+            .as_ref()
+            .expect("running")
+            .recv()
+            .expect("prefetch thread alive");
+        self.consumed = state;
+        batch
+    }
+
+    /// The state after the last batch returned by `next_batch`.
+    pub fn state(&self) -> LoaderState {
+        self.consumed
+    }
+
+    /// Continues from `state` (dropping whatever was prefetched).
+    pub fn restore(&mut self, state: LoaderState) -> Result<(), DataError> {
+        self.park();
+        let result = self.loader.as_mut().expect("parked").restore(state);
+        if result.is_ok() {
+            self.consumed = state;
+        }
+        self.start();
+        result
+    }
+}
+
+impl<S: TokenSource + 'static> Drop for Prefetcher<S> {
+    fn drop(&mut self) {
+        self.park();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,6 +462,43 @@ mod tests {
             got.extend(r1.next_batch().tokens);
             assert_eq!(&got, &want.tokens);
         }
+    }
+
+    #[test]
+    fn prefetcher_state_and_restore_match_an_uninterrupted_loader() {
+        let tokens: Vec<u32> = (0..3000).collect();
+        let mut plain = Loader::new(tokens.clone(), 8, 6, 4, 0, 1).unwrap();
+        let want: Vec<Batch> = (0..30).map(|_| plain.next_batch()).collect();
+        let mut p = Prefetcher::new(Loader::new(tokens.clone(), 8, 6, 4, 0, 1).unwrap(), 3);
+        for w in &want[..11] {
+            assert_eq!(&p.next_batch(), w);
+        }
+        let state = p.state();
+        assert_eq!(
+            state,
+            Loader::new(tokens.clone(), 8, 6, 4, 0, 1)
+                .unwrap()
+                .order()
+                .state_at(66)
+        );
+        // a fresh prefetcher restored mid-run, and the same one rewound, both continue exactly
+        let mut q = Prefetcher::new(Loader::new(tokens, 8, 6, 4, 0, 1).unwrap(), 2);
+        q.restore(state).unwrap();
+        for w in &want[11..] {
+            assert_eq!(&q.next_batch(), w);
+        }
+        p.restore(state).unwrap();
+        assert_eq!(&p.next_batch(), &want[11]);
+    }
+
+    #[test]
+    fn token_ranges_split_a_stream() {
+        let tokens: std::sync::Arc<Vec<u32>> = std::sync::Arc::new((0..100).collect());
+        let tail = TokenRange::new(tokens.clone(), 90, 10);
+        let mut out = [0u32; 3];
+        tail.read(7, &mut out);
+        assert_eq!(out, [97, 98, 99]);
+        assert_eq!(tail.num_tokens(), 10);
     }
 
     #[test]

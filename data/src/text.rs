@@ -13,7 +13,7 @@ use crate::tokenizer::Tokenizer;
 use crate::DataError;
 
 /// Counts reported after tokenizing.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TextStats {
     pub files: usize,
     pub bytes: u64,
@@ -94,22 +94,17 @@ fn document_of(
     }
 }
 
-/// Tokenizes one file into documents (ids + EOS each).
-pub fn tokenize_file(
+/// Tokenizes newline-separated lines into documents (ids + EOS each). `first_line` is the
+/// 1-based line number of the first line in `path`, for error messages.
+pub fn tokenize_lines(
     tok: &Tokenizer,
-    path: &Path,
+    bytes: &[u8],
+    jsonl: bool,
     text_key: &str,
+    path: &Path,
+    first_line: usize,
 ) -> Result<(Vec<u32>, TextStats), DataError> {
-    let bytes = fs::read(path).map_err(|e| DataError::Input {
-        path: path.display().to_string(),
-        msg: e.to_string(),
-    })?;
-    let jsonl = path.extension().and_then(|e| e.to_str()) == Some("jsonl");
-    let mut stats = TextStats {
-        files: 1,
-        bytes: bytes.len() as u64,
-        ..TextStats::default()
-    };
+    let mut stats = TextStats::default();
     let mut ids = Vec::with_capacity(bytes.len() / 3);
     let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
     if lines.last().is_some_and(|l| l.is_empty()) {
@@ -128,61 +123,11 @@ pub fn tokenize_file(
             stats.empty_lines += 1;
             continue;
         }
-        if let Some(doc) = document_of(&line, jsonl, text_key, path, i + 1)? {
+        if let Some(doc) = document_of(&line, jsonl, text_key, path, first_line + i)? {
             ids.extend(tok.encode_document(&doc)?);
             stats.documents += 1;
         }
     }
     stats.tokens = ids.len() as u64;
     Ok((ids, stats))
-}
-
-type FileResult = Result<(Vec<u32>, TextStats), DataError>;
-
-/// Tokenizes every file of `inputs` in parallel and concatenates them in path order.
-pub fn tokenize_corpus(
-    tok: &Tokenizer,
-    inputs: &[PathBuf],
-    text_key: &str,
-) -> Result<(Vec<u32>, TextStats), DataError> {
-    let files = list_files(inputs)?;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(files.len());
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let (tx, rx) = std::sync::mpsc::channel::<(usize, FileResult)>();
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            let tx = tx.clone();
-            let (next, files) = (&next, &files);
-            s.spawn(move || loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= files.len()
-                    || tx
-                        .send((i, tokenize_file(tok, &files[i], text_key)))
-                        .is_err()
-                {
-                    break;
-                }
-            });
-        }
-    });
-    drop(tx);
-    let mut results: Vec<Option<FileResult>> = (0..files.len()).map(|_| None).collect();
-    for (i, r) in rx {
-        results[i] = Some(r);
-    }
-    let mut all = Vec::new();
-    let mut total = TextStats::default();
-    for r in results {
-        let (ids, st) = r.expect("every file tokenized")?;
-        all.extend(ids);
-        total.files += st.files;
-        total.bytes += st.bytes;
-        total.documents += st.documents;
-        total.tokens += st.tokens;
-        total.empty_lines += st.empty_lines;
-        total.invalid_utf8_lines += st.invalid_utf8_lines;
-    }
-    Ok((all, total))
 }

@@ -98,14 +98,17 @@ impl ModelSection {
     }
 }
 
-/// Text input formats read directly by `train`.
+/// How `data.path` is given.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum DataFormat {
-    /// UTF-8 `.txt` files, one document per line (the reference's layout).
+    /// UTF-8 `.txt` files, one document per line (the reference's layout), tokenized at start
+    /// into a cache beside the run.
     Text,
-    /// JSON lines with a text field.
+    /// JSON lines with a text field, tokenized like `text`.
     Jsonl,
+    /// Directories written by `baichuan prepare` (or shard files).
+    Shards,
 }
 
 /// `[data]`: where tokens come from.
@@ -121,6 +124,14 @@ pub struct DataConfig {
     pub tokenizer: PathBuf,
     /// Tokens per training sequence.
     pub seq_len: i64,
+    /// Held-out validation data (same format as `path`); empty: none, or `valid_fraction`.
+    pub valid: Vec<PathBuf>,
+    /// Fraction of the token stream (its end) held out for validation when `valid` is empty.
+    pub valid_fraction: f64,
+    /// Where text/JSONL is tokenized to; default `<run_dir>/token-cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// Batches prepared ahead by the background loader thread.
+    pub prefetch: usize,
 }
 
 impl Default for DataConfig {
@@ -131,6 +142,29 @@ impl Default for DataConfig {
             text_key: "text".into(),
             tokenizer: "assets/tokenizer.model".into(),
             seq_len: 128,
+            valid: Vec::new(),
+            valid_fraction: 0.0,
+            cache_dir: None,
+            prefetch: 2,
+        }
+    }
+}
+
+/// `[eval]`: validation during training.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Evaluate on the held-out data every this many steps (0: never; also after the last step).
+    pub interval: u64,
+    /// Batches (of the global batch size) per evaluation; always the same ones.
+    pub batches: u64,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            interval: 100,
+            batches: 4,
         }
     }
 }
@@ -214,6 +248,7 @@ pub struct RunConfig {
     pub model: ModelSection,
     pub data: DataConfig,
     pub train: TrainConfig,
+    pub eval: EvalConfig,
 }
 
 /// Values derived once at start-up from the config and the world.
@@ -295,6 +330,15 @@ impl RunConfig {
                 d.seq_len,
                 model.max_position_embeddings
             );
+        }
+        if !(0.0..0.5).contains(&d.valid_fraction) {
+            bail!(
+                "data.valid_fraction = {} must be in [0, 0.5)",
+                d.valid_fraction
+            );
+        }
+        if d.prefetch == 0 {
+            bail!("data.prefetch must be at least 1");
         }
         if d.path.is_empty() {
             bail!("data.path is empty: name at least one file or directory of training text");
@@ -438,6 +482,7 @@ mod tests {
                 init_from: Some("x".into()),
                 ..ModelSection::default()
             },
+            data: DataConfig { cache_dir: Some("x".into()), ..DataConfig::default() },
             ..RunConfig::default()
         };
         let readme =

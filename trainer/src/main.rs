@@ -6,11 +6,12 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use baichuan_data::prepare::{prepare, PrepareOptions};
 use baichuan_data::Tokenizer;
 use baichuan_model::generate::{generate, Sampling};
 use baichuan_model::{hf, Baichuan, Layout};
 use baichuan_trainer::config::RunConfig;
-use baichuan_trainer::{info, train};
+use baichuan_trainer::{dataset, info, train};
 use clap::{Parser, Subcommand, ValueEnum};
 use tch::{Device, Kind};
 
@@ -115,6 +116,31 @@ enum Command {
         zero_stage: u8,
         #[arg(long)]
         activation_checkpointing: bool,
+    },
+    /// Tokenize UTF-8 text (one document per line) or JSONL into token shards.
+    Prepare {
+        /// Files or directories (.txt and .jsonl files are taken from directories).
+        #[arg(long, required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// JSONL field holding the document.
+        #[arg(long, default_value = "text")]
+        text_key: String,
+        /// Tokenizing threads (default: all cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Tokens per shard.
+        #[arg(long, default_value_t = 1 << 28)]
+        shard_tokens: u64,
+        /// MiB of text per work item.
+        #[arg(long, default_value_t = 4)]
+        chunk_mb: usize,
+        /// Redo even if the output is up to date.
+        #[arg(long)]
+        force: bool,
     },
     /// Encode stdin to ids (or pieces), or decode ids to text.
     Tokenize {
@@ -304,6 +330,33 @@ fn main() -> Result<()> {
                 loss_chunk_tokens: cfg.train.loss_chunk_tokens as u64,
             };
             print!("{}", info::report(&model, &input));
+        }
+        Command::Prepare {
+            input,
+            tokenizer,
+            out,
+            text_key,
+            jobs,
+            shard_tokens,
+            chunk_mb,
+            force,
+        } => {
+            let tok = Tokenizer::open(&tokenizer)?;
+            let mut opts = PrepareOptions::new(input, out.clone());
+            opts.text_key = text_key;
+            if let Some(j) = jobs {
+                opts.jobs = j.max(1);
+            }
+            opts.shard_tokens = shard_tokens.max(1);
+            opts.chunk_bytes = chunk_mb.max(1) << 20;
+            opts.force = force;
+            let bar = dataset::byte_bar(0, "tokenizing");
+            let summary = prepare(&tok, &opts, &|done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })?;
+            bar.finish_and_clear();
+            dataset::print_summary(&summary, &out);
         }
         Command::Tokenize {
             tokenizer,

@@ -26,6 +26,9 @@ pub struct StepRecord {
     pub mfu: f64,
     pub step_time_s: f64,
     pub peak_memory_mb: f64,
+    /// Mean token loss on the held-out data, on evaluation steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_loss: Option<f64>,
 }
 
 /// Appends step records to `<run_dir>/metrics.jsonl`.

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use baichuan_data::{text, Loader, Tokenizer};
 use baichuan_model::{hf, Baichuan, Layout};
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::{Kind, Tensor};
@@ -18,7 +17,7 @@ use tch::{Kind, Tensor};
 use crate::config::{Precision, RunConfig};
 use crate::metrics::{self, MetricsLog, StepRecord};
 use crate::optim::{lr_at, AdamWParams, FlatAdamW};
-use crate::step;
+use crate::{dataset, step};
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -60,47 +59,7 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
 
     // ---- data ----
     let tok_path = tokenizer_path(config);
-    let tokenizer = Tokenizer::open(&tok_path)?;
-    if tokenizer.vocab_size() as i64 > mc.vocab_size {
-        bail!(
-            "tokenizer {} has {} pieces but model.vocab_size is {}; HINT: use the model's tokenizer \
-             or set model.vocab_size >= {}",
-            tok_path.display(),
-            tokenizer.vocab_size(),
-            mc.vocab_size,
-            tokenizer.vocab_size()
-        );
-    }
-    let started = Instant::now();
-    let (tokens, stats) = text::tokenize_corpus(&tokenizer, &d.path, &d.text_key)?;
-    let num_tokens = tokens.len() as u64;
-    let mut loader = Loader::new(
-        tokens,
-        d.seq_len as u64,
-        t.global_batch_size as u64,
-        config.job.seed,
-        0,
-        1,
-    )?;
-    let order = loader.order().clone();
-    println!(
-        "data: {} files, {} documents, {} tokens ({:.2} bytes/token, {} empty lines skipped, {} lines with invalid UTF-8 repaired) in {:.1}s",
-        stats.files,
-        stats.documents,
-        num_tokens,
-        stats.bytes as f64 / num_tokens.max(1) as f64,
-        stats.empty_lines,
-        stats.invalid_utf8_lines,
-        started.elapsed().as_secs_f64()
-    );
-    let per_epoch = order.num_samples() / t.global_batch_size as u64;
-    println!(
-        "data: {} samples of {}+1 tokens per epoch ({} global batches; {} tail tokens are not a whole sample this epoch)",
-        order.num_samples(),
-        d.seq_len,
-        per_epoch,
-        order.leftover_tokens(num_tokens)
-    );
+    let mut data = dataset::open(config, &tok_path, mc.vocab_size, 0, 1)?;
 
     // ---- model and optimizer ----
     tch::manual_seed(config.job.seed as i64);
@@ -162,7 +121,7 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
     for s in 0..t.steps {
         let t0 = Instant::now();
         let lr = lr_at(s, t.steps, t.warmup_steps, t.lr, t.min_lr);
-        let batch = loader.next_batch();
+        let batch = data.train.next_batch();
         let ids: Vec<i64> = batch.tokens.iter().map(|&t| i64::from(t)).collect();
         let all = Tensor::from_slice(&ids).view([batch.samples as i64, row]); // (G, T+1)
         let mut loss = 0.0;
@@ -195,6 +154,21 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
         // ---- diagnostics ----
         let dt = t0.elapsed().as_secs_f64();
         let tps = tokens_per_step as f64 / dt;
+        let last = s + 1 == t.steps;
+        let valid_loss = if !data.valid.is_empty()
+            && config.eval.interval > 0
+            && ((s + 1) % config.eval.interval == 0 || last)
+        {
+            Some(validate(
+                &model,
+                &data.valid,
+                t.micro_batch_size,
+                resolved.device,
+                t.loss_chunk_tokens,
+            ))
+        } else {
+            None
+        };
         let record = StepRecord {
             step: s + 1,
             tokens: (s + 1) * tokens_per_step,
@@ -205,15 +179,19 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
             mfu: flops_per_token * tps / peak,
             step_time_s: dt,
             peak_memory_mb: metrics::peak_memory_mb(resolved.device),
+            valid_loss,
         };
         log.write(&record)?;
         losses.push(loss);
         bar.set_message(format!("loss {loss:.4}"));
         bar.inc(1);
-        if (s + 1) % t.log_interval == 0 || s == 0 || s + 1 == t.steps {
+        if (s + 1) % t.log_interval == 0 || s == 0 || last || valid_loss.is_some() {
+            let valid = valid_loss.map_or(String::new(), |v| {
+                format!(" | valid {v:.4} (ppl {:.1})", v.exp())
+            });
             bar.suspend(|| {
                 println!(
-                    "step {:>6} | loss {:.4} | lr {:.3e} | grad norm {:.3} | {:.0} tok/s | MFU {:.1}% | {:.0} ms",
+                    "step {:>6} | loss {:.4}{valid} | lr {:.3e} | grad norm {:.3} | {:.0} tok/s | MFU {:.1}% | {:.0} ms",
                     s + 1,
                     loss,
                     lr,
@@ -250,6 +228,33 @@ fn save_model(model: &Baichuan, opt: &FlatAdamW, dir: &Path, tokenizer: &Path) -
         }
     });
     hf::save_pretrained(&master, dir, Layout::Baichuan, Kind::Float, None)?;
-    hf::copy_tokenizer(tokenizer, dir)?;
+    if tokenizer.exists() {
+        hf::copy_tokenizer(tokenizer, dir)?;
+    }
     Ok(())
+}
+
+/// Mean token loss over the fixed validation batches.
+fn validate(
+    model: &Baichuan,
+    batches: &[baichuan_data::Batch],
+    micro: i64,
+    device: tch::Device,
+    chunk: i64,
+) -> f64 {
+    let mut total = 0.0;
+    let mut n = 0;
+    for b in batches {
+        let ids: Vec<i64> = b.tokens.iter().map(|&t| i64::from(t)).collect();
+        let all = Tensor::from_slice(&ids).view([b.samples as i64, b.seq_len as i64 + 1]); // (G, T+1)
+        let mut start = 0;
+        while start < b.samples as i64 {
+            let rows = micro.min(b.samples as i64 - start);
+            total += step::eval_loss(model, &all.narrow(0, start, rows).to_device(device), chunk)
+                * rows as f64;
+            n += rows;
+            start += rows;
+        }
+    }
+    total / n as f64
 }

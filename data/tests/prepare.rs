@@ -1,0 +1,230 @@
+//! `prepare` end to end on a small corpus with awkward content (JSONL, invalid UTF-8, empty
+//! lines, a line longer than a chunk, no final newline), cut into tiny chunks and shards so
+//! every path of the pipeline runs: the shards hold exactly the tokens of a plain sequential
+//! line-by-line encoding, the manifest makes re-runs no-ops until an input changes, and the
+//! sample loader over the shards sees every sample once per epoch on 1 to 4 ranks.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::PathBuf;
+
+use baichuan_data::prepare::{prepare, Manifest, PrepareOptions};
+use baichuan_data::shard::ShardSet;
+use baichuan_data::{Loader, TokenSource, Tokenizer};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn tokenizer() -> Tokenizer {
+    let path = root().join("assets/tokenizer.model");
+    assert!(
+        path.exists(),
+        "{} missing: run scripts/setup.sh",
+        path.display()
+    );
+    Tokenizer::open(&path).unwrap()
+}
+
+fn temp(name: &str) -> PathBuf {
+    let d = root().join("target/test-tmp/prepare").join(name);
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The corpus and the ids a plain sequential encoding gives (files in sorted order).
+fn corpus(dir: &PathBuf, tok: &Tokenizer) -> (Vec<u32>, u64) {
+    let kjv = fs::read_to_string(root().join("data/sample/kjv.txt")).unwrap();
+    let poems = fs::read_to_string(root().join("data/sample/tang300.txt")).unwrap();
+    let a: String = kjv.lines().take(400).map(|l| format!("{l}\n")).collect();
+    let mut b: Vec<u8> = Vec::new();
+    b.extend_from_slice("第一行\n\n   \n".as_bytes());
+    b.extend_from_slice(b"broken \xff\xfe utf8 line\n");
+    b.extend_from_slice(
+        poems
+            .lines()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
+            .as_bytes(),
+    ); // no final newline
+    let long_line = "长".repeat(20_000) + "\n"; // 60 KB, longer than a chunk
+    let jsonl = format!(
+        "{}\n{}\n",
+        serde_json::json!({"text": "JSON document one", "id": 1}),
+        serde_json::json!({"text": long_line.trim_end()})
+    );
+    fs::write(dir.join("a.txt"), &a).unwrap();
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    fs::write(dir.join("sub/b.txt"), &b).unwrap();
+    fs::write(dir.join("c.jsonl"), &jsonl).unwrap();
+    fs::write(dir.join("ignored.csv"), "not,text\n").unwrap();
+
+    let mut ids = Vec::new();
+    let mut docs = 0;
+    let b_text = String::from_utf8_lossy(&b).to_string();
+    let docs_a: Vec<String> = a.lines().map(String::from).collect();
+    let docs_c = vec![
+        "JSON document one".to_string(),
+        long_line.trim_end().to_string(),
+    ];
+    let docs_b: Vec<String> = b_text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect();
+    // sorted path order: a.txt, c.jsonl, sub/b.txt
+    for doc in docs_a.iter().chain(&docs_c).chain(&docs_b) {
+        ids.extend(tok.encode_document(doc).unwrap());
+        docs += 1;
+    }
+    (ids, docs)
+}
+
+#[test]
+fn shards_hold_exactly_the_sequential_encoding_and_reruns_are_no_ops() {
+    let tok = tokenizer();
+    let dir = temp("exact");
+    let input = dir.join("in");
+    fs::create_dir_all(&input).unwrap();
+    let (want, docs) = corpus(&input, &tok);
+    let out = dir.join("out");
+    let mut opts = PrepareOptions::new(vec![input.clone()], out.clone());
+    opts.jobs = 3;
+    opts.chunk_bytes = 4096;
+    opts.shard_tokens = 5000;
+    let s = prepare(&tok, &opts, &|_, _| {}).unwrap();
+    assert!(!s.up_to_date);
+    let m = &s.manifest;
+    assert_eq!(m.stats.files, 3);
+    assert_eq!(m.stats.documents, docs);
+    assert_eq!(m.stats.tokens, want.len() as u64);
+    assert_eq!(m.stats.empty_lines, 2);
+    assert_eq!(m.stats.invalid_utf8_lines, 1);
+    assert!(
+        m.shards.len() > 2,
+        "expected several shards, got {}",
+        m.shards.len()
+    );
+
+    let set = ShardSet::open(&m.shard_paths(&out)).unwrap();
+    assert_eq!(set.num_tokens(), want.len() as u64);
+    assert_eq!(set.num_documents(), docs);
+    let mut got = vec![0u32; want.len()];
+    set.read(0, &mut got);
+    assert_eq!(
+        got, want,
+        "the shards hold the sequential encoding, in order"
+    );
+    assert_eq!(
+        fs::metadata(out.join(&m.shards[0].file)).unwrap().len(),
+        64 + 2 * m.shards[0].tokens,
+        "u16 ids"
+    );
+
+    // unchanged input: nothing to do; a touched input: redone
+    let again = prepare(&tok, &opts, &|_, _| {}).unwrap();
+    assert!(again.up_to_date);
+    assert_eq!(Manifest::read(&out).unwrap(), again.manifest);
+    fs::write(input.join("a.txt"), "a changed file\n").unwrap();
+    let redone = prepare(&tok, &opts, &|_, _| {}).unwrap();
+    assert!(!redone.up_to_date);
+    assert!(redone.manifest.stats.tokens < m.stats.tokens);
+
+    // a damaged shard is noticed and rewritten
+    let first = out.join(&redone.manifest.shards[0].file);
+    let bytes = fs::read(&first).unwrap();
+    fs::write(&first, &bytes[..bytes.len() - 2]).unwrap();
+    let repaired = prepare(&tok, &opts, &|_, _| {}).unwrap();
+    assert!(!repaired.up_to_date);
+    assert!(ShardSet::open(&repaired.manifest.shard_paths(&out)).is_ok());
+}
+
+#[test]
+fn every_sample_appears_once_per_epoch_over_shards_for_1_to_4_ranks() {
+    let tok = tokenizer();
+    let dir = temp("epoch");
+    let input = dir.join("in");
+    fs::create_dir_all(&input).unwrap();
+    corpus(&input, &tok);
+    let out = dir.join("out");
+    let mut opts = PrepareOptions::new(vec![input], out.clone());
+    opts.shard_tokens = 3000;
+    opts.chunk_bytes = 8192;
+    let m = prepare(&tok, &opts, &|_, _| {}).unwrap().manifest;
+    let seq = 32u64;
+    for world in 1..=4u64 {
+        let global = 12u64; // divisible by 1..=4 ranks, not by the sample count
+        let mut rows: Vec<Vec<u32>> = Vec::new();
+        let mut ids = Vec::new();
+        let mut num_samples = 0;
+        for rank in 0..world {
+            let set = ShardSet::open(&m.shard_paths(&out)).unwrap();
+            let mut l = Loader::new(set, seq, global, 5, rank, world).unwrap();
+            num_samples = l.order().num_samples();
+            for _ in 0..num_samples / global {
+                let b = l.next_batch();
+                rows.extend(b.tokens.chunks(seq as usize + 1).map(|r| r.to_vec()));
+                ids.extend(b.sample_ids);
+            }
+        }
+        let unique: HashSet<u64> = ids.iter().copied().collect();
+        assert_eq!(
+            unique.len() as u64,
+            (num_samples / global) * global,
+            "world {world}: a sample repeated"
+        );
+        // and the rows are the stream's tokens at those samples
+        let set = ShardSet::open(&m.shard_paths(&out)).unwrap();
+        for (row, id) in rows.iter().zip(&ids) {
+            let mut want = vec![0u32; seq as usize + 1];
+            set.read(id * seq, &mut want);
+            assert_eq!(row, &want);
+        }
+    }
+}
+
+#[test]
+fn missing_and_empty_inputs_are_clear_errors() {
+    let tok = tokenizer();
+    let dir = temp("bad");
+    let e = prepare(
+        &tok,
+        &PrepareOptions::new(vec![dir.join("nope")], dir.join("o")),
+        &|_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("nope"), "{e}");
+    let empty = dir.join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    let e = prepare(
+        &tok,
+        &PrepareOptions::new(vec![empty.clone()], dir.join("o")),
+        &|_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no .txt or .jsonl"), "{e}");
+    fs::write(empty.join("blank.txt"), "\n\n  \n").unwrap();
+    let e = prepare(
+        &tok,
+        &PrepareOptions::new(vec![empty], dir.join("o")),
+        &|_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no documents"), "{e}");
+    let j = dir.join("j");
+    fs::create_dir_all(&j).unwrap();
+    fs::write(j.join("x.jsonl"), "{\"body\": \"hi\"}\n").unwrap();
+    let e = prepare(
+        &tok,
+        &PrepareOptions::new(vec![j], dir.join("o2")),
+        &|_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("x.jsonl:1") && e.contains("text"), "{e}");
+}

@@ -1,0 +1,193 @@
+//! The trainer's view of its data: resolves `[data]` into a token stream (tokenizing text or
+//! JSONL into a cache beside the run, reused while inputs and tokenizer are unchanged, or
+//! opening prepared shards), splits off the held-out part, and builds the prefetching loader
+//! of this rank and the fixed validation batches.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use baichuan_data::prepare::{prepare, Manifest, PrepareOptions, PrepareSummary, MANIFEST_FILE};
+use baichuan_data::shard::ShardSet;
+use baichuan_data::{Batch, Loader, Prefetcher, TokenRange, TokenSource, Tokenizer};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::{DataFormat, RunConfig};
+
+pub type Stream = TokenRange<Arc<ShardSet>>;
+
+/// The data of one rank.
+pub struct Datasets {
+    pub train: Prefetcher<Stream>,
+    /// The same validation batches at every evaluation (this rank's rows), if any.
+    pub valid: Vec<Batch>,
+    pub train_tokens: u64,
+    pub vocab_size: u64,
+    pub samples_per_epoch: u64,
+}
+
+/// A byte progress bar with MB/s and ETA.
+pub fn byte_bar(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template(&format!(
+            "{what} {{bar:30}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}} ETA {{eta}}"
+        ))
+        .expect("valid template"),
+    );
+    bar
+}
+
+/// Prints what `prepare` did, as `baichuan prepare` and `train` report it.
+pub fn print_summary(s: &PrepareSummary, out: &Path) {
+    let st = &s.manifest.stats;
+    if s.up_to_date {
+        println!(
+            "data: {} is up to date ({} tokens in {} shards); nothing to do",
+            out.display(),
+            st.tokens,
+            s.manifest.shards.len()
+        );
+        return;
+    }
+    println!(
+        "data: {} files, {:.1} MB -> {} documents, {} tokens ({:.2} bytes/token) in {} shards, {:.1}s ({:.1} MB/s); \
+         {} empty lines skipped, {} lines with invalid UTF-8 repaired",
+        st.files,
+        st.bytes as f64 / 1e6,
+        st.documents,
+        st.tokens,
+        st.bytes as f64 / st.tokens.max(1) as f64,
+        s.manifest.shards.len(),
+        s.seconds,
+        st.bytes as f64 / 1e6 / s.seconds.max(1e-9),
+        st.empty_lines,
+        st.invalid_utf8_lines
+    );
+}
+
+/// Opens the tokens of `paths` in `format`, tokenizing text into `cache` first when needed.
+fn open_stream(
+    config: &RunConfig,
+    paths: &[PathBuf],
+    cache: &Path,
+    tokenizer: &Path,
+) -> Result<ShardSet> {
+    let d = &config.data;
+    match d.format {
+        DataFormat::Text | DataFormat::Jsonl => {
+            let tok = Tokenizer::open(tokenizer)?;
+            let mut opts = PrepareOptions::new(paths.to_vec(), cache.to_path_buf());
+            opts.text_key = d.text_key.clone();
+            let bar = byte_bar(0, "tokenizing");
+            let summary = prepare(&tok, &opts, &|done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .with_context(|| format!("tokenizing data.path into the cache {}", cache.display()))?;
+            bar.finish_and_clear();
+            print_summary(&summary, cache);
+            Ok(ShardSet::open(&summary.manifest.shard_paths(cache))?)
+        }
+        DataFormat::Shards => {
+            let mut shards = Vec::new();
+            for p in paths {
+                if p.join(MANIFEST_FILE).exists() {
+                    shards.extend(Manifest::read(p)?.shard_paths(p));
+                } else if p.is_file() {
+                    shards.push(p.clone());
+                } else {
+                    bail!("{}: neither a prepared directory (no {MANIFEST_FILE}) nor a shard file; HINT: run `baichuan prepare`", p.display());
+                }
+            }
+            Ok(ShardSet::open(&shards)?)
+        }
+    }
+}
+
+/// Builds the data of rank `rank` of `world`.
+pub fn open(
+    config: &RunConfig,
+    tokenizer: &Path,
+    model_vocab: i64,
+    rank: u64,
+    world: u64,
+) -> Result<Datasets> {
+    let d = &config.data;
+    let cache = d
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| config.job.run_dir.join("token-cache"));
+    let all = Arc::new(open_stream(config, &d.path, &cache, tokenizer)?);
+    if all.vocab_size() > model_vocab as u64 {
+        bail!(
+            "the data was tokenized with a {}-piece vocabulary but model.vocab_size is {model_vocab}; \
+             HINT: use the model's tokenizer, or set model.vocab_size >= {}",
+            all.vocab_size(),
+            all.vocab_size()
+        );
+    }
+    let seq = d.seq_len as u64;
+    let global = config.train.global_batch_size as u64;
+    let total = all.num_tokens();
+    let (train_range, valid_range) = if !d.valid.is_empty() {
+        let valid = Arc::new(open_stream(
+            config,
+            &d.valid,
+            &cache.with_file_name("token-cache-valid"),
+            tokenizer,
+        )?);
+        let n = valid.num_tokens();
+        (
+            TokenRange::new(all.clone(), 0, total),
+            Some(TokenRange::new(valid, 0, n)),
+        )
+    } else if d.valid_fraction > 0.0 {
+        let held = ((total as f64 * d.valid_fraction).ceil() as u64).max(seq + 1);
+        if held + seq + 1 > total {
+            bail!(
+                "data.valid_fraction = {} leaves no training data in {total} tokens",
+                d.valid_fraction
+            );
+        }
+        (
+            TokenRange::new(all.clone(), 0, total - held),
+            Some(TokenRange::new(all.clone(), total - held, held)),
+        )
+    } else {
+        (TokenRange::new(all.clone(), 0, total), None)
+    };
+    let train_tokens = train_range.num_tokens();
+    let loader = Loader::new(train_range, seq, global, config.job.seed, rank, world)
+        .context("[data] with [train] batch sizes")?;
+    let order = loader.order().clone();
+    println!(
+        "data: {} training tokens = {} samples of {}+1 per epoch ({} global batches); {} tail tokens fall outside this epoch's samples",
+        train_tokens,
+        order.num_samples(),
+        seq,
+        order.num_samples() / global,
+        order.leftover_tokens(train_tokens)
+    );
+    let valid = match valid_range {
+        None => Vec::new(),
+        Some(range) => {
+            let tokens = range.num_tokens();
+            let mut l = Loader::new(range, seq, global, config.job.seed, rank, world)
+                .context("the validation data is smaller than one global batch; HINT: raise data.valid_fraction or add data.valid")?;
+            let available = l.order().num_samples() / global;
+            if available == 0 {
+                bail!("validation data holds {tokens} tokens, fewer than one global batch of {global} x {seq}; HINT: raise data.valid_fraction");
+            }
+            let n = config.eval.batches.min(available).max(1);
+            println!("data: {tokens} validation tokens; {n} fixed batches per evaluation");
+            (0..n).map(|_| l.next_batch()).collect()
+        }
+    };
+    Ok(Datasets {
+        train: Prefetcher::new(loader, d.prefetch),
+        valid,
+        train_tokens,
+        vocab_size: all.vocab_size(),
+        samples_per_epoch: order.num_samples(),
+    })
+}
