@@ -1,6 +1,7 @@
 //! `baichuan-data`: the SentencePiece tokenizer, raw text corpora to token streams, and the
 //! deterministic, resumable sample order that slices global batches over ranks.
 
+pub mod bpe;
 pub mod loader;
 pub mod prepare;
 pub mod shard;

@@ -323,7 +323,7 @@ mod tests {
     fn round_trip_u16_and_u32_across_shard_boundaries() {
         let d = dir("rt");
         for (vocab, width) in [(64000u64, 2u64), (100_000, 4)] {
-            let a: Vec<u32> = (0..1000).map(|i| (i * 37 % vocab as u32)).collect();
+            let a: Vec<u32> = (0..1000).map(|i| i * 37 % vocab as u32).collect();
             let b: Vec<u32> = (0..500).map(|i| (i * 91 + 7) % vocab as u32).collect();
             let (pa, pb) = (
                 d.join(format!("a{vocab}.bin")),

@@ -124,7 +124,7 @@ pub fn tokenize_lines(
             continue;
         }
         if let Some(doc) = document_of(&line, jsonl, text_key, path, first_line + i)? {
-            ids.extend(tok.encode_document(&doc)?);
+            tok.encode_document_into(&doc, &mut ids)?;
             stats.documents += 1;
         }
     }

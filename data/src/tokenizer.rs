@@ -8,11 +8,14 @@ use std::path::{Path, PathBuf};
 
 use sentencepiece::SentencePieceProcessor;
 
+use crate::bpe::Bpe;
 use crate::DataError;
 
-/// A loaded SentencePiece model.
+/// A loaded SentencePiece model. Encoding uses the native BPE encoder ([`Bpe`]) when the
+/// model is of the kind it covers (Baichuan's is), else the C++ library.
 pub struct Tokenizer {
     sp: SentencePieceProcessor,
+    fast: Option<Bpe>,
     path: PathBuf,
     eos: u32,
     bos: u32,
@@ -44,8 +47,10 @@ impl Tokenizer {
         })?;
         let eos = sp.eos_id().unwrap_or(2);
         let bos = sp.bos_id().unwrap_or(1);
+        let fast = Bpe::from_proto(&sp.to_serialized_proto());
         Ok(Tokenizer {
             sp,
+            fast,
             path: path.to_path_buf(),
             eos,
             bos,
@@ -70,11 +75,28 @@ impl Tokenizer {
 
     /// Token ids of `text` (no BOS, no EOS).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
+        match &self.fast {
+            Some(bpe) => {
+                let mut ids = Vec::with_capacity(text.len() / 2 + 1);
+                bpe.encode(text, &mut ids);
+                Ok(ids)
+            }
+            None => self.encode_with_library(text),
+        }
+    }
+
+    /// Token ids through Google's C++ library, whatever the model.
+    pub fn encode_with_library(&self, text: &str) -> Result<Vec<u32>, DataError> {
         let pieces = self
             .sp
             .encode(text)
             .map_err(|e| DataError::Tokenizer(e.to_string()))?;
         Ok(pieces.into_iter().map(|p| p.id).collect())
+    }
+
+    /// Whether the native encoder serves this model.
+    pub fn is_native(&self) -> bool {
+        self.fast.is_some()
     }
 
     /// Pieces of `text`, for inspection (`baichuan tokenize --pieces`).
@@ -100,10 +122,20 @@ impl Tokenizer {
             .map_err(|e| DataError::Tokenizer(e.to_string()))
     }
 
+    /// Appends a training document to `out`: its ids followed by EOS.
+    pub fn encode_document_into(&self, text: &str, out: &mut Vec<u32>) -> Result<(), DataError> {
+        match &self.fast {
+            Some(bpe) => bpe.encode(text, out),
+            None => out.extend(self.encode_with_library(text)?),
+        }
+        out.push(self.eos);
+        Ok(())
+    }
+
     /// A training document: its ids followed by EOS.
     pub fn encode_document(&self, text: &str) -> Result<Vec<u32>, DataError> {
-        let mut ids = self.encode(text)?;
-        ids.push(self.eos);
+        let mut ids = Vec::new();
+        self.encode_document_into(text, &mut ids)?;
         Ok(ids)
     }
 }

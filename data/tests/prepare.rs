@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use baichuan_data::prepare::{prepare, Manifest, PrepareOptions};
 use baichuan_data::shard::ShardSet;
@@ -34,7 +34,7 @@ fn temp(name: &str) -> PathBuf {
 }
 
 /// The corpus and the ids a plain sequential encoding gives (files in sorted order).
-fn corpus(dir: &PathBuf, tok: &Tokenizer) -> (Vec<u32>, u64) {
+fn corpus(dir: &Path, tok: &Tokenizer) -> (Vec<u32>, u64) {
     let kjv = fs::read_to_string(root().join("data/sample/kjv.txt")).unwrap();
     let poems = fs::read_to_string(root().join("data/sample/tang300.txt")).unwrap();
     let a: String = kjv.lines().take(400).map(|l| format!("{l}\n")).collect();

@@ -52,6 +52,38 @@ fn reference_encodings_from_the_published_checks() {
 }
 
 #[test]
+fn the_native_encoder_equals_the_cpp_library_on_the_whole_sample() {
+    let tok = tokenizer();
+    assert!(
+        tok.is_native(),
+        "the Baichuan model is served by the native BPE encoder"
+    );
+    let mut lines = 0;
+    for file in ["kjv.txt", "tang300.txt", "song100.txt"] {
+        let text = std::fs::read_to_string(root().join("data/sample").join(file)).unwrap();
+        for line in text.lines() {
+            assert_eq!(
+                tok.encode(line).unwrap(),
+                tok.encode_with_library(line).unwrap(),
+                "{line:?}"
+            );
+            lines += 1;
+        }
+    }
+    // repeated words hit the word cache: the second encoding must equal the first
+    let again = "And God said, Let there be light: and there was light.";
+    assert_eq!(
+        tok.encode(again).unwrap(),
+        tok.encode_with_library(again).unwrap()
+    );
+    assert_eq!(
+        tok.encode(again).unwrap(),
+        tok.encode_with_library(again).unwrap()
+    );
+    assert!(lines > 12_000);
+}
+
+#[test]
 fn ids_equal_python_sentencepiece() {
     let tok = tokenizer();
     let texts = [
@@ -63,6 +95,9 @@ fn ids_equal_python_sentencepiece() {
         "whitespace   runs\t\ttabs  \n\n newlines    end   ",
         "   leading spaces",
         "<SEP> <unk> </s> control-looking text",
+        "<p>html</p><br/>\t<h2>tags</h2>0１２",
+        "  two leading, two trailing  ",
+        " ",
         "",
     ];
     let dir = root().join("target/test-tmp/tokenizer");

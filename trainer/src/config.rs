@@ -482,7 +482,10 @@ mod tests {
                 init_from: Some("x".into()),
                 ..ModelSection::default()
             },
-            data: DataConfig { cache_dir: Some("x".into()), ..DataConfig::default() },
+            data: DataConfig {
+                cache_dir: Some("x".into()),
+                ..DataConfig::default()
+            },
             ..RunConfig::default()
         };
         let readme =
