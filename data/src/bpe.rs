@@ -219,9 +219,9 @@ impl Bpe {
                             unk = Some(id);
                         }
                         if kind == BYTE {
-                            let hex = std::str::from_utf8(&piece).ok().and_then(|p| {
-                                p.strip_prefix("<0x")?.strip_suffix('>').map(String::from)
-                            });
+                            let hex = std::str::from_utf8(&piece)
+                                .ok()
+                                .and_then(|p| p.strip_prefix("<0x")?.strip_suffix('>').map(String::from));
                             match hex.and_then(|h| u8::from_str_radix(&h, 16).ok()) {
                                 Some(b) => byte_ids[b as usize] = id,
                                 None => ok = false,
@@ -274,8 +274,8 @@ impl Bpe {
         }
         // words encode independently when no piece or symbol holds ▁ past its first byte
         let inner_space = |p: &[u8]| p.len() > 3 && p[1..].windows(3).any(|w| w == SPACE);
-        let word_cache = !pieces.keys().any(|p| inner_space(p))
-            && !user.iter().any(|u| u.windows(3).any(|w| w == SPACE));
+        let word_cache =
+            !pieces.keys().any(|p| inner_space(p)) && !user.iter().any(|u| u.windows(3).any(|w| w == SPACE));
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Some(Bpe {
             pieces,
@@ -370,34 +370,30 @@ impl Bpe {
             last.next = -1;
         }
         let mut heap = BinaryHeap::with_capacity(symbols.len());
-        let try_pair =
-            |heap: &mut BinaryHeap<Pair>, symbols: &[Symbol], left: isize, right: isize| {
-                if left < 0 || right < 0 {
-                    return;
-                }
-                let (l, r) = (&symbols[left as usize], &symbols[right as usize]);
-                if l.frozen || r.frozen {
-                    return;
-                }
-                if let Some(&(_, score)) = self.pieces.get(&s[l.start..r.end]) {
-                    heap.push(Pair {
-                        score,
-                        left: left as usize,
-                        right: right as usize,
-                        size: r.end - l.start,
-                    });
-                }
-            };
+        let try_pair = |heap: &mut BinaryHeap<Pair>, symbols: &[Symbol], left: isize, right: isize| {
+            if left < 0 || right < 0 {
+                return;
+            }
+            let (l, r) = (&symbols[left as usize], &symbols[right as usize]);
+            if l.frozen || r.frozen {
+                return;
+            }
+            if let Some(&(_, score)) = self.pieces.get(&s[l.start..r.end]) {
+                heap.push(Pair {
+                    score,
+                    left: left as usize,
+                    right: right as usize,
+                    size: r.end - l.start,
+                });
+            }
+        };
         for i in 1..symbols.len() {
             try_pair(&mut heap, &symbols, i as isize - 1, i as isize);
         }
         while let Some(top) = heap.pop() {
             let (l, r) = (&symbols[top.left], &symbols[top.right]);
             // stale: one side was merged away or grew since the pair was queued
-            if l.start == l.end
-                || r.start == r.end
-                || (l.end - l.start) + (r.end - r.start) != top.size
-            {
+            if l.start == l.end || r.start == r.end || (l.end - l.start) + (r.end - r.start) != top.size {
                 continue;
             }
             let (r_end, r_next) = (r.end, r.next);

@@ -37,12 +37,7 @@ impl Permutation {
         let bits = (64 - n.saturating_sub(1).leading_zeros()).max(2);
         let bits = bits + (bits & 1);
         let base = mix64(seed ^ mix64(epoch.wrapping_add(0x5151_5151)));
-        let keys = [
-            mix64(base ^ 1),
-            mix64(base ^ 2),
-            mix64(base ^ 3),
-            mix64(base ^ 4),
-        ];
+        let keys = [mix64(base ^ 1), mix64(base ^ 2), mix64(base ^ 3), mix64(base ^ 4)];
         Permutation {
             n,
             half_bits: bits / 2,
@@ -182,10 +177,7 @@ pub struct TokenRange<S: TokenSource> {
 
 impl<S: TokenSource> TokenRange<S> {
     pub fn new(source: S, start: u64, len: u64) -> Self {
-        assert!(
-            start + len <= source.num_tokens(),
-            "range outside the stream"
-        );
+        assert!(start + len <= source.num_tokens(), "range outside the stream");
         TokenRange { source, start, len }
     }
 }
@@ -229,9 +221,7 @@ impl<S: TokenSource> Loader<S> {
         world: u64,
     ) -> Result<Self, DataError> {
         if world == 0 || rank >= world {
-            return Err(DataError::Config(format!(
-                "rank {rank} is outside a world of {world}"
-            )));
+            return Err(DataError::Config(format!("rank {rank} is outside a world of {world}")));
         }
         if global_batch == 0 || !global_batch.is_multiple_of(world) {
             return Err(DataError::Config(format!(
@@ -401,18 +391,10 @@ mod tests {
 
     #[test]
     fn order_depends_on_seed_and_epoch() {
-        let a: Vec<u64> = (0..50)
-            .map(|i| Permutation::new(50, 1, 0).apply(i))
-            .collect();
-        let b: Vec<u64> = (0..50)
-            .map(|i| Permutation::new(50, 2, 0).apply(i))
-            .collect();
-        let c: Vec<u64> = (0..50)
-            .map(|i| Permutation::new(50, 1, 1).apply(i))
-            .collect();
-        let again: Vec<u64> = (0..50)
-            .map(|i| Permutation::new(50, 1, 0).apply(i))
-            .collect();
+        let a: Vec<u64> = (0..50).map(|i| Permutation::new(50, 1, 0).apply(i)).collect();
+        let b: Vec<u64> = (0..50).map(|i| Permutation::new(50, 2, 0).apply(i)).collect();
+        let c: Vec<u64> = (0..50).map(|i| Permutation::new(50, 1, 1).apply(i)).collect();
+        let again: Vec<u64> = (0..50).map(|i| Permutation::new(50, 1, 0).apply(i)).collect();
         assert_eq!(a, again);
         assert_ne!(a, b);
         assert_ne!(a, c);
@@ -476,10 +458,7 @@ mod tests {
         let state = p.state();
         assert_eq!(
             state,
-            Loader::new(tokens.clone(), 8, 6, 4, 0, 1)
-                .unwrap()
-                .order()
-                .state_at(66)
+            Loader::new(tokens.clone(), 8, 6, 4, 0, 1).unwrap().order().state_at(66)
         );
         // a fresh prefetcher restored mid-run, and the same one rewound, both continue exactly
         let mut q = Prefetcher::new(Loader::new(tokens, 8, 6, 4, 0, 1).unwrap(), 2);

@@ -97,10 +97,7 @@ impl Manifest {
         let path = dir.join(MANIFEST_FILE);
         let text = fs::read_to_string(&path).map_err(|e| DataError::Input {
             path: path.display().to_string(),
-            msg: format!(
-                "{e}; HINT: run `baichuan prepare --out {}` first",
-                dir.display()
-            ),
+            msg: format!("{e}; HINT: run `baichuan prepare --out {}` first", dir.display()),
         })?;
         serde_json::from_str(&text).map_err(|e| DataError::Input {
             path: path.display().to_string(),
@@ -272,10 +269,7 @@ pub fn prepare(
     fs::create_dir_all(&opts.out).map_err(|e| io_err(&opts.out, e))?;
     // an interrupted or outdated earlier run leaves nothing that could be mistaken for output
     let _ = fs::remove_file(opts.out.join(MANIFEST_FILE));
-    for entry in fs::read_dir(&opts.out)
-        .map_err(|e| io_err(&opts.out, e))?
-        .flatten()
-    {
+    for entry in fs::read_dir(&opts.out).map_err(|e| io_err(&opts.out, e))?.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         if name.starts_with("shard-") && (name.ends_with(".bin") || name.ends_with(".tmp")) {
             let _ = fs::remove_file(entry.path());
@@ -325,14 +319,7 @@ pub fn prepare(
                 };
                 let path = &files[chunk.file];
                 let jsonl = path.extension().and_then(|e| e.to_str()) == Some("jsonl");
-                let r = tokenize_lines(
-                    tok,
-                    &chunk.bytes,
-                    jsonl,
-                    &opts.text_key,
-                    path,
-                    chunk.first_line,
-                );
+                let r = tokenize_lines(tok, &chunk.bytes, jsonl, &opts.text_key, path, chunk.first_line);
                 if res_tx.send((chunk.seq, chunk.bytes.len(), r)).is_err() {
                     break;
                 }
@@ -393,7 +380,12 @@ pub fn prepare(
     result?;
     if stats.tokens == 0 {
         return Err(DataError::Input {
-            path: opts.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            path: opts
+                .inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             msg: "the input holds no documents (every line is empty); HINT: check the path and format".into(),
         });
     }

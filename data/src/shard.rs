@@ -69,7 +69,10 @@ impl ShardHeader {
     /// Parses and checks a header; `file_len` must match the token count exactly.
     pub fn decode(bytes: &[u8], file_len: u64, path: &Path) -> Result<Self, DataError> {
         if bytes.len() < HEADER_BYTES as usize || &bytes[0..8] != MAGIC {
-            return Err(err(path, "not a baichuan token shard (bad magic); HINT: create shards with `baichuan prepare`"));
+            return Err(err(
+                path,
+                "not a baichuan token shard (bad magic); HINT: create shards with `baichuan prepare`",
+            ));
         }
         let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
         let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().expect("8 bytes"));
@@ -134,8 +137,7 @@ impl ShardWriter {
             num_documents: 0,
         };
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(&header.encode())
-            .map_err(|e| err(&tmp, e.to_string()))?;
+        out.write_all(&header.encode()).map_err(|e| err(&tmp, e.to_string()))?;
         Ok(ShardWriter {
             path: path.to_path_buf(),
             tmp,
@@ -172,12 +174,7 @@ impl ShardWriter {
     /// Rewrites the header with the final counts, fsyncs and renames into place.
     pub fn finish(self) -> Result<ShardHeader, DataError> {
         use std::io::{Seek, SeekFrom};
-        let ShardWriter {
-            path,
-            tmp,
-            out,
-            header,
-        } = self;
+        let ShardWriter { path, tmp, out, header } = self;
         let mut file = out.into_inner().map_err(|e| err(&tmp, e.to_string()))?;
         let io = |e: std::io::Error| err(&tmp, e.to_string());
         file.seek(SeekFrom::Start(0)).map_err(io)?;
@@ -197,8 +194,7 @@ pub struct Shard {
 
 impl Shard {
     pub fn open(path: &Path) -> Result<Self, DataError> {
-        let file =
-            File::open(path).map_err(|e| err(path, format!("{e}; HINT: check data.path")))?;
+        let file = File::open(path).map_err(|e| err(path, format!("{e}; HINT: check data.path")))?;
         let len = file.metadata().map_err(|e| err(path, e.to_string()))?.len();
         // SAFETY: shards are written once (atomically renamed) and never modified in place.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(path, e.to_string()))?;
@@ -244,10 +240,7 @@ impl ShardSet {
                 "no token shards given; HINT: run `baichuan prepare` first".into(),
             ));
         }
-        let shards = paths
-            .iter()
-            .map(|p| Shard::open(p))
-            .collect::<Result<Vec<_>, _>>()?;
+        let shards = paths.iter().map(|p| Shard::open(p)).collect::<Result<Vec<_>, _>>()?;
         let vocab = shards[0].header.vocab_size;
         if let Some(other) = shards.iter().find(|s| s.header.vocab_size != vocab) {
             return Err(err(
@@ -325,16 +318,10 @@ mod tests {
         for (vocab, width) in [(64000u64, 2u64), (100_000, 4)] {
             let a: Vec<u32> = (0..1000).map(|i| i * 37 % vocab as u32).collect();
             let b: Vec<u32> = (0..500).map(|i| (i * 91 + 7) % vocab as u32).collect();
-            let (pa, pb) = (
-                d.join(format!("a{vocab}.bin")),
-                d.join(format!("b{vocab}.bin")),
-            );
+            let (pa, pb) = (d.join(format!("a{vocab}.bin")), d.join(format!("b{vocab}.bin")));
             write(&pa, vocab, &a);
             write(&pb, vocab, &b);
-            assert_eq!(
-                fs::metadata(&pa).unwrap().len(),
-                HEADER_BYTES + 1000 * width
-            );
+            assert_eq!(fs::metadata(&pa).unwrap().len(), HEADER_BYTES + 1000 * width);
             let set = ShardSet::open(&[pa, pb]).unwrap();
             assert_eq!(set.num_tokens(), 1500);
             assert_eq!(set.num_documents(), 2);

@@ -47,10 +47,7 @@ pub fn list_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
                         .path();
                     if path.is_dir() {
                         stack.push(path);
-                    } else if matches!(
-                        path.extension().and_then(|e| e.to_str()),
-                        Some("txt" | "jsonl")
-                    ) {
+                    } else if matches!(path.extension().and_then(|e| e.to_str()), Some("txt" | "jsonl")) {
                         out.push(path);
                     }
                 }
@@ -63,7 +60,11 @@ pub fn list_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
     out.dedup();
     if out.is_empty() {
         return Err(DataError::Input {
-            path: inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            path: inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             msg: "no .txt or .jsonl files found; HINT: point data.path at a directory of UTF-8 text files".into(),
         });
     }

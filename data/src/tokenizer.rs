@@ -87,10 +87,7 @@ impl Tokenizer {
 
     /// Token ids through Google's C++ library, whatever the model.
     pub fn encode_with_library(&self, text: &str) -> Result<Vec<u32>, DataError> {
-        let pieces = self
-            .sp
-            .encode(text)
-            .map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        let pieces = self.sp.encode(text).map_err(|e| DataError::Tokenizer(e.to_string()))?;
         Ok(pieces.into_iter().map(|p| p.id).collect())
     }
 
@@ -101,10 +98,7 @@ impl Tokenizer {
 
     /// Pieces of `text`, for inspection (`baichuan tokenize --pieces`).
     pub fn encode_pieces(&self, text: &str) -> Result<Vec<(u32, String)>, DataError> {
-        let pieces = self
-            .sp
-            .encode(text)
-            .map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        let pieces = self.sp.encode(text).map_err(|e| DataError::Tokenizer(e.to_string()))?;
         Ok(pieces.into_iter().map(|p| (p.id, p.piece)).collect())
     }
 

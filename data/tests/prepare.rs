@@ -18,11 +18,7 @@ fn root() -> PathBuf {
 
 fn tokenizer() -> Tokenizer {
     let path = root().join("assets/tokenizer.model");
-    assert!(
-        path.exists(),
-        "{} missing: run scripts/setup.sh",
-        path.display()
-    );
+    assert!(path.exists(), "{} missing: run scripts/setup.sh", path.display());
     Tokenizer::open(&path).unwrap()
 }
 
@@ -41,14 +37,7 @@ fn corpus(dir: &Path, tok: &Tokenizer) -> (Vec<u32>, u64) {
     let mut b: Vec<u8> = Vec::new();
     b.extend_from_slice("第一行\n\n   \n".as_bytes());
     b.extend_from_slice(b"broken \xff\xfe utf8 line\n");
-    b.extend_from_slice(
-        poems
-            .lines()
-            .take(30)
-            .collect::<Vec<_>>()
-            .join("\n")
-            .as_bytes(),
-    ); // no final newline
+    b.extend_from_slice(poems.lines().take(30).collect::<Vec<_>>().join("\n").as_bytes()); // no final newline
     let long_line = "长".repeat(20_000) + "\n"; // 60 KB, longer than a chunk
     let jsonl = format!(
         "{}\n{}\n",
@@ -65,10 +54,7 @@ fn corpus(dir: &Path, tok: &Tokenizer) -> (Vec<u32>, u64) {
     let mut docs = 0;
     let b_text = String::from_utf8_lossy(&b).to_string();
     let docs_a: Vec<String> = a.lines().map(String::from).collect();
-    let docs_c = vec![
-        "JSON document one".to_string(),
-        long_line.trim_end().to_string(),
-    ];
+    let docs_c = vec!["JSON document one".to_string(), long_line.trim_end().to_string()];
     let docs_b: Vec<String> = b_text
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -102,21 +88,14 @@ fn shards_hold_exactly_the_sequential_encoding_and_reruns_are_no_ops() {
     assert_eq!(m.stats.tokens, want.len() as u64);
     assert_eq!(m.stats.empty_lines, 2);
     assert_eq!(m.stats.invalid_utf8_lines, 1);
-    assert!(
-        m.shards.len() > 2,
-        "expected several shards, got {}",
-        m.shards.len()
-    );
+    assert!(m.shards.len() > 2, "expected several shards, got {}", m.shards.len());
 
     let set = ShardSet::open(&m.shard_paths(&out)).unwrap();
     assert_eq!(set.num_tokens(), want.len() as u64);
     assert_eq!(set.num_documents(), docs);
     let mut got = vec![0u32; want.len()];
     set.read(0, &mut got);
-    assert_eq!(
-        got, want,
-        "the shards hold the sequential encoding, in order"
-    );
+    assert_eq!(got, want, "the shards hold the sequential encoding, in order");
     assert_eq!(
         fs::metadata(out.join(&m.shards[0].file)).unwrap().len(),
         64 + 2 * m.shards[0].tokens,
@@ -208,23 +187,15 @@ fn missing_and_empty_inputs_are_clear_errors() {
     .to_string();
     assert!(e.contains("no .txt or .jsonl"), "{e}");
     fs::write(empty.join("blank.txt"), "\n\n  \n").unwrap();
-    let e = prepare(
-        &tok,
-        &PrepareOptions::new(vec![empty], dir.join("o")),
-        &|_, _| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let e = prepare(&tok, &PrepareOptions::new(vec![empty], dir.join("o")), &|_, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no documents"), "{e}");
     let j = dir.join("j");
     fs::create_dir_all(&j).unwrap();
     fs::write(j.join("x.jsonl"), "{\"body\": \"hi\"}\n").unwrap();
-    let e = prepare(
-        &tok,
-        &PrepareOptions::new(vec![j], dir.join("o2")),
-        &|_, _| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let e = prepare(&tok, &PrepareOptions::new(vec![j], dir.join("o2")), &|_, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("x.jsonl:1") && e.contains("text"), "{e}");
 }

@@ -13,11 +13,7 @@ fn root() -> PathBuf {
 
 fn tokenizer() -> Tokenizer {
     let path = root().join("assets/tokenizer.model");
-    assert!(
-        path.exists(),
-        "{} missing: run scripts/setup.sh",
-        path.display()
-    );
+    assert!(path.exists(), "{} missing: run scripts/setup.sh", path.display());
     Tokenizer::open(&path).unwrap()
 }
 
@@ -30,14 +26,10 @@ fn reference_encodings_from_the_published_checks() {
         (
             "登鹳雀楼->王之涣\n夜雨寄北->",
             &[
-                31106, 32040, 36988, 33888, 31914, 3817, 31702, 31278, 36161, 5, 32010, 31963,
-                32953, 31505, 3817,
+                31106, 32040, 36988, 33888, 31914, 3817, 31702, 31278, 36161, 5, 32010, 31963, 32953, 31505, 3817,
             ],
         ),
-        (
-            "Hello world 12345",
-            &[24568, 1275, 31106, 53, 54, 55, 56, 57],
-        ),
+        ("Hello world 12345", &[24568, 1275, 31106, 53, 54, 55, 56, 57]),
     ];
     for (text, want) in cases {
         let ids = tok.encode(text).unwrap();
@@ -72,14 +64,8 @@ fn the_native_encoder_equals_the_cpp_library_on_the_whole_sample() {
     }
     // repeated words hit the word cache: the second encoding must equal the first
     let again = "And God said, Let there be light: and there was light.";
-    assert_eq!(
-        tok.encode(again).unwrap(),
-        tok.encode_with_library(again).unwrap()
-    );
-    assert_eq!(
-        tok.encode(again).unwrap(),
-        tok.encode_with_library(again).unwrap()
-    );
+    assert_eq!(tok.encode(again).unwrap(), tok.encode_with_library(again).unwrap());
+    assert_eq!(tok.encode(again).unwrap(), tok.encode_with_library(again).unwrap());
     assert!(lines > 12_000);
 }
 
@@ -113,22 +99,14 @@ fn ids_equal_python_sentencepiece() {
         .arg(&input)
         .output()
         .unwrap_or_else(|e| panic!("{}: {e}; run scripts/setup.sh", python.display()));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let oracle: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for (i, text) in texts.iter().enumerate() {
         let ids = tok.encode(text).unwrap();
         let want: Vec<u32> = serde_json::from_value(oracle["ids"][i].clone()).unwrap();
         assert_eq!(ids, want, "ids of {text:?}");
         let decoded = tok.decode(&ids).unwrap();
-        assert_eq!(
-            decoded,
-            oracle["decoded"][i].as_str().unwrap(),
-            "decoding of {text:?}"
-        );
+        assert_eq!(decoded, oracle["decoded"][i].as_str().unwrap(), "decoding of {text:?}");
         assert_eq!(&decoded, text, "round trip of {text:?}");
     }
     // byte fallback really happened for the rare characters

@@ -48,8 +48,7 @@ pub struct Rotary {
 
 impl Rotary {
     pub fn new(head_dim: i64, max_positions: i64, base: f64, device: Device) -> Self {
-        let exponent =
-            Tensor::arange_start_step(0, head_dim, 2, (Kind::Float, device)) / head_dim as f64;
+        let exponent = Tensor::arange_start_step(0, head_dim, 2, (Kind::Float, device)) / head_dim as f64;
         let inv_freq = Tensor::pow_scalar(base, &exponent).reciprocal(); // (hd/2)
         let t = Tensor::arange(max_positions, (Kind::Float, device)); // (P)
         let freqs = t.unsqueeze(1) * inv_freq.unsqueeze(0); // (P, hd/2)
@@ -85,22 +84,10 @@ fn rotate_half(x: &Tensor) -> Tensor {
 /// The fused attention kernel libtorch picks for this model's training attention at
 /// `batch` x `seq_len` in `kind` on `device` (`at::_fused_sdp_choice`): "flash",
 /// "efficient", "cudnn" or "math" (the unfused fallback).
-pub fn attention_backend(
-    config: &ModelConfig,
-    batch: i64,
-    seq_len: i64,
-    kind: Kind,
-    device: Device,
-) -> &'static str {
-    let shape = [
-        batch,
-        config.num_attention_heads,
-        seq_len,
-        config.head_dim(),
-    ];
+pub fn attention_backend(config: &ModelConfig, batch: i64, seq_len: i64, kind: Kind, device: Device) -> &'static str {
+    let shape = [batch, config.num_attention_heads, seq_len, config.head_dim()];
     let q = Tensor::zeros(shape, (kind, device)).set_requires_grad(true);
-    let choice =
-        Tensor::f_internal_fused_sdp_choice(&q, &q, &q, None::<Tensor>, 0.0, true, None, false);
+    let choice = Tensor::f_internal_fused_sdp_choice(&q, &q, &q, None::<Tensor>, 0.0, true, None, false);
     match choice {
         Ok(1) => "flash",
         Ok(2) => "efficient",
@@ -120,27 +107,12 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(
-        config: &ModelConfig,
-        batch: i64,
-        capacity: i64,
-        kind: Kind,
-        device: Device,
-    ) -> Self {
-        let shape = [
-            batch,
-            config.num_attention_heads,
-            capacity,
-            config.head_dim(),
-        ];
+    pub fn new(config: &ModelConfig, batch: i64, capacity: i64, kind: Kind, device: Device) -> Self {
+        let shape = [batch, config.num_attention_heads, capacity, config.head_dim()];
         let layers = config.num_hidden_layers as usize;
         KvCache {
-            keys: (0..layers)
-                .map(|_| Tensor::zeros(shape, (kind, device)))
-                .collect(),
-            values: (0..layers)
-                .map(|_| Tensor::zeros(shape, (kind, device)))
-                .collect(),
+            keys: (0..layers).map(|_| Tensor::zeros(shape, (kind, device))).collect(),
+            values: (0..layers).map(|_| Tensor::zeros(shape, (kind, device))).collect(),
             len: 0,
             capacity,
         }
@@ -181,16 +153,7 @@ impl Attention {
         let k = rotary.apply(&qkv.get(1), offset);
         let v = qkv.get(2);
         let y = match cache {
-            None => Tensor::scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                None::<Tensor>,
-                0.0,
-                true,
-                None,
-                false,
-            ),
+            None => Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, false),
             Some((cache, layer)) => {
                 let end = offset + t;
                 cache.keys[layer].narrow(2, offset, t).copy_(&k);
@@ -199,29 +162,11 @@ impl Attention {
                 let values = cache.values[layer].narrow(2, 0, end);
                 if t == 1 {
                     // one new query sees every cached position
-                    Tensor::scaled_dot_product_attention(
-                        &q,
-                        &keys,
-                        &values,
-                        None::<Tensor>,
-                        0.0,
-                        false,
-                        None,
-                        false,
-                    )
+                    Tensor::scaled_dot_product_attention(&q, &keys, &values, None::<Tensor>, 0.0, false, None, false)
                 } else {
                     // query i sits at position offset+i and sees keys 0..=offset+i
                     let mask = Tensor::ones([t, end], (Kind::Bool, x.device())).tril(offset);
-                    Tensor::scaled_dot_product_attention(
-                        &q,
-                        &keys,
-                        &values,
-                        Some(mask),
-                        0.0,
-                        false,
-                        None,
-                        false,
-                    )
+                    Tensor::scaled_dot_product_attention(&q, &keys, &values, Some(mask), 0.0, false, None, false)
                 }
             }
         }; // (B, nh, T, hd)
@@ -258,24 +203,14 @@ pub struct Block {
 impl Block {
     /// `x`: (B, T, d) -> (B, T, d), positions 0..T, causal.
     pub fn forward(&self, x: &Tensor, rotary: &Rotary) -> Tensor {
-        let h = x + self
-            .self_attn
-            .forward(&self.input_layernorm.forward(x), rotary, None);
+        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), rotary, None);
         &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
     }
 
-    fn forward_cached(
-        &self,
-        x: &Tensor,
-        rotary: &Rotary,
-        cache: &mut KvCache,
-        layer: usize,
-    ) -> Tensor {
-        let attn = self.self_attn.forward(
-            &self.input_layernorm.forward(x),
-            rotary,
-            Some((cache, layer)),
-        );
+    fn forward_cached(&self, x: &Tensor, rotary: &Rotary, cache: &mut KvCache, layer: usize) -> Tensor {
+        let attn = self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x), rotary, Some((cache, layer)));
         let h = x + attn;
         &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
     }
@@ -286,10 +221,7 @@ impl Block {
             ("input_layernorm.weight", &self.input_layernorm.weight),
             ("self_attn.W_pack.weight", &self.self_attn.w_pack),
             ("self_attn.o_proj.weight", &self.self_attn.o_proj),
-            (
-                "post_attention_layernorm.weight",
-                &self.post_attention_layernorm.weight,
-            ),
+            ("post_attention_layernorm.weight", &self.post_attention_layernorm.weight),
             ("mlp.gate_proj.weight", &self.mlp.gate_proj),
             ("mlp.up_proj.weight", &self.mlp.up_proj),
             ("mlp.down_proj.weight", &self.mlp.down_proj),
@@ -320,11 +252,7 @@ impl Baichuan {
     /// Seed libtorch (`tch::manual_seed`) first for a reproducible draw.
     pub fn new(config: &ModelConfig, device: Device) -> Result<Self, ModelError> {
         config.validate()?;
-        let (v, d, f) = (
-            config.vocab_size,
-            config.hidden_size,
-            config.intermediate_size,
-        );
+        let (v, d, f) = (config.vocab_size, config.hidden_size, config.intermediate_size);
         let std = config.initializer_range;
         let embed_tokens = param(&[v, d], std, device);
         if let Some(pad) = config.pad_token_id {
@@ -388,10 +316,7 @@ impl Baichuan {
     }
 
     pub fn parameters(&self) -> Vec<&Tensor> {
-        self.named_parameters()
-            .into_iter()
-            .map(|(_, t)| t)
-            .collect()
+        self.named_parameters().into_iter().map(|(_, t)| t).collect()
     }
 
     /// Replaces every parameter's data by a copy in `kind` on `device`, in place (the
@@ -481,14 +406,7 @@ mod tests {
         assert_eq!(named[2].1.size(), vec![48, 16]);
         assert_eq!(named.last().unwrap().0, "lm_head.weight");
         // the padding row starts at zero
-        assert_eq!(
-            m.embed_tokens
-                .get(0)
-                .abs()
-                .sum(Kind::Float)
-                .double_value(&[]),
-            0.0
-        );
+        assert_eq!(m.embed_tokens.get(0).abs().sum(Kind::Float).double_value(&[]), 0.0);
     }
 
     #[test]
@@ -506,10 +424,7 @@ mod tests {
         let r = Rotary::new(8, 16, 10000.0, Device::Cpu);
         let x = Tensor::randn([1, 2, 5, 8], (Kind::Float, Device::Cpu));
         let y = r.apply(&x, 0);
-        let d0 = (y.narrow(2, 0, 1) - x.narrow(2, 0, 1))
-            .abs()
-            .max()
-            .double_value(&[]);
+        let d0 = (y.narrow(2, 0, 1) - x.narrow(2, 0, 1)).abs().max().double_value(&[]);
         assert!(d0 < 1e-7);
         let nx = x.square().sum_dim_intlist(-1, false, Kind::Float);
         let ny = y.square().sum_dim_intlist(-1, false, Kind::Float);
@@ -523,15 +438,9 @@ mod tests {
         let a = Tensor::from_slice(&[3i64, 4, 5, 6, 7]).view([1, 5]);
         let b = Tensor::from_slice(&[3i64, 4, 5, 9, 9]).view([1, 5]);
         let (la, lb) = tch::no_grad(|| (m.forward(&a), m.forward(&b)));
-        let diff = (la.narrow(1, 0, 3) - lb.narrow(1, 0, 3))
-            .abs()
-            .max()
-            .double_value(&[]);
+        let diff = (la.narrow(1, 0, 3) - lb.narrow(1, 0, 3)).abs().max().double_value(&[]);
         assert!(diff < 1e-6, "earlier positions changed by {diff}");
-        let later = (la.narrow(1, 3, 2) - lb.narrow(1, 3, 2))
-            .abs()
-            .max()
-            .double_value(&[]);
+        let later = (la.narrow(1, 3, 2) - lb.narrow(1, 3, 2)).abs().max().double_value(&[]);
         assert!(later > 1e-4);
     }
 

@@ -112,9 +112,7 @@ impl ModelConfig {
         ];
         for (name, value) in positive {
             if value <= 0 {
-                return Err(ModelError::Config(format!(
-                    "model.{name} = {value} must be positive"
-                )));
+                return Err(ModelError::Config(format!("model.{name} = {value} must be positive")));
             }
         }
         if self.hidden_size % self.num_attention_heads != 0 {
@@ -130,23 +128,15 @@ impl ModelConfig {
                 self.head_dim()
             )));
         }
-        if [
-            self.rms_norm_eps,
-            self.initializer_range,
-            self.rope_theta - 1.0,
-        ]
-        .iter()
-        .any(|v| v.is_nan() || *v <= 0.0)
+        if [self.rms_norm_eps, self.initializer_range, self.rope_theta - 1.0]
+            .iter()
+            .any(|v| v.is_nan() || *v <= 0.0)
         {
             return Err(ModelError::Config(
-                "model.rms_norm_eps and model.initializer_range must be > 0 and model.rope_theta > 1"
-                    .into(),
+                "model.rms_norm_eps and model.initializer_range must be > 0 and model.rope_theta > 1".into(),
             ));
         }
-        for (name, id) in [
-            ("bos_token_id", self.bos_token_id),
-            ("eos_token_id", self.eos_token_id),
-        ] {
+        for (name, id) in [("bos_token_id", self.bos_token_id), ("eos_token_id", self.eos_token_id)] {
             if id < 0 || id >= self.vocab_size {
                 return Err(ModelError::Config(format!(
                     "model.{name} = {id} is outside the vocabulary (0..{})",
@@ -180,16 +170,13 @@ impl ModelConfig {
     /// Total parameter count, computed from the shapes without allocating anything.
     pub fn num_parameters(&self) -> u64 {
         let d = self.hidden_size as u64;
-        2 * self.embedding_parameters()
-            + self.num_hidden_layers as u64 * self.block_parameters()
-            + d
+        2 * self.embedding_parameters() + self.num_hidden_layers as u64 * self.block_parameters() + d
     }
 
     /// Training FLOPs per token at sequence length `seq_len` (forward + backward).
     pub fn flops_per_token(&self, seq_len: i64) -> f64 {
         let dense = (self.num_parameters() - self.embedding_parameters()) as f64;
-        let attention =
-            12.0 * self.num_hidden_layers as f64 * self.hidden_size as f64 * seq_len as f64;
+        let attention = 12.0 * self.num_hidden_layers as f64 * self.hidden_size as f64 * seq_len as f64;
         6.0 * dense + attention
     }
 }
@@ -234,9 +221,7 @@ pub struct HfConfig {
 fn first_id(value: &Option<serde_json::Value>, default: i64) -> i64 {
     match value {
         Some(serde_json::Value::Number(n)) => n.as_i64().unwrap_or(default),
-        Some(serde_json::Value::Array(items)) => {
-            items.first().and_then(|v| v.as_i64()).unwrap_or(default)
-        }
+        Some(serde_json::Value::Array(items)) => items.first().and_then(|v| v.as_i64()).unwrap_or(default),
         _ => default,
     }
 }
@@ -276,9 +261,7 @@ impl HfConfig {
             intermediate_size: self.intermediate_size,
             num_hidden_layers: self.num_hidden_layers,
             num_attention_heads: self.num_attention_heads,
-            max_position_embeddings: self
-                .max_position_embeddings
-                .unwrap_or(base.max_position_embeddings),
+            max_position_embeddings: self.max_position_embeddings.unwrap_or(base.max_position_embeddings),
             rms_norm_eps: self.rms_norm_eps.unwrap_or(base.rms_norm_eps),
             initializer_range: self.initializer_range.unwrap_or(base.initializer_range),
             rope_theta: self.rope_theta.unwrap_or(base.rope_theta),
@@ -323,22 +306,13 @@ impl ModelConfig {
         let map = v.as_object_mut().expect("json object");
         match layout {
             Layout::Baichuan => {
-                map.insert(
-                    "architectures".into(),
-                    serde_json::json!(["BaiChuanForCausalLM"]),
-                );
+                map.insert("architectures".into(), serde_json::json!(["BaiChuanForCausalLM"]));
                 map.insert("model_type".into(), "baichuan".into());
             }
             Layout::Llama => {
-                map.insert(
-                    "architectures".into(),
-                    serde_json::json!(["LlamaForCausalLM"]),
-                );
+                map.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
                 map.insert("model_type".into(), "llama".into());
-                map.insert(
-                    "num_key_value_heads".into(),
-                    self.num_attention_heads.into(),
-                );
+                map.insert("num_key_value_heads".into(), self.num_attention_heads.into());
                 map.insert("head_dim".into(), self.head_dim().into());
                 map.insert("rope_theta".into(), self.rope_theta.into());
                 map.insert("attention_bias".into(), false.into());
@@ -366,10 +340,7 @@ mod tests {
             ModelConfig::preset(name).unwrap().validate().unwrap();
         }
         let small = ModelConfig::small().num_parameters();
-        assert!(
-            (90_000_000..120_000_000).contains(&small),
-            "small has {small}"
-        );
+        assert!((90_000_000..120_000_000).contains(&small), "small has {small}");
         let tiny = ModelConfig::tiny().num_parameters();
         assert!(tiny < 20_000_000, "tiny has {tiny}");
         assert!(ModelConfig::preset("huge").is_err());
@@ -394,21 +365,13 @@ mod tests {
         let mut json = c.to_hf_json(Layout::Llama, "float32");
         json["num_key_value_heads"] = 2.into();
         let hf: HfConfig = serde_json::from_value(json).unwrap();
-        assert!(hf
-            .to_model_config()
-            .unwrap_err()
-            .to_string()
-            .contains("grouped-query"));
+        assert!(hf.to_model_config().unwrap_err().to_string().contains("grouped-query"));
     }
 
     #[test]
     fn validate_names_the_bad_field() {
         let mut c = ModelConfig::tiny();
         c.num_attention_heads = 5;
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("num_attention_heads"));
+        assert!(c.validate().unwrap_err().to_string().contains("num_attention_heads"));
     }
 }

@@ -97,10 +97,7 @@ pub fn next_token(logits: &Tensor, seen: &[i64], s: &Sampling) -> i64 {
         let drop = drop_sorted.zeros_like().scatter(0, &order, &drop_sorted);
         logits = logits.masked_fill(&drop, f64::NEG_INFINITY);
     }
-    logits
-        .softmax(0, Kind::Float)
-        .multinomial(1, false)
-        .int64_value(&[0])
+    logits.softmax(0, Kind::Float).multinomial(1, false).int64_value(&[0])
 }
 
 /// Generates up to `max_new_tokens` after `prompt`, calling `on_token` with each new id as

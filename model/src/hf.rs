@@ -45,11 +45,7 @@ fn kind_to_dtype(kind: Kind) -> Result<Dtype, ModelError> {
         Kind::Int => Dtype::I32,
         Kind::Uint8 => Dtype::U8,
         Kind::Bool => Dtype::BOOL,
-        other => {
-            return Err(ModelError::Config(format!(
-                "cannot store {other:?} in safetensors"
-            )))
-        }
+        other => return Err(ModelError::Config(format!("cannot store {other:?} in safetensors"))),
     })
 }
 
@@ -88,11 +84,7 @@ impl TensorBytes {
         let tensor = t.to_device(Device::Cpu).contiguous();
         let dtype = kind_to_dtype(tensor.kind())?;
         let shape = tensor.size().iter().map(|&s| s as usize).collect();
-        Ok(TensorBytes {
-            tensor,
-            dtype,
-            shape,
-        })
+        Ok(TensorBytes { tensor, dtype, shape })
     }
 }
 
@@ -141,16 +133,15 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>, ModelError
     // SAFETY: the file is opened read-only and not modified while mapped by this process.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_err(path, e))?;
     let st = SafeTensors::deserialize(&mmap).map_err(|e| {
-        fmt_err(path, format!("not a valid safetensors file ({e}); HINT: the file may be truncated, re-export or re-download it"))
+        fmt_err(
+            path,
+            format!("not a valid safetensors file ({e}); HINT: the file may be truncated, re-export or re-download it"),
+        )
     })?;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
-        let kind = dtype_to_kind(view.dtype()).ok_or_else(|| {
-            fmt_err(
-                path,
-                format!("tensor {name} has unsupported dtype {:?}", view.dtype()),
-            )
-        })?;
+        let kind = dtype_to_kind(view.dtype())
+            .ok_or_else(|| fmt_err(path, format!("tensor {name} has unsupported dtype {:?}", view.dtype())))?;
         let shape: Vec<i64> = view.shape().iter().map(|&s| s as i64).collect();
         let t = Tensor::f_from_data_size(view.data(), &shape, kind)
             .map_err(|e| fmt_err(path, format!("tensor {name}: {e}")))?;
@@ -166,18 +157,14 @@ pub fn read_config(dir: &Path) -> Result<(ModelConfig, Layout), ModelError> {
     let text = fs::read_to_string(&path).map_err(|e| {
         io_err(&path, format!("{e}; HINT: a model directory holds config.json, model.safetensors and tokenizer.model (`baichuan init` or `baichuan export` writes one)"))
     })?;
-    let hf: HfConfig = serde_json::from_str(&text)
-        .map_err(|e| fmt_err(&path, format!("invalid config.json: {e}")))?;
-    let layout = if hf.model_type.as_deref() == Some("llama")
-        || hf.architectures.iter().any(|a| a.starts_with("Llama"))
+    let hf: HfConfig = serde_json::from_str(&text).map_err(|e| fmt_err(&path, format!("invalid config.json: {e}")))?;
+    let layout = if hf.model_type.as_deref() == Some("llama") || hf.architectures.iter().any(|a| a.starts_with("Llama"))
     {
         Layout::Llama
     } else {
         Layout::Baichuan
     };
-    let config = hf
-        .to_model_config()
-        .map_err(|e| fmt_err(&path, e.to_string()))?;
+    let config = hf.to_model_config().map_err(|e| fmt_err(&path, e.to_string()))?;
     Ok((config, layout))
 }
 
@@ -196,16 +183,13 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
         )));
     }
     let text = fs::read_to_string(&index_path).map_err(|e| io_err(&index_path, e))?;
-    let index: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| fmt_err(&index_path, format!("invalid JSON: {e}")))?;
+    let index: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| fmt_err(&index_path, format!("invalid JSON: {e}")))?;
     let map = index
         .get("weight_map")
         .and_then(|m| m.as_object())
         .ok_or_else(|| fmt_err(&index_path, "no \"weight_map\" object"))?;
-    let mut files: Vec<String> = map
-        .values()
-        .filter_map(|v| v.as_str().map(String::from))
-        .collect();
+    let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
     files.sort();
     files.dedup();
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
@@ -284,8 +268,7 @@ pub fn save_pretrained(
         }
         write_safetensors(shard, &dir.join(&file))?;
     }
-    let index =
-        serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
+    let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
     let index_path = dir.join(INDEX_FILE);
     fs::write(
         &index_path,
@@ -310,24 +293,22 @@ pub fn load_weights(
     mut tensors: HashMap<String, (Tensor, PathBuf)>,
     source: &Path,
 ) -> Result<(), ModelError> {
-    let take = |tensors: &mut HashMap<String, (Tensor, PathBuf)>,
-                name: &str,
-                want: &[i64]|
-     -> Result<Tensor, ModelError> {
-        let (t, file) = tensors.remove(name).ok_or_else(|| {
-            fmt_err(source, format!("missing weight {name}; HINT: is this a Baichuan/LLaMA checkpoint of the configured size?"))
-        })?;
-        if t.size() != want {
-            return Err(fmt_err(
-                &file,
-                format!(
-                    "weight {name} has shape {:?}, config.json implies {want:?}",
-                    t.size()
-                ),
-            ));
-        }
-        Ok(t)
-    };
+    let take =
+        |tensors: &mut HashMap<String, (Tensor, PathBuf)>, name: &str, want: &[i64]| -> Result<Tensor, ModelError> {
+            let (t, file) = tensors.remove(name).ok_or_else(|| {
+                fmt_err(
+                    source,
+                    format!("missing weight {name}; HINT: is this a Baichuan/LLaMA checkpoint of the configured size?"),
+                )
+            })?;
+            if t.size() != want {
+                return Err(fmt_err(
+                    &file,
+                    format!("weight {name} has shape {:?}, config.json implies {want:?}", t.size()),
+                ));
+            }
+            Ok(t)
+        };
     tch::no_grad(|| -> Result<(), ModelError> {
         for (name, p) in model.named_parameters() {
             let want = p.size();
@@ -335,21 +316,9 @@ pub fn load_weights(
                 // LLaMA layout: fuse q, k, v rows into W_pack
                 Some(prefix) if !tensors.contains_key(&name) => {
                     let d = want[1];
-                    let q = take(
-                        &mut tensors,
-                        &format!("{prefix}.self_attn.q_proj.weight"),
-                        &[d, d],
-                    )?;
-                    let k = take(
-                        &mut tensors,
-                        &format!("{prefix}.self_attn.k_proj.weight"),
-                        &[d, d],
-                    )?;
-                    let v = take(
-                        &mut tensors,
-                        &format!("{prefix}.self_attn.v_proj.weight"),
-                        &[d, d],
-                    )?;
+                    let q = take(&mut tensors, &format!("{prefix}.self_attn.q_proj.weight"), &[d, d])?;
+                    let k = take(&mut tensors, &format!("{prefix}.self_attn.k_proj.weight"), &[d, d])?;
+                    let v = take(&mut tensors, &format!("{prefix}.self_attn.v_proj.weight"), &[d, d])?;
                     Tensor::cat(&[q, k, v], 0)
                 }
                 _ => take(&mut tensors, &name, &want)?,
@@ -378,10 +347,7 @@ pub fn load_pretrained(dir: &Path, device: Device) -> Result<Baichuan, ModelErro
     for file in weight_files(dir)? {
         for (name, t) in read_safetensors(&file)? {
             if tensors.insert(name.clone(), (t, file.clone())).is_some() {
-                return Err(fmt_err(
-                    &file,
-                    format!("weight {name} appears in two files"),
-                ));
+                return Err(fmt_err(&file, format!("weight {name} appears in two files")));
             }
         }
     }

@@ -56,13 +56,7 @@ fn round_trips_in_both_layouts_single_and_sharded() {
         if sharded {
             let n = std::fs::read_dir(&dir)
                 .unwrap()
-                .filter(|e| {
-                    e.as_ref()
-                        .unwrap()
-                        .file_name()
-                        .to_string_lossy()
-                        .starts_with("model-")
-                })
+                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("model-"))
                 .count();
             assert!(n > 2, "expected several shards, got {n}");
         }
@@ -79,13 +73,7 @@ fn llama_layout_splits_w_pack_into_q_k_v_rows() {
     tch::manual_seed(8);
     let model = Baichuan::new(&config(), Device::Cpu).unwrap();
     let tensors = hf::export_tensors(&model, Layout::Llama, Kind::Float);
-    let get = |n: &str| {
-        &tensors
-            .iter()
-            .find(|(k, _)| k == n)
-            .unwrap_or_else(|| panic!("{n}"))
-            .1
-    };
+    let get = |n: &str| &tensors.iter().find(|(k, _)| k == n).unwrap_or_else(|| panic!("{n}")).1;
     let w = &model.layers[1].self_attn.w_pack;
     let k = get("model.layers.1.self_attn.k_proj.weight");
     assert_eq!(k.size(), vec![48, 48]);
@@ -112,9 +100,7 @@ fn broken_directories_give_errors_naming_the_file() {
     let model = Baichuan::new(&config(), Device::Cpu).unwrap();
 
     let empty = temp("empty");
-    let err = load_pretrained(&empty, Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    let err = load_pretrained(&empty, Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("config.json"), "{err}");
 
     let truncated = temp("truncated");
@@ -122,13 +108,8 @@ fn broken_directories_give_errors_naming_the_file() {
     let file = truncated.join(hf::WEIGHTS_FILE);
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
-    let err = load_pretrained(&truncated, Device::Cpu)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("model.safetensors") && err.contains("truncated"),
-        "{err}"
-    );
+    let err = load_pretrained(&truncated, Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("model.safetensors") && err.contains("truncated"), "{err}");
 
     let wrong_shape = temp("wrong-shape");
     save_pretrained(&model, &wrong_shape, Layout::Baichuan, Kind::Float, None).unwrap();
@@ -137,19 +118,12 @@ fn broken_directories_give_errors_naming_the_file() {
         .unwrap()
         .replace("\"intermediate_size\": 80", "\"intermediate_size\": 96");
     std::fs::write(&cfg_path, text).unwrap();
-    let err = load_pretrained(&wrong_shape, Device::Cpu)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("mlp.gate_proj.weight") && err.contains("shape"),
-        "{err}"
-    );
+    let err = load_pretrained(&wrong_shape, Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("mlp.gate_proj.weight") && err.contains("shape"), "{err}");
 
     let no_weights = temp("no-weights");
     save_pretrained(&model, &no_weights, Layout::Baichuan, Kind::Float, None).unwrap();
     std::fs::remove_file(no_weights.join(hf::WEIGHTS_FILE)).unwrap();
-    let err = load_pretrained(&no_weights, Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    let err = load_pretrained(&no_weights, Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("convert_bin_to_safetensors"), "{err}");
 }

@@ -217,6 +217,8 @@ pub struct TrainConfig {
     pub log_interval: u64,
     /// Tokens per chunk of the cross-entropy (bounds the fp32 logits held at once).
     pub loss_chunk_tokens: i64,
+    /// ZeRO stage: 0 replicated, 1 optimizer state sharded, 2 gradients sharded too.
+    pub zero_stage: u8,
 }
 
 impl Default for TrainConfig {
@@ -236,7 +238,53 @@ impl Default for TrainConfig {
             device: DeviceChoice::Auto,
             log_interval: 10,
             loss_chunk_tokens: 8192,
+            zero_stage: 0,
         }
+    }
+}
+
+/// Collective-communication backends.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// `tcp` (the only backend of this build).
+    Auto,
+    /// Ring collectives over TCP; CUDA buffers are staged through host memory.
+    Tcp,
+    /// NCCL (not in this build yet: rejected at start-up).
+    Nccl,
+}
+
+/// `[dist]`: data-parallel communication.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistConfig {
+    pub backend: Backend,
+    /// Gradient bucket size in MB; 0 adapts it to the world size (25 MB per 8 ranks, at most 200).
+    pub bucket_mb: f64,
+    /// Rendezvous and collective timeout; a silent rank is named after this long.
+    pub timeout_s: u64,
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        DistConfig {
+            backend: Backend::Auto,
+            bucket_mb: 0.0,
+            timeout_s: 300,
+        }
+    }
+}
+
+impl DistConfig {
+    /// Bucket size in fp32 elements for `world` ranks.
+    pub fn bucket_elems(&self, world: usize) -> usize {
+        let mb = if self.bucket_mb > 0.0 {
+            self.bucket_mb
+        } else {
+            (25.0 * world.div_ceil(8) as f64).min(200.0)
+        };
+        ((mb * 1e6) / 4.0).max(1.0) as usize
     }
 }
 
@@ -249,6 +297,7 @@ pub struct RunConfig {
     pub data: DataConfig,
     pub train: TrainConfig,
     pub eval: EvalConfig,
+    pub dist: DistConfig,
 }
 
 /// Values derived once at start-up from the config and the world.
@@ -280,8 +329,7 @@ fn parse_override(spec: &str) -> Result<(Vec<String>, toml::Value)> {
 impl RunConfig {
     /// Reads a TOML file and applies `--set` overrides; every error names the file or key.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
         Self::from_toml(&text, overrides).with_context(|| format!("config {}", path.display()))
     }
 
@@ -332,10 +380,7 @@ impl RunConfig {
             );
         }
         if !(0.0..0.5).contains(&d.valid_fraction) {
-            bail!(
-                "data.valid_fraction = {} must be in [0, 0.5)",
-                d.valid_fraction
-            );
+            bail!("data.valid_fraction = {} must be in [0, 0.5)", d.valid_fraction);
         }
         if d.prefetch == 0 {
             bail!("data.prefetch must be at least 1");
@@ -366,6 +411,18 @@ impl RunConfig {
         }
         if t.weight_decay < 0.0 || t.grad_clip < 0.0 {
             bail!("train.weight_decay and train.grad_clip must be >= 0");
+        }
+        if t.zero_stage > 2 {
+            bail!("train.zero_stage = {} must be 0, 1 or 2", t.zero_stage);
+        }
+        if self.dist.backend == Backend::Nccl {
+            bail!(
+                "dist.backend = \"nccl\" is not available in this build yet; HINT: use \"tcp\" (CUDA buffers are \
+                 staged through host memory)"
+            );
+        }
+        if self.dist.timeout_s == 0 || self.dist.bucket_mb < 0.0 {
+            bail!("dist.timeout_s must be positive and dist.bucket_mb >= 0");
         }
         if t.loss_chunk_tokens <= 0 || t.log_interval == 0 {
             bail!("train.loss_chunk_tokens and train.log_interval must be positive");
@@ -414,14 +471,7 @@ mod tests {
         let c = RunConfig::from_toml("", &["train.lr=0.5".into(), "job.name=abc".into()]).unwrap();
         assert_eq!(c.train.lr, 0.5);
         assert_eq!(c.job.name, "abc");
-        let c = RunConfig::from_toml(
-            "",
-            &[
-                "train.betas=[0.8, 0.9]".into(),
-                "train.precision=bf16".into(),
-            ],
-        )
-        .unwrap();
+        let c = RunConfig::from_toml("", &["train.betas=[0.8, 0.9]".into(), "train.precision=bf16".into()]).unwrap();
         assert_eq!(c.train.betas, [0.8, 0.9]);
         assert_eq!(c.train.precision, Precision::Bf16);
         let err = RunConfig::from_toml("", &["train.steps=many".into()]).unwrap_err();
@@ -454,12 +504,10 @@ mod tests {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().and_then(|e| e.to_str()) == Some("toml") {
-                let c = RunConfig::load(&path, &[])
-                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                let c = RunConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
                 let mut c = c;
                 c.train.device = DeviceChoice::Cpu;
-                c.validate(1)
-                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                c.validate(1).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
                 n += 1;
             }
         }
@@ -488,9 +536,7 @@ mod tests {
             },
             ..RunConfig::default()
         };
-        let readme =
-            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-                .unwrap();
+        let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
         let tree = toml::Value::try_from(&c).unwrap();
         let mut missing = Vec::new();
         let mut count = 0;

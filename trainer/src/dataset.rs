@@ -71,6 +71,7 @@ fn open_stream(
     paths: &[PathBuf],
     cache: &Path,
     tokenizer: &Path,
+    verbose: bool,
 ) -> Result<ShardSet> {
     let d = &config.data;
     match d.format {
@@ -79,13 +80,18 @@ fn open_stream(
             let mut opts = PrepareOptions::new(paths.to_vec(), cache.to_path_buf());
             opts.text_key = d.text_key.clone();
             let bar = byte_bar(0, "tokenizing");
+            if !verbose {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
             let summary = prepare(&tok, &opts, &|done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
             })
             .with_context(|| format!("tokenizing data.path into the cache {}", cache.display()))?;
             bar.finish_and_clear();
-            print_summary(&summary, cache);
+            if verbose {
+                print_summary(&summary, cache);
+            }
             Ok(ShardSet::open(&summary.manifest.shard_paths(cache))?)
         }
         DataFormat::Shards => {
@@ -111,13 +117,14 @@ pub fn open(
     model_vocab: i64,
     rank: u64,
     world: u64,
+    verbose: bool,
 ) -> Result<Datasets> {
     let d = &config.data;
     let cache = d
         .cache_dir
         .clone()
         .unwrap_or_else(|| config.job.run_dir.join("token-cache"));
-    let all = Arc::new(open_stream(config, &d.path, &cache, tokenizer)?);
+    let all = Arc::new(open_stream(config, &d.path, &cache, tokenizer, verbose)?);
     if all.vocab_size() > model_vocab as u64 {
         bail!(
             "the data was tokenized with a {}-piece vocabulary but model.vocab_size is {model_vocab}; \
@@ -135,6 +142,7 @@ pub fn open(
             &d.valid,
             &cache.with_file_name("token-cache-valid"),
             tokenizer,
+            verbose,
         )?);
         let n = valid.num_tokens();
         (
@@ -145,7 +153,8 @@ pub fn open(
         let held = ((total as f64 * d.valid_fraction).ceil() as u64).max(seq + 1);
         if held + seq + 1 > total {
             bail!(
-                "data.valid_fraction = {} leaves no training data in {total} tokens",
+                "data.valid_fraction = {} holds out {held} tokens (at least data.seq_len + 1) and leaves too little \
+             training data in {total} tokens; HINT: lower data.seq_len or data.valid_fraction, or add data",
                 d.valid_fraction
             );
         }
@@ -160,7 +169,8 @@ pub fn open(
     let loader = Loader::new(train_range, seq, global, config.job.seed, rank, world)
         .context("[data] with [train] batch sizes")?;
     let order = loader.order().clone();
-    println!(
+    if verbose {
+        println!(
         "data: {} training tokens = {} samples of {}+1 per epoch ({} global batches); {} tail tokens fall outside this epoch's samples",
         train_tokens,
         order.num_samples(),
@@ -168,6 +178,7 @@ pub fn open(
         order.num_samples() / global,
         order.leftover_tokens(train_tokens)
     );
+    }
     let valid = match valid_range {
         None => Vec::new(),
         Some(range) => {
@@ -179,7 +190,9 @@ pub fn open(
                 bail!("validation data holds {tokens} tokens, fewer than one global batch of {global} x {seq}; HINT: raise data.valid_fraction");
             }
             let n = config.eval.batches.min(available).max(1);
-            println!("data: {tokens} validation tokens; {n} fixed batches per evaluation");
+            if verbose {
+                println!("data: {tokens} validation tokens; {n} fixed batches per evaluation");
+            }
             (0..n).map(|_| l.next_batch()).collect()
         }
     };

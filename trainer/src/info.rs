@@ -38,12 +38,7 @@ pub struct MemoryPlan {
 
 impl MemoryPlan {
     pub fn total(&self) -> u64 {
-        self.weights
-            + self.grads
-            + self.master_and_moments
-            + self.fp32_grads
-            + self.activations
-            + self.logits
+        self.weights + self.grads + self.master_and_moments + self.fp32_grads + self.activations + self.logits
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod dataset;
+pub mod dist;
 pub mod host_alloc;
 pub mod info;
 pub mod metrics;

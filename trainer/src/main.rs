@@ -163,15 +163,10 @@ fn kind_of(d: Dtype) -> Kind {
 
 fn parse_size(text: &str) -> Result<u64> {
     let t = text.trim().to_ascii_uppercase();
-    let (num, mult) = [
-        ("GB", 1u64 << 30),
-        ("MB", 1 << 20),
-        ("KB", 1 << 10),
-        ("B", 1),
-    ]
-    .iter()
-    .find_map(|(suffix, m)| t.strip_suffix(suffix).map(|n| (n.trim().to_string(), *m)))
-    .unwrap_or((t.clone(), 1));
+    let (num, mult) = [("GB", 1u64 << 30), ("MB", 1 << 20), ("KB", 1 << 10), ("B", 1)]
+        .iter()
+        .find_map(|(suffix, m)| t.strip_suffix(suffix).map(|n| (n.trim().to_string(), *m)))
+        .unwrap_or((t.clone(), 1));
     let value: f64 = num
         .parse()
         .with_context(|| format!("--max-shard-size {text:?}: expected e.g. 5GB"))?;
@@ -232,8 +227,7 @@ fn main() -> Result<()> {
             dtype,
             max_shard_size,
         } => {
-            let m = hf::load_pretrained(&model, Device::Cpu)
-                .with_context(|| format!("loading {}", model.display()))?;
+            let m = hf::load_pretrained(&model, Device::Cpu).with_context(|| format!("loading {}", model.display()))?;
             let shard = max_shard_size.as_deref().map(parse_size).transpose()?;
             let layout = match format {
                 Format::Baichuan => Layout::Baichuan,
@@ -260,22 +254,11 @@ fn main() -> Result<()> {
         } => {
             let tok_path = model.join(hf::TOKENIZER_FILE);
             let tokenizer = Tokenizer::open(&tok_path)?;
-            let mut m = hf::load_pretrained(&model, Device::Cpu)
-                .with_context(|| format!("loading {}", model.display()))?;
+            let mut m =
+                hf::load_pretrained(&model, Device::Cpu).with_context(|| format!("loading {}", model.display()))?;
             let device = device_of(&device)?;
-            m.to(
-                device,
-                if device.is_cuda() {
-                    Kind::BFloat16
-                } else {
-                    Kind::Float
-                },
-            );
-            let prompt_ids: Vec<i64> = tokenizer
-                .encode(&prompt)?
-                .into_iter()
-                .map(i64::from)
-                .collect();
+            m.to(device, if device.is_cuda() { Kind::BFloat16 } else { Kind::Float });
+            let prompt_ids: Vec<i64> = tokenizer.encode(&prompt)?.into_iter().map(i64::from).collect();
             let sampling = Sampling {
                 temperature,
                 top_k,
@@ -365,17 +348,12 @@ fn main() -> Result<()> {
         } => {
             let tok = Tokenizer::open(&tokenizer)?;
             let mut input = String::new();
-            std::io::stdin()
-                .read_to_string(&mut input)
-                .context("reading stdin")?;
+            std::io::stdin().read_to_string(&mut input).context("reading stdin")?;
             if decode {
                 let ids = input
                     .split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == ']')
                     .filter(|s| !s.is_empty())
-                    .map(|s| {
-                        s.parse::<u32>()
-                            .with_context(|| format!("{s:?} is not a token id"))
-                    })
+                    .map(|s| s.parse::<u32>().with_context(|| format!("{s:?} is not a token id")))
                     .collect::<Result<Vec<_>>>()?;
                 println!("{}", tok.decode(&ids)?);
             } else {

@@ -26,6 +26,8 @@ pub struct StepRecord {
     pub mfu: f64,
     pub step_time_s: f64,
     pub peak_memory_mb: f64,
+    /// Time the step waited for gradient collectives after its backward.
+    pub comm_wait_s: f64,
     /// Mean token loss on the held-out data, on evaluation steps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub valid_loss: Option<f64>,
@@ -75,10 +77,7 @@ fn datasheet_bf16_peak(name: &str) -> Option<f64> {
         ("A100", 312e12),
         ("A800", 312e12),
     ];
-    table
-        .iter()
-        .find(|(key, _)| name.contains(key))
-        .map(|&(_, peak)| peak)
+    table.iter().find(|(key, _)| name.contains(key)).map(|&(_, peak)| peak)
 }
 
 /// Measured rate of a square matrix product in `kind` on `device`, FLOP/s.

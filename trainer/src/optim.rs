@@ -10,6 +10,9 @@
 
 use tch::{Kind, Tensor};
 
+use crate::dist::comm::{Communicator, ReduceOp};
+use crate::dist::DistError;
+
 /// Where one parameter lives in the flat buffers.
 #[derive(Debug, Clone)]
 pub struct Slot {
@@ -30,113 +33,130 @@ pub struct AdamWParams {
     pub weight_decay: f64,
 }
 
-/// fp32 master weights, moments and the flat gradient, laid out parameter after parameter.
+/// The model's parameters as views of one flat buffer, and fp32 master weights and AdamW
+/// moments for this rank's shard of it (all of it below ZeRO stage 1).
 pub struct FlatAdamW {
     pub slots: Vec<Slot>,
+    /// Every parameter, flat, in the parameter dtype; the model's tensors are views of it.
+    pub params: Tensor,
+    /// (start, len) of this rank's shard of the flat order.
+    pub shard: (usize, usize),
+    /// fp32 master weights of the shard (a view of `params` when those are fp32).
     pub master: Tensor,
-    pub grad: Tensor,
     pub exp_avg: Tensor,
     pub exp_avg_sq: Tensor,
-    /// Coalesced (offset, len) spans that receive weight decay.
+    /// Coalesced (offset, len) spans of the shard that receive weight decay, shard-relative.
     decay_spans: Vec<(i64, i64)>,
     pub step: u64,
-    /// Whether the parameters are views of `master` (fp32 training).
-    params_alias_master: bool,
+    alias: bool,
 }
 
-/// Coalesces the decayed slots into contiguous spans.
-fn decay_spans(slots: &[Slot]) -> Vec<(i64, i64)> {
+/// Coalesces the decayed slots into contiguous spans, clipped to `[lo, hi)`, shard-relative.
+fn decay_spans(slots: &[Slot], lo: i64, hi: i64) -> Vec<(i64, i64)> {
     let mut spans: Vec<(i64, i64)> = Vec::new();
     for s in slots.iter().filter(|s| s.decay) {
+        let (a, b) = (s.offset.max(lo), (s.offset + s.numel).min(hi));
+        if a >= b {
+            continue;
+        }
         match spans.last_mut() {
-            Some((off, len)) if *off + *len == s.offset => *len += s.numel,
-            _ => spans.push((s.offset, s.numel)),
+            Some((off, len)) if *off + *len == a - lo => *len += b - a,
+            _ => spans.push((a - lo, b - a)),
         }
     }
     spans
 }
 
-impl FlatAdamW {
-    /// Builds the buffers from the model's named parameters. Matrices (2-D) decay, vectors
-    /// (norm weights) do not. When the parameters are fp32 they become views of the master
-    /// buffer (same storage); otherwise they stay separate low-precision copies.
-    pub fn new(params: &[(String, &Tensor)]) -> Self {
-        let device = params.first().map_or(tch::Device::Cpu, |(_, t)| t.device());
-        let mut slots = Vec::with_capacity(params.len());
-        let mut offset = 0;
-        for (name, t) in params {
+/// The flat layout of named parameters: matrices (2-D) decay, vectors (norms) do not.
+pub fn layout(params: &[(String, &Tensor)]) -> Vec<Slot> {
+    let mut offset = 0;
+    params
+        .iter()
+        .map(|(name, t)| {
             let numel = t.numel() as i64;
-            slots.push(Slot {
+            let slot = Slot {
                 name: name.clone(),
                 offset,
                 numel,
                 shape: t.size(),
                 decay: t.dim() >= 2,
-            });
+            };
             offset += numel;
-        }
-        let master = Tensor::zeros([offset], (Kind::Float, device));
-        let alias = params.iter().all(|(_, t)| t.kind() == Kind::Float);
+            slot
+        })
+        .collect()
+}
+
+impl FlatAdamW {
+    /// Moves the parameters into one flat buffer (they become views of it), makes every
+    /// rank's copy equal to rank 0's, and sets up fp32 state for `shard`.
+    pub fn new(
+        params: &[(String, &Tensor)],
+        shard: (usize, usize),
+        comm: &dyn Communicator,
+    ) -> Result<Self, DistError> {
+        let slots = layout(params);
+        let total: i64 = slots.iter().map(|s| s.numel).sum();
+        let (kind, device) = params
+            .first()
+            .map_or((Kind::Float, tch::Device::Cpu), |(_, t)| (t.kind(), t.device()));
+        let flat = Tensor::zeros([total], (kind, device));
         tch::no_grad(|| {
             for ((_, t), s) in params.iter().zip(&slots) {
-                let view = master.narrow(0, s.offset, s.numel).view(s.shape.as_slice());
+                let view = flat.narrow(0, s.offset, s.numel).view(s.shape.as_slice());
                 view.shallow_clone().copy_(t);
-                if alias {
-                    t.shallow_clone().set_data(&view);
-                }
+                t.shallow_clone().set_data(&view);
             }
         });
-        FlatAdamW {
-            decay_spans: decay_spans(&slots),
+        comm.broadcast(&flat, 0).wait()?;
+        let (lo, len) = (shard.0 as i64, shard.1 as i64);
+        let alias = kind == Kind::Float;
+        let master = if alias {
+            flat.narrow(0, lo, len)
+        } else {
+            flat.narrow(0, lo, len).to_kind(Kind::Float)
+        };
+        Ok(FlatAdamW {
+            decay_spans: decay_spans(&slots, lo, lo + len),
             slots,
-            grad: Tensor::zeros([offset], (Kind::Float, device)),
-            exp_avg: Tensor::zeros([offset], (Kind::Float, device)),
-            exp_avg_sq: Tensor::zeros([offset], (Kind::Float, device)),
+            exp_avg: Tensor::zeros([len], (Kind::Float, device)),
+            exp_avg_sq: Tensor::zeros([len], (Kind::Float, device)),
             master,
+            params: flat,
+            shard,
             step: 0,
-            params_alias_master: alias,
-        }
+            alias,
+        })
     }
 
     pub fn numel(&self) -> i64 {
-        self.master.numel() as i64
+        self.params.numel() as i64
     }
 
-    /// Copies the parameters' accumulated `.grad()` into the flat fp32 gradient and clears them.
-    pub fn gather_grads(&mut self, params: &[(String, &Tensor)]) {
-        tch::no_grad(|| {
-            for ((name, t), s) in params.iter().zip(&self.slots) {
-                debug_assert_eq!(name, &s.name);
-                let g = t.grad();
-                let mut dst = self.grad.narrow(0, s.offset, s.numel);
-                if g.defined() {
-                    dst.copy_(&g.view([-1]));
-                } else {
-                    let _ = dst.zero_();
-                }
-                let mut t = t.shallow_clone();
-                t.zero_grad();
-            }
-        });
-    }
-
-    /// L2 norm of the flat gradient.
-    pub fn grad_norm(&self) -> f64 {
-        self.grad.norm().double_value(&[])
+    /// Global L2 norm of the gradient; `grad` is this rank's shard, summed over ranks when
+    /// `sharded`.
+    pub fn grad_norm(&self, grad: &Tensor, comm: &dyn Communicator, sharded: bool) -> Result<f64, DistError> {
+        let sq = grad.square().sum(Kind::Float).double_value(&[]);
+        let sq = if sharded {
+            comm.all_reduce_scalar(sq, ReduceOp::Sum)?
+        } else {
+            sq
+        };
+        Ok(sq.sqrt())
     }
 
     /// Scales the gradient so its norm is at most `max_norm` (as torch's clip_grad_norm_).
-    pub fn clip(&mut self, norm: f64, max_norm: f64) {
+    pub fn clip(grad: &Tensor, norm: f64, max_norm: f64) {
         if max_norm > 0.0 {
             let coef = max_norm / (norm + 1e-6);
             if coef < 1.0 {
-                let _ = self.grad.f_mul_scalar_(coef);
+                let _ = grad.shallow_clone().f_mul_scalar_(coef);
             }
         }
     }
 
-    /// One AdamW update of the master weights from the flat gradient.
-    pub fn update(&mut self, h: AdamWParams) {
+    /// One AdamW update of the shard's master weights from the shard's gradient.
+    pub fn update(&mut self, grad: &Tensor, h: AdamWParams) {
         self.step += 1;
         let step = self.step as i32;
         tch::no_grad(|| {
@@ -148,11 +168,9 @@ impl FlatAdamW {
                         .f_mul_scalar_(1.0 - h.lr * h.weight_decay);
                 }
             }
-            let _ = self.exp_avg.lerp_(&self.grad, 1.0 - h.beta1);
+            let _ = self.exp_avg.lerp_(grad, 1.0 - h.beta1);
             let _ = self.exp_avg_sq.f_mul_scalar_(h.beta2);
-            let _ = self
-                .exp_avg_sq
-                .addcmul_(&(&self.grad * (1.0 - h.beta2)), &self.grad);
+            let _ = self.exp_avg_sq.addcmul_(&(grad * (1.0 - h.beta2)), grad);
             let bias1 = 1.0 - h.beta1.powi(step);
             let bias2_sqrt = (1.0 - h.beta2.powi(step)).sqrt();
             let denom = (self.exp_avg_sq.sqrt() / bias2_sqrt) + h.eps;
@@ -161,20 +179,36 @@ impl FlatAdamW {
         });
     }
 
-    /// Writes the master weights into lower-precision parameters (no-op when they alias it).
-    pub fn write_back(&self, params: &[(String, &Tensor)]) {
-        if self.params_alias_master {
-            return;
+    /// Writes the shard's master weights into the parameters and, when the state is sharded
+    /// (`shards`), all-gathers every rank's shard so all ranks hold the whole model.
+    pub fn write_back(&self, comm: &dyn Communicator, shards: Option<&[(usize, usize)]>) -> Result<(), DistError> {
+        if !self.alias {
+            tch::no_grad(|| {
+                self.params
+                    .narrow(0, self.shard.0 as i64, self.shard.1 as i64)
+                    .copy_(&self.master);
+            });
         }
+        match shards {
+            Some(ranges) => comm.all_gather(&self.params, ranges).wait(),
+            None => Ok(()),
+        }
+    }
+
+    /// The whole model's fp32 master weights, flat (gathered from every rank when sharded).
+    pub fn full_master(&self, comm: &dyn Communicator, shards: Option<&[(usize, usize)]>) -> Result<Tensor, DistError> {
+        if self.alias {
+            return Ok(self.params.shallow_clone()); // gathered by write_back
+        }
+        let full = Tensor::zeros([self.numel()], (Kind::Float, self.params.device()));
         tch::no_grad(|| {
-            for ((_, t), s) in params.iter().zip(&self.slots) {
-                let src = self
-                    .master
-                    .narrow(0, s.offset, s.numel)
-                    .view(s.shape.as_slice());
-                t.shallow_clone().copy_(&src);
-            }
+            full.narrow(0, self.shard.0 as i64, self.shard.1 as i64)
+                .copy_(&self.master)
         });
+        if let Some(ranges) = shards {
+            comm.all_gather(&full, ranges).wait()?;
+        }
+        Ok(full)
     }
 }
 
@@ -202,40 +236,48 @@ mod tests {
     }
 
     #[test]
-    fn fp32_parameters_become_views_of_the_master() {
+    fn parameters_become_views_of_the_flat_buffer_and_fp32_master_aliases_it() {
+        use crate::dist::comm::Solo;
         let a = Tensor::ones([2, 3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
         let b = Tensor::ones([3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
         let params = vec![("a".to_string(), &a), ("b".to_string(), &b)];
-        let mut opt = FlatAdamW::new(&params);
+        let opt = FlatAdamW::new(&params, (0, 9), &Solo).unwrap();
         assert_eq!(opt.numel(), 9);
         assert_eq!(opt.decay_spans, vec![(0, 6)]);
         tch::no_grad(|| {
-            let _ = opt.master.fill_(2.0);
+            let _ = opt.master.shallow_clone().fill_(2.0);
         });
         assert_eq!(a.double_value(&[1, 2]), 2.0);
         assert_eq!(b.double_value(&[0]), 2.0);
         // autograd still fills .grad() of a view parameter
         (&a * 3.0).sum(Kind::Float).backward();
-        opt.gather_grads(&params);
-        assert_eq!(opt.grad.double_value(&[0]), 3.0);
-        assert_eq!(opt.grad.double_value(&[8]), 0.0);
-        assert!(
-            a.grad().abs().sum(Kind::Float).double_value(&[]) == 0.0,
-            "grads cleared"
-        );
+        assert_eq!(a.grad().double_value(&[0, 0]), 3.0);
+    }
+
+    #[test]
+    fn decay_spans_are_clipped_to_the_shard() {
+        let mk = |offset, numel, decay| Slot {
+            name: String::new(),
+            offset,
+            numel,
+            shape: vec![numel],
+            decay,
+        };
+        let slots = vec![mk(0, 10, true), mk(10, 2, false), mk(12, 10, true), mk(22, 10, true)];
+        assert_eq!(decay_spans(&slots, 0, 32), vec![(0, 10), (12, 20)]);
+        assert_eq!(decay_spans(&slots, 5, 15), vec![(0, 5), (7, 3)]);
+        assert_eq!(decay_spans(&slots, 10, 12), vec![]);
     }
 
     #[test]
     fn clipping_bounds_the_norm() {
+        use crate::dist::comm::Solo;
         let a = Tensor::zeros([4], (Kind::Float, tch::Device::Cpu));
-        let mut opt = FlatAdamW::new(&[("a".to_string(), &a)]);
-        tch::no_grad(|| {
-            opt.grad
-                .copy_(&Tensor::from_slice(&[3.0f32, 4.0, 0.0, 0.0]));
-        });
-        let n = opt.grad_norm();
+        let opt = FlatAdamW::new(&[("a".to_string(), &a)], (0, 4), &Solo).unwrap();
+        let grad = Tensor::from_slice(&[3.0f32, 4.0, 0.0, 0.0]);
+        let n = opt.grad_norm(&grad, &Solo, false).unwrap();
         assert!((n - 5.0).abs() < 1e-9);
-        opt.clip(n, 1.0);
-        assert!((opt.grad_norm() - 1.0).abs() < 1e-5);
+        FlatAdamW::clip(&grad, n, 1.0);
+        assert!((opt.grad_norm(&grad, &Solo, false).unwrap() - 1.0).abs() < 1e-5);
     }
 }

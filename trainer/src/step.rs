@@ -13,6 +13,17 @@
 use baichuan_model::Baichuan;
 use tch::{Kind, Reduction, Tensor};
 
+pub use crate::dist::buckets::Unit;
+
+/// The parameters of a unit, in the flat (Hugging Face) order.
+pub fn unit_params(model: &Baichuan, unit: Unit) -> Vec<&Tensor> {
+    match unit {
+        Unit::Embed => vec![&model.embed_tokens],
+        Unit::Block(i) => model.layers[i].named_parameters().into_iter().map(|(_, t)| t).collect(),
+        Unit::Head => vec![&model.norm.weight, &model.lm_head],
+    }
+}
+
 /// Sum of token cross-entropies of `h` (B, T, d) against `targets` (B, T), computed chunk
 /// by chunk of the sequence. With `grad_scale`, each chunk's loss times it is back-propagated
 /// at once (so only one chunk's logits are ever alive). Returns the loss sum.
@@ -32,10 +43,9 @@ fn chunked_cross_entropy(
         let logits = model.head(&h.narrow(1, start, len)).to_kind(Kind::Float); // (B, len, V)
         let v = logits.size()[2];
         let y = targets.narrow(1, start, len).reshape([-1]);
-        let loss =
-            logits
-                .view([-1, v])
-                .cross_entropy_loss::<Tensor>(&y, None, Reduction::Sum, -100, 0.0);
+        let loss = logits
+            .view([-1, v])
+            .cross_entropy_loss::<Tensor>(&y, None, Reduction::Sum, -100, 0.0);
         total += loss.double_value(&[]);
         if let Some(scale) = grad_scale {
             (loss * scale).backward();
@@ -54,6 +64,7 @@ pub fn forward_backward(
     tokens: &Tensor,
     grad_scale: f64,
     chunk_tokens: i64,
+    mut on_unit: Option<&mut dyn FnMut(Unit)>,
 ) -> f64 {
     let (b, t1) = tokens.size2().expect("tokens are (B, T+1)");
     let t = t1 - 1;
@@ -74,21 +85,24 @@ pub fn forward_backward(
 
     // head: chunked loss, backward into the top leaf and the head's parameters
     let n_tokens = (b * t) as f64;
-    let loss_sum = chunked_cross_entropy(
-        model,
-        &top,
-        &targets,
-        chunk_tokens,
-        Some(grad_scale / n_tokens),
-    );
+    let loss_sum = chunked_cross_entropy(model, &top, &targets, chunk_tokens, Some(grad_scale / n_tokens));
+
+    let mut done = |unit: Unit| {
+        if let Some(f) = on_unit.as_mut() {
+            f(unit)
+        }
+    };
+    done(Unit::Head);
 
     // blocks from the top down, then the embedding
     let mut grad = top.grad();
     for i in (0..model.layers.len()).rev() {
         (&outputs[i + 1] * &grad).sum(Kind::Float).backward();
+        done(Unit::Block(i));
         grad = leaves[i].grad();
     }
     (&outputs[0] * &grad).sum(Kind::Float).backward();
+    done(Unit::Embed);
     loss_sum / n_tokens
 }
 
@@ -139,7 +153,7 @@ mod tests {
         let tokens = Tensor::randint(97, [2, 17], (Kind::Int64, Device::Cpu));
         // the whole chunked loss in one chunk, so the reduction order matches exactly
         let (m1, m2) = small_models();
-        let loss1 = forward_backward(&m1, &tokens, 1.0, 1 << 20);
+        let loss1 = forward_backward(&m1, &tokens, 1.0, 1 << 20, None);
         let logits = m2.forward(&tokens.narrow(1, 0, 16)).to_kind(Kind::Float);
         let loss2 = logits.view([-1, 97]).cross_entropy_loss::<Tensor>(
             &tokens.narrow(1, 1, 16).reshape([-1]),
@@ -163,7 +177,7 @@ mod tests {
         let whole = eval_loss(&m, &tokens, 1 << 20);
         let chunked = eval_loss(&m, &tokens, 7);
         assert!((whole - chunked).abs() < 1e-5, "{whole} vs {chunked}");
-        let trained = forward_backward(&m2, &tokens, 1.0, 7);
+        let trained = forward_backward(&m2, &tokens, 1.0, 7, None);
         assert!((whole - trained).abs() < 1e-5);
     }
 }

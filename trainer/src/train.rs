@@ -1,20 +1,27 @@
-//! The training loop of `baichuan train` (single process): set-up, then one readable loop of
-//! micro-batches, forward/backward, clip, update, schedule; diagnostics after it.
+//! The training loop of `baichuan train`: set-up (ranks, data, model, optimizer), then one
+//! readable loop of micro-batches, forward/backward with bucketed gradient reduction on the
+//! last micro-batch, clip, update, parameter gather, schedule; diagnostics after it.
 //!
-//! Follows nanoGPT's `train.py` shape and DESIGN.md's step: the gradient of the mean loss
-//! over the global batch accumulates over micro-batches, then global-norm clipping and
-//! AdamW on the flat fp32 master. The run directory receives `config.toml`,
-//! `metrics.jsonl` and, at the end, the trained model as a Hugging Face directory.
+//! Follows nanoGPT's `train.py` shape and DESIGN.md's step. One process is one data-parallel
+//! rank; a single process is a world of one with the same code path (the `Solo`
+//! communicator). Rank 0 prints, writes `config.toml`, `metrics.jsonl` and, at the end, the
+//! trained model as a Hugging Face directory.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use baichuan_model::{hf, Baichuan, Layout};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tch::{Kind, Tensor};
 
 use crate::config::{Precision, RunConfig};
+use crate::dist::buckets::GradReducer;
+use crate::dist::comm::{Communicator, ReduceOp, Solo};
+use crate::dist::store::{StoreClient, StoreServer};
+use crate::dist::tcp::TcpComm;
+use crate::dist::{even_ranges, DistEnv};
 use crate::metrics::{self, MetricsLog, StepRecord};
 use crate::optim::{lr_at, AdamWParams, FlatAdamW};
 use crate::{dataset, step};
@@ -31,9 +38,7 @@ pub struct TrainSummary {
 fn tokenizer_path(config: &RunConfig) -> PathBuf {
     if let Some(dir) = &config.model.init_from {
         let inside = dir.join(hf::TOKENIZER_FILE);
-        if inside.exists()
-            && config.data.tokenizer == crate::config::DataConfig::default().tokenizer
-        {
+        if inside.exists() && config.data.tokenizer == crate::config::DataConfig::default().tokenizer {
             return inside;
         }
     }
@@ -47,75 +52,140 @@ pub fn param_kind(p: Precision) -> Kind {
     }
 }
 
+/// Joins the job described by the environment: rank 0 serves the store, every rank
+/// connects and the ring forms. A single process gets the `Solo` communicator.
+fn join_job(env: &DistEnv) -> Result<(Box<dyn Communicator>, Option<StoreServer>)> {
+    if !env.is_distributed() {
+        return Ok((Box::new(Solo), None));
+    }
+    if env.token.is_empty() && env.rank == 0 {
+        eprintln!(
+            "warning: {} is not set: the store and ring accept any peer (baichuan launch sets it)",
+            crate::dist::TOKEN_VAR
+        );
+    }
+    let server = if env.rank == 0 {
+        Some(
+            StoreServer::start(&format!("0.0.0.0:{}", env.master_port), &env.token)
+                .context("starting the rendezvous store")?,
+        )
+    } else {
+        None
+    };
+    let addr = format!("{}:{}", env.master_addr, env.master_port);
+    let store = Arc::new(StoreClient::connect(
+        &addr,
+        &env.token,
+        env.rank,
+        env.world,
+        env.timeout,
+    )?);
+    let comm = TcpComm::connect(env, store).context("forming the TCP ring")?;
+    Ok((Box::new(comm), server))
+}
+
 /// Trains as `config` says and saves the model into `<run_dir>/model`.
 pub fn train(config: &RunConfig) -> Result<TrainSummary> {
-    let resolved = config.validate(1)?;
+    let env = DistEnv::from_env(Duration::from_secs(config.dist.timeout_s))?;
+    let (rank, world) = (env.rank, env.world);
+    let main = rank == 0;
+    let resolved = config.validate(world as i64)?;
     let (t, d) = (&config.train, &config.data);
     let mc = &resolved.model;
     let run_dir = &config.job.run_dir;
-    std::fs::create_dir_all(run_dir)
-        .with_context(|| format!("creating run_dir {}", run_dir.display()))?;
-    std::fs::write(run_dir.join("config.toml"), config.to_toml())?;
+    let device = match resolved.device {
+        tch::Device::Cuda(_) => tch::Device::Cuda(env.local_rank),
+        other => other,
+    };
+    if main {
+        std::fs::create_dir_all(run_dir).with_context(|| format!("creating run_dir {}", run_dir.display()))?;
+        std::fs::write(run_dir.join("config.toml"), config.to_toml())?;
+    }
+    let (comm, _store) = join_job(&env)?;
+    let comm = comm.as_ref();
 
-    // ---- data ----
+    // ---- data: rank 0 tokenizes into the cache first, the others then read it ----
     let tok_path = tokenizer_path(config);
-    let mut data = dataset::open(config, &tok_path, mc.vocab_size, 0, 1)?;
+    if !main {
+        comm.barrier()?;
+    }
+    let mut data = dataset::open(config, &tok_path, mc.vocab_size, rank as u64, world as u64, main)?;
+    if main {
+        comm.barrier()?;
+    }
 
-    // ---- model and optimizer ----
+    // ---- model, optimizer state (sharded from ZeRO stage 1) and gradient reducer ----
     tch::manual_seed(config.job.seed as i64);
     let mut model = match &config.model.init_from {
         Some(dir) => hf::load_pretrained(dir, tch::Device::Cpu)?,
         None => Baichuan::new(mc, tch::Device::Cpu)?,
     };
     let kind = param_kind(t.precision);
-    model.to(resolved.device, kind);
+    model.to(device, kind);
     let params = model.named_parameters();
-    let mut opt = FlatAdamW::new(&params);
+    let total = params.iter().map(|(_, p)| p.numel()).sum::<usize>();
+    let shards = even_ranges(total, world);
+    let stage = t.zero_stage;
+    let sharded = (stage >= 1).then_some(shards.as_slice());
+    let mut opt = FlatAdamW::new(&params, if stage >= 1 { shards[rank] } else { (0, total) }, comm)?;
+    let bucket_elems = config.dist.bucket_elems(world);
+    let mut reducer = GradReducer::new(
+        &opt.slots,
+        model.layers.len(),
+        bucket_elems,
+        stage,
+        shards.clone(),
+        rank,
+        device,
+    );
+
     let flops_per_token = mc.flops_per_token(d.seq_len);
-    let (peak, peak_src) = metrics::peak_flops(resolved.device, kind);
-    println!(
-        "model: {} parameters ({} layers, hidden {}, heads {}, ffn {}, vocab {}), {:?} on {:?}",
-        mc.num_parameters(),
-        mc.num_hidden_layers,
-        mc.hidden_size,
-        mc.num_attention_heads,
-        mc.intermediate_size,
-        mc.vocab_size,
-        t.precision,
-        resolved.device
-    );
-    println!(
-        "train: {} steps x {} sequences ({} micro x {} accumulation) x {} tokens; {:.3e} FLOPs/token; peak {:.3e} FLOP/s ({peak_src})",
-        t.steps,
-        t.global_batch_size,
-        t.micro_batch_size,
-        resolved.grad_accum,
-        d.seq_len,
-        flops_per_token,
-        peak
-    );
-
-    println!(
-        "attention: libtorch scaled_dot_product_attention, {} kernel",
-        baichuan_model::baichuan::attention_backend(
-            mc,
+    let (peak, peak_src) = metrics::peak_flops(device, kind);
+    if main {
+        println!(
+            "model: {} parameters ({} layers, hidden {}, heads {}, ffn {}, vocab {}), {:?} on {:?}",
+            mc.num_parameters(),
+            mc.num_hidden_layers,
+            mc.hidden_size,
+            mc.num_attention_heads,
+            mc.intermediate_size,
+            mc.vocab_size,
+            t.precision,
+            device
+        );
+        println!(
+            "train: {} steps x {} sequences ({} ranks x {} micro x {} accumulation) x {} tokens; {:.3e} FLOPs/token; \
+             peak {:.3e} FLOP/s per device ({peak_src})",
+            t.steps,
+            t.global_batch_size,
+            world,
             t.micro_batch_size,
+            resolved.grad_accum,
             d.seq_len,
-            kind,
-            resolved.device
-        )
-    );
+            flops_per_token,
+            peak
+        );
+        println!(
+            "dist: {} backend, ZeRO stage {stage}, {} gradient buckets of ~{:.1} MB; attention: scaled_dot_product_attention, {} kernel",
+            comm.name(),
+            reducer.num_buckets(),
+            bucket_elems as f64 * 4.0 / 1e6,
+            baichuan_model::baichuan::attention_backend(mc, t.micro_batch_size, d.seq_len, kind, device)
+        );
+    }
 
-    let mut log = MetricsLog::create(run_dir)?;
+    let mut log = if main { Some(MetricsLog::create(run_dir)?) } else { None };
     let bar = ProgressBar::new(t.steps).with_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .expect("valid template"),
+        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+            .expect("valid template"),
     );
+    if !main {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
     let tokens_per_step = (t.global_batch_size * d.seq_len) as u64;
     let mut losses = Vec::with_capacity(t.steps as usize);
     let row = d.seq_len + 1;
+    let accum = resolved.grad_accum;
 
     // ---- the loop ----
     for s in 0..t.steps {
@@ -123,52 +193,50 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
         let lr = lr_at(s, t.steps, t.warmup_steps, t.lr, t.min_lr);
         let batch = data.train.next_batch();
         let ids: Vec<i64> = batch.tokens.iter().map(|&t| i64::from(t)).collect();
-        let all = Tensor::from_slice(&ids).view([batch.samples as i64, row]); // (G, T+1)
+        let all = Tensor::from_slice(&ids).view([batch.samples as i64, row]); // (B_rank, T+1)
         let mut loss = 0.0;
-        for micro in 0..resolved.grad_accum {
+        for micro in 0..accum {
             let x = all
                 .narrow(0, micro * t.micro_batch_size, t.micro_batch_size)
-                .to_device(resolved.device);
-            loss += step::forward_backward(
-                &model,
-                &x,
-                1.0 / resolved.grad_accum as f64,
-                t.loss_chunk_tokens,
-            ) / resolved.grad_accum as f64;
+                .to_device(device);
+            // the last micro-batch hands each finished unit's gradients to the reducer
+            let mut hand_off = |unit| reducer.unit_done(unit, &step::unit_params(&model, unit), comm);
+            let hook: Option<&mut dyn FnMut(step::Unit)> = if micro + 1 == accum { Some(&mut hand_off) } else { None };
+            loss += step::forward_backward(&model, &x, 1.0 / accum as f64, t.loss_chunk_tokens, hook) / accum as f64;
         }
-        opt.gather_grads(&params);
-        let grad_norm = opt.grad_norm();
-        opt.clip(grad_norm, t.grad_clip);
-        opt.update(AdamWParams {
-            lr,
-            beta1: t.betas[0],
-            beta2: t.betas[1],
-            eps: t.eps,
-            weight_decay: t.weight_decay,
-        });
-        opt.write_back(&params);
+        reducer.finish()?; // gradients averaged over ranks (this rank's shard of them)
+        let grad = reducer.grad_shard();
+        let grad_norm = opt.grad_norm(&grad, comm, stage >= 1)?;
+        FlatAdamW::clip(&grad, grad_norm, t.grad_clip);
+        opt.update(
+            &grad,
+            AdamWParams {
+                lr,
+                beta1: t.betas[0],
+                beta2: t.betas[1],
+                eps: t.eps,
+                weight_decay: t.weight_decay,
+            },
+        );
+        opt.write_back(comm, sharded)?; // all-gather the updated shards
+        let loss = comm.all_reduce_scalar(loss, ReduceOp::Avg)?;
         if !loss.is_finite() {
-            bail!("step {s}: loss is {loss}; HINT: lower train.lr or check the data");
+            bail!("step {}: loss is {loss}; HINT: lower train.lr or check the data", s + 1);
         }
 
         // ---- diagnostics ----
         let dt = t0.elapsed().as_secs_f64();
         let tps = tokens_per_step as f64 / dt;
         let last = s + 1 == t.steps;
-        let valid_loss = if !data.valid.is_empty()
-            && config.eval.interval > 0
-            && ((s + 1) % config.eval.interval == 0 || last)
-        {
-            Some(validate(
-                &model,
-                &data.valid,
-                t.micro_batch_size,
-                resolved.device,
-                t.loss_chunk_tokens,
-            ))
-        } else {
-            None
-        };
+        let valid_loss =
+            if !data.valid.is_empty() && config.eval.interval > 0 && ((s + 1) % config.eval.interval == 0 || last) {
+                let local = validate(&model, &data.valid, t.micro_batch_size, device, t.loss_chunk_tokens);
+                Some(comm.all_reduce_scalar(local, ReduceOp::Avg)?)
+            } else {
+                None
+            };
+        losses.push(loss);
+        let Some(log) = log.as_mut() else { continue };
         let record = StepRecord {
             step: s + 1,
             tokens: (s + 1) * tokens_per_step,
@@ -176,19 +244,17 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
             lr,
             grad_norm,
             tokens_per_s: tps,
-            mfu: flops_per_token * tps / peak,
+            mfu: flops_per_token * tps / world as f64 / peak,
             step_time_s: dt,
-            peak_memory_mb: metrics::peak_memory_mb(resolved.device),
+            peak_memory_mb: metrics::peak_memory_mb(device),
+            comm_wait_s: reducer.wait.as_secs_f64(),
             valid_loss,
         };
         log.write(&record)?;
-        losses.push(loss);
         bar.set_message(format!("loss {loss:.4}"));
         bar.inc(1);
         if (s + 1) % t.log_interval == 0 || s == 0 || last || valid_loss.is_some() {
-            let valid = valid_loss.map_or(String::new(), |v| {
-                format!(" | valid {v:.4} (ppl {:.1})", v.exp())
-            });
+            let valid = valid_loss.map_or(String::new(), |v| format!(" | valid {v:.4} (ppl {:.1})", v.exp()));
             bar.suspend(|| {
                 println!(
                     "step {:>6} | loss {:.4}{valid} | lr {:.3e} | grad norm {:.3} | {:.0} tok/s | MFU {:.1}% | {:.0} ms",
@@ -205,9 +271,13 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
     }
     bar.finish_and_clear();
 
+    let master = opt.full_master(comm, sharded)?;
     let model_dir = run_dir.join("model");
-    save_model(&model, &opt, &model_dir, &tok_path)?;
-    println!("saved the trained model to {}", model_dir.display());
+    if main {
+        save_model(&model, &opt, &master, &model_dir, &tok_path)?;
+        println!("saved the trained model to {}", model_dir.display());
+    }
+    comm.barrier()?;
     Ok(TrainSummary {
         losses,
         model_dir,
@@ -216,42 +286,32 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
 }
 
 /// Writes the fp32 master weights as a Hugging Face directory with the tokenizer beside.
-fn save_model(model: &Baichuan, opt: &FlatAdamW, dir: &Path, tokenizer: &Path) -> Result<()> {
-    let master = Baichuan::new(&model.config, tch::Device::Cpu)?;
+fn save_model(model: &Baichuan, opt: &FlatAdamW, master: &Tensor, dir: &Path, tokenizer: &Path) -> Result<()> {
+    let copy = Baichuan::new(&model.config, tch::Device::Cpu)?;
     tch::no_grad(|| {
-        for (slot, (_, p)) in opt.slots.iter().zip(master.named_parameters()) {
-            let src = opt
-                .master
-                .narrow(0, slot.offset, slot.numel)
-                .view(slot.shape.as_slice());
+        for (slot, (_, p)) in opt.slots.iter().zip(copy.named_parameters()) {
+            let src = master.narrow(0, slot.offset, slot.numel).view(slot.shape.as_slice());
             p.shallow_clone().copy_(&src.to_device(tch::Device::Cpu));
         }
     });
-    hf::save_pretrained(&master, dir, Layout::Baichuan, Kind::Float, None)?;
+    hf::save_pretrained(&copy, dir, Layout::Baichuan, Kind::Float, None)?;
     if tokenizer.exists() {
         hf::copy_tokenizer(tokenizer, dir)?;
     }
     Ok(())
 }
 
-/// Mean token loss over the fixed validation batches.
-fn validate(
-    model: &Baichuan,
-    batches: &[baichuan_data::Batch],
-    micro: i64,
-    device: tch::Device,
-    chunk: i64,
-) -> f64 {
+/// Mean token loss over this rank's rows of the fixed validation batches.
+fn validate(model: &Baichuan, batches: &[baichuan_data::Batch], micro: i64, device: tch::Device, chunk: i64) -> f64 {
     let mut total = 0.0;
     let mut n = 0;
     for b in batches {
         let ids: Vec<i64> = b.tokens.iter().map(|&t| i64::from(t)).collect();
-        let all = Tensor::from_slice(&ids).view([b.samples as i64, b.seq_len as i64 + 1]); // (G, T+1)
+        let all = Tensor::from_slice(&ids).view([b.samples as i64, b.seq_len as i64 + 1]); // (B, T+1)
         let mut start = 0;
         while start < b.samples as i64 {
             let rows = micro.min(b.samples as i64 - start);
-            total += step::eval_loss(model, &all.narrow(0, start, rows).to_device(device), chunk)
-                * rows as f64;
+            total += step::eval_loss(model, &all.narrow(0, start, rows).to_device(device), chunk) * rows as f64;
             n += rows;
             start += rows;
         }

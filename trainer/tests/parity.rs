@@ -47,7 +47,7 @@ fn model_matches_transformers_llama() {
         .to_kind(Kind::Float)
         .to_device(Device::Cpu);
     // chunks of 8 positions exercise the chunked loss
-    let loss = step::forward_backward(&model, &ids.to_device(device), 1.0, 16);
+    let loss = step::forward_backward(&model, &ids.to_device(device), 1.0, 16, None);
     let mut tensors: Vec<(String, Tensor)> = vec![
         ("ids".into(), ids.shallow_clone()),
         ("logits".into(), logits),
@@ -78,29 +78,12 @@ fn model_matches_transformers_llama() {
         "scripts/reference/hf_parity.py",
         &[dir.to_str().unwrap(), "--device", dev_arg],
     );
-    println!(
-        "parity ({dev_arg}, {}): {r}",
-        if bf16 { "bf16" } else { "fp32" }
-    );
-    let num = |k: &str| {
-        r[k].as_f64()
-            .unwrap_or_else(|| panic!("{k} missing in {r}"))
-    };
-    assert_eq!(
-        r["grads_checked"].as_u64(),
-        Some(model.named_parameters().len() as u64)
-    );
+    println!("parity ({dev_arg}, {}): {r}", if bf16 { "bf16" } else { "fp32" });
+    let num = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {r}"));
+    assert_eq!(r["grads_checked"].as_u64(), Some(model.named_parameters().len() as u64));
     if bf16 {
-        assert!(
-            num("logits_rel") <= 2e-2,
-            "logits relative error {}",
-            num("logits_rel")
-        );
-        assert!(
-            num("loss_rel") <= 1e-2,
-            "loss relative error {}",
-            num("loss_rel")
-        );
+        assert!(num("logits_rel") <= 2e-2, "logits relative error {}", num("logits_rel"));
+        assert!(num("loss_rel") <= 1e-2, "loss relative error {}", num("loss_rel"));
         assert!(
             num("grad_rel_max") <= 6e-2,
             "gradient {} relative error {}",
@@ -113,11 +96,7 @@ fn model_matches_transformers_llama() {
             "logits max abs diff {}",
             num("logits_max_abs")
         );
-        assert!(
-            num("loss_rel") <= 1e-5,
-            "loss relative diff {}",
-            num("loss_rel")
-        );
+        assert!(num("loss_rel") <= 1e-5, "loss relative diff {}", num("loss_rel"));
         assert!(
             num("grad_rel_max") <= 1e-4,
             "gradient {} relative error {}",

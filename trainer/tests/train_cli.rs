@@ -27,40 +27,33 @@ fn run_ok(cmd: &mut Command) -> String {
 fn train_on_the_sample_then_generate_and_export() {
     let run = common::temp_dir("train-tiny");
     let run_dir = format!("job.run_dir={}", run.display());
-    let text = run_ok(
-        baichuan()
-            .args(["train", "--config", "config/tiny.toml"])
-            .args([
-                "--set",
-                &run_dir,
-                "--set",
-                "train.steps=40",
-                "--set",
-                "train.micro_batch_size=4",
-                "--set",
-                "train.global_batch_size=8",
-                "--set",
-                "data.seq_len=64",
-                "--set",
-                "model.hidden_size=64",
-                "--set",
-                "model.intermediate_size=160",
-                "--set",
-                "model.num_hidden_layers=2",
-                "--set",
-                "train.warmup_steps=5",
-                "--set",
-                "train.device=cpu",
-            ]),
-    );
+    let text = run_ok(baichuan().args(["train", "--config", "config/tiny.toml"]).args([
+        "--set",
+        &run_dir,
+        "--set",
+        "train.steps=40",
+        "--set",
+        "train.micro_batch_size=4",
+        "--set",
+        "train.global_batch_size=8",
+        "--set",
+        "data.seq_len=64",
+        "--set",
+        "model.hidden_size=64",
+        "--set",
+        "model.intermediate_size=160",
+        "--set",
+        "model.num_hidden_layers=2",
+        "--set",
+        "train.warmup_steps=5",
+        "--set",
+        "train.device=cpu",
+    ]));
     assert!(text.contains("data: 3 files"), "{text}");
 
     // metrics: one JSON line per step with the documented fields; the loss falls clearly
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let rows: Vec<serde_json::Value> = metrics
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.len(), 40);
     for key in [
         "step",
@@ -172,10 +165,7 @@ fn bad_configs_fail_with_the_key_and_a_hint() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("learning_rate") && err.contains("bad.toml"),
-        "{err}"
-    );
+    assert!(err.contains("learning_rate") && err.contains("bad.toml"), "{err}");
 
     let out = baichuan()
         .args([
@@ -191,10 +181,7 @@ fn bad_configs_fail_with_the_key_and_a_hint() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("global_batch_size") && err.contains("HINT"),
-        "{err}"
-    );
+    assert!(err.contains("global_batch_size") && err.contains("HINT"), "{err}");
 
     let out = baichuan()
         .args([
@@ -215,30 +202,62 @@ fn bad_configs_fail_with_the_key_and_a_hint() {
 
 /// Shrinks the tiny preset further so a run takes seconds.
 const SMALL: [&str; 14] = [
-    "--set", "model.hidden_size=32",
-    "--set", "model.intermediate_size=64",
-    "--set", "model.num_hidden_layers=1",
-    "--set", "train.micro_batch_size=4",
-    "--set", "train.global_batch_size=8",
-    "--set", "data.seq_len=32",
-    "--set", "train.device=cpu",
+    "--set",
+    "model.hidden_size=32",
+    "--set",
+    "model.intermediate_size=64",
+    "--set",
+    "model.num_hidden_layers=1",
+    "--set",
+    "train.micro_batch_size=4",
+    "--set",
+    "train.global_batch_size=8",
+    "--set",
+    "data.seq_len=32",
+    "--set",
+    "train.device=cpu",
 ];
 
 #[test]
 fn text_is_tokenized_into_a_reused_cache_and_validation_is_logged() {
     let run = common::temp_dir("train-valid");
     let run_dir = format!("job.run_dir={}", run.display());
-    let args = ["train", "--config", "config/tiny.toml", "--set", &run_dir, "--set", "train.steps=12", "--set", "data.valid_fraction=0.02", "--set", "eval.interval=5", "--set", "eval.batches=2"];
+    let args = [
+        "train",
+        "--config",
+        "config/tiny.toml",
+        "--set",
+        &run_dir,
+        "--set",
+        "train.steps=12",
+        "--set",
+        "data.valid_fraction=0.02",
+        "--set",
+        "eval.interval=5",
+        "--set",
+        "eval.batches=2",
+    ];
     let first = run_ok(baichuan().args(args).args(SMALL));
-    assert!(first.contains("data: 3 files") && first.contains("validation tokens"), "{first}");
+    assert!(
+        first.contains("data: 3 files") && first.contains("validation tokens"),
+        "{first}"
+    );
     assert!(run.join("token-cache/manifest.json").exists());
     let second = run_ok(baichuan().args(args).args(SMALL));
     assert!(second.contains("up to date"), "the token cache is reused: {second}");
 
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let rows: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let with_valid: Vec<u64> = rows.iter().filter(|r| r.get("valid_loss").is_some()).map(|r| r["step"].as_u64().unwrap()).collect();
-    assert_eq!(with_valid, vec![5, 10, 12], "validation at every eval.interval and after the last step");
+    let with_valid: Vec<u64> = rows
+        .iter()
+        .filter(|r| r.get("valid_loss").is_some())
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        with_valid,
+        vec![5, 10, 12],
+        "validation at every eval.interval and after the last step"
+    );
     let v = rows[4]["valid_loss"].as_f64().unwrap();
     assert!(v.is_finite() && v > 5.0 && v < 11.5, "{v}");
 }
@@ -247,26 +266,93 @@ fn text_is_tokenized_into_a_reused_cache_and_validation_is_logged() {
 fn prepared_shards_train_and_bad_data_is_reported() {
     let dir = common::temp_dir("train-shards");
     let shards = dir.join("shards");
-    let out = run_ok(baichuan().args(["prepare", "--input", "data/sample/tang300.txt", "data/sample/song100.txt", "--tokenizer", "assets/tokenizer.model", "--out", shards.to_str().unwrap(), "--jobs", "2"]));
+    let out = run_ok(baichuan().args([
+        "prepare",
+        "--input",
+        "data/sample/tang300.txt",
+        "data/sample/song100.txt",
+        "--tokenizer",
+        "assets/tokenizer.model",
+        "--out",
+        shards.to_str().unwrap(),
+        "--jobs",
+        "2",
+    ]));
     assert!(out.contains("2 files") && out.contains("408 documents"), "{out}");
-    let again = run_ok(baichuan().args(["prepare", "--input", "data/sample/tang300.txt", "data/sample/song100.txt", "--tokenizer", "assets/tokenizer.model", "--out", shards.to_str().unwrap()]));
+    let again = run_ok(baichuan().args([
+        "prepare",
+        "--input",
+        "data/sample/tang300.txt",
+        "data/sample/song100.txt",
+        "--tokenizer",
+        "assets/tokenizer.model",
+        "--out",
+        shards.to_str().unwrap(),
+    ]));
     assert!(again.contains("up to date"), "{again}");
 
     let run_dir = format!("job.run_dir={}", dir.join("run").display());
     let path = format!("data.path=[{:?}]", shards.to_str().unwrap());
-    let text = run_ok(baichuan().args(["train", "--config", "config/tiny.toml", "--set", &run_dir, "--set", &path, "--set", "data.format=shards", "--set", "train.steps=3"]).args(SMALL));
+    let text = run_ok(
+        baichuan()
+            .args([
+                "train",
+                "--config",
+                "config/tiny.toml",
+                "--set",
+                &run_dir,
+                "--set",
+                &path,
+                "--set",
+                "data.format=shards",
+                "--set",
+                "train.steps=3",
+            ])
+            .args(SMALL),
+    );
     assert!(text.contains("training tokens"), "{text}");
 
     // a model whose vocabulary cannot hold the tokenizer's ids
-    let out = baichuan().args(["train", "--config", "config/tiny.toml", "--set", &run_dir, "--set", &path, "--set", "data.format=shards", "--set", "model.vocab_size=1000"]).args(SMALL).output().unwrap();
+    let out = baichuan()
+        .args([
+            "train",
+            "--config",
+            "config/tiny.toml",
+            "--set",
+            &run_dir,
+            "--set",
+            &path,
+            "--set",
+            "data.format=shards",
+            "--set",
+            "model.vocab_size=1000",
+        ])
+        .args(SMALL)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("vocab_size") && err.contains("HINT"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("vocab_size") && err.contains("HINT"),
+        "{err}"
+    );
 
     // a sequence longer than the data
     let tiny = dir.join("tiny.txt");
     std::fs::write(&tiny, "just a few words\n").unwrap();
     let tiny_path = format!("data.path=[{:?}]", tiny.to_str().unwrap());
-    let out = baichuan().args(["train", "--config", "config/tiny.toml", "--set", &run_dir, "--set", &tiny_path]).args(SMALL).output().unwrap();
+    let out = baichuan()
+        .args([
+            "train",
+            "--config",
+            "config/tiny.toml",
+            "--set",
+            &run_dir,
+            "--set",
+            &tiny_path,
+        ])
+        .args(SMALL)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("seq_len"), "{err}");
 
@@ -274,9 +360,26 @@ fn prepared_shards_train_and_bad_data_is_reported() {
     let shard = shards.join("shard-00000.bin");
     let bytes = std::fs::read(&shard).unwrap();
     std::fs::write(&shard, &bytes[..bytes.len() - 1]).unwrap();
-    let out = baichuan().args(["train", "--config", "config/tiny.toml", "--set", &run_dir, "--set", &path, "--set", "data.format=shards"]).args(SMALL).output().unwrap();
+    let out = baichuan()
+        .args([
+            "train",
+            "--config",
+            "config/tiny.toml",
+            "--set",
+            &run_dir,
+            "--set",
+            &path,
+            "--set",
+            "data.format=shards",
+        ])
+        .args(SMALL)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("shard-00000.bin") && err.contains("truncated"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("shard-00000.bin") && err.contains("truncated"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -288,16 +391,29 @@ fn tokenize_round_trips_through_the_cli() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all("Hello world 12345\n".as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all("Hello world 12345\n".as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "24568 1275 31106 53 54 55 56 57");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "24568 1275 31106 53 54 55 56 57"
+    );
     let mut child = baichuan()
         .args(["tokenize", "--tokenizer", "assets/tokenizer.model", "--decode"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"24568 1275 31106 53 54 55 56 57").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"24568 1275 31106 53 54 55 56 57")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Hello world 12345");
 }

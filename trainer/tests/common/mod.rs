@@ -45,11 +45,7 @@ pub fn run_oracle(script: &str, args: &[&str]) -> serde_json::Value {
 /// The tokenizer built by scripts/setup.sh.
 pub fn tokenizer() -> PathBuf {
     let p = root().join("assets/tokenizer.model");
-    assert!(
-        p.exists(),
-        "{} not found: run scripts/setup.sh first",
-        p.display()
-    );
+    assert!(p.exists(), "{} not found: run scripts/setup.sh first", p.display());
     p
 }
 

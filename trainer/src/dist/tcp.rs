@@ -1,0 +1,338 @@
+//! The `tcp` backend: ring collectives over TCP between ranks, for CPU runs and tests.
+//!
+//! Each rank listens on an ephemeral port, publishes it in the store, connects to the next
+//! rank and accepts the previous one (both sides present the job token). Collectives run on
+//! a dedicated communication thread, in submission order, so backward computation continues
+//! while buckets are on the wire. Algorithms (Patarasuk & Yuan 2009, as NCCL's ring):
+//! reduce-scatter and all-gather each take W-1 steps passing one chunk to the next rank while
+//! receiving one from the previous; all-reduce is the two in sequence; broadcast pipelines
+//! chunks around the ring. Reductions accumulate in fp32 whatever the buffer's dtype (bf16 and
+//! f16 buffers are widened, reduced, and rounded once). Buffers on a GPU are staged through
+//! host memory. A peer silent for longer than the timeout is reported by rank.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tch::{Device, Kind, Tensor};
+
+use super::comm::{Communicator, ReduceOp, Work};
+use super::store::{read_frame, same_token, write_frame, StoreClient};
+use super::{even_ranges, io_err, DistEnv, DistError};
+
+enum Op {
+    AllReduce(ReduceOp),
+    ReduceScatter(Vec<(usize, usize)>, ReduceOp),
+    AllGather(Vec<(usize, usize)>),
+    Broadcast(usize),
+}
+
+struct Job {
+    op: Op,
+    buf: Tensor,
+    done: Sender<Result<(), DistError>>,
+}
+
+/// The ring: a socket to the next rank and one from the previous.
+struct Ring {
+    rank: usize,
+    world: usize,
+    next: TcpStream,
+    prev: TcpStream,
+}
+
+fn as_bytes(x: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no invalid bit patterns and u8 has alignment 1.
+    unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, std::mem::size_of_val(x)) }
+}
+
+impl Ring {
+    /// Sends `send` to the next rank while receiving `recv` from the previous one.
+    fn exchange(&mut self, send: &[u8], recv: &mut [u8]) -> Result<(), DistError> {
+        let (rank, world) = (self.rank, self.world);
+        let (next, prev) = (&mut self.next, &mut self.prev);
+        std::thread::scope(|s| {
+            let sender = s.spawn(move || next.write_all(send));
+            let got = prev.read_exact(recv);
+            let sent = sender.join().expect("ring sender thread");
+            sent.map_err(io_err(format!("rank {rank}: sending to rank {}", (rank + 1) % world)))?;
+            got.map_err(io_err(format!(
+                "rank {rank}: receiving from rank {} (it stopped, or was silent past dist.timeout_s)",
+                (rank + world - 1) % world
+            )))
+        })
+    }
+
+    fn reduce_scatter(&mut self, data: &mut [f32], ranges: &[(usize, usize)]) -> Result<(), DistError> {
+        let (r, w) = (self.rank, self.world);
+        let mut tmp = Vec::new();
+        for s in 0..w - 1 {
+            let (so, sl) = ranges[(r + 2 * w - s - 1) % w];
+            let (ro, rl) = ranges[(r + 2 * w - s - 2) % w];
+            let send = data[so..so + sl].to_vec();
+            tmp.resize(rl * 4, 0u8);
+            self.exchange(as_bytes(&send), &mut tmp)?;
+            for (d, b) in data[ro..ro + rl].iter_mut().zip(tmp.chunks_exact(4)) {
+                *d += f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        Ok(())
+    }
+
+    fn all_gather(&mut self, bytes: &mut [u8], ranges: &[(usize, usize)]) -> Result<(), DistError> {
+        let (r, w) = (self.rank, self.world);
+        for s in 0..w - 1 {
+            let (so, sl) = ranges[(r + w - s) % w];
+            let (ro, rl) = ranges[(r + 2 * w - s - 1) % w];
+            let send = bytes[so..so + sl].to_vec();
+            self.exchange(&send, &mut bytes[ro..ro + rl])?;
+        }
+        Ok(())
+    }
+
+    fn broadcast(&mut self, bytes: &mut [u8], root: usize) -> Result<(), DistError> {
+        const CHUNK: usize = 4 << 20;
+        let (r, w) = (self.rank, self.world);
+        let last = (root + w - 1) % w; // the rank that does not forward
+        for chunk in bytes.chunks_mut(CHUNK) {
+            if r != root {
+                self.prev
+                    .read_exact(chunk)
+                    .map_err(io_err(format!("rank {r}: broadcast from rank {root}")))?;
+            }
+            if r != last {
+                self.next
+                    .write_all(chunk)
+                    .map_err(io_err(format!("rank {r}: broadcast to rank {}", (r + 1) % w)))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, op: &Op, buf: &Tensor) -> Result<(), DistError> {
+        let _guard = tch::no_grad_guard();
+        let n = buf.numel();
+        let reduces = matches!(op, Op::AllReduce(_) | Op::ReduceScatter(..));
+        // work on a host copy: fp32 for reductions, the buffer's own dtype otherwise
+        let needs_copy = buf.device() != Device::Cpu || (reduces && buf.kind() != Kind::Float) || !buf.is_contiguous();
+        let work = if needs_copy {
+            let host = buf.to_device(Device::Cpu);
+            if reduces { host.to_kind(Kind::Float) } else { host }.contiguous()
+        } else {
+            buf.shallow_clone()
+        };
+        let elem = work.kind().elt_size_in_bytes();
+        let raw = work.data_ptr() as *mut u8;
+        // SAFETY: `work` is a contiguous host tensor of `n` elements that lives for this call;
+        // the submitting thread does not touch the buffer until its Work handle is waited for,
+        // and each view below is created at its use and not held across another.
+        let bytes = || unsafe { std::slice::from_raw_parts_mut(raw, n * elem) };
+        let floats = || unsafe { std::slice::from_raw_parts_mut(raw as *mut f32, n) };
+        let (rank, world) = (self.rank, self.world);
+        // a mean is the sum scaled on the rank that owns the chunk, before it is shared
+        let scale = |data: &mut [f32], op: ReduceOp, ranges: &[(usize, usize)]| {
+            if op == ReduceOp::Avg {
+                let (o, l) = ranges[rank];
+                data[o..o + l].iter_mut().for_each(|x| *x /= world as f32);
+            }
+        };
+        match op {
+            Op::AllReduce(rop) => {
+                let ranges = even_ranges(n, self.world);
+                let data = floats();
+                self.reduce_scatter(data, &ranges)?;
+                scale(data, *rop, &ranges);
+                let byte_ranges: Vec<_> = ranges.iter().map(|&(o, l)| (o * 4, l * 4)).collect();
+                self.all_gather(bytes(), &byte_ranges)?;
+            }
+            Op::ReduceScatter(ranges, rop) => {
+                let data = floats();
+                self.reduce_scatter(data, ranges)?;
+                scale(data, *rop, ranges);
+            }
+            Op::AllGather(ranges) => {
+                let byte_ranges: Vec<_> = ranges.iter().map(|&(o, l)| (o * elem, l * elem)).collect();
+                self.all_gather(bytes(), &byte_ranges)?;
+            }
+            Op::Broadcast(root) => self.broadcast(bytes(), *root)?,
+        }
+        if needs_copy {
+            buf.shallow_clone().copy_(&work);
+        }
+        Ok(())
+    }
+}
+
+/// The address other hosts can reach this one at: loopback when the master is local,
+/// else the interface that routes to MASTER_ADDR.
+fn reachable_ip(master: &str, port: u16) -> String {
+    if master == "localhost" || master.starts_with("127.") {
+        return "127.0.0.1".into();
+    }
+    UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect((master, port)).map(|_| s))
+        .and_then(|s| s.local_addr())
+        .map_or_else(|_| "127.0.0.1".into(), |a| a.ip().to_string())
+}
+
+/// Ring collectives over TCP.
+pub struct TcpComm {
+    rank: usize,
+    world: usize,
+    jobs: Mutex<Sender<Job>>,
+    store: Arc<StoreClient>,
+    barriers: Mutex<u64>,
+}
+
+impl TcpComm {
+    /// Forms the ring through the store; errors name the ranks that did not show up.
+    pub fn connect(env: &DistEnv, store: Arc<StoreClient>) -> Result<Self, DistError> {
+        let (rank, world) = (env.rank, env.world);
+        let listener = TcpListener::bind("0.0.0.0:0").map_err(io_err("ring: binding a listening socket"))?;
+        let port = listener.local_addr().map_err(io_err("ring: local address"))?.port();
+        let me = format!("{}:{port}", reachable_ip(&env.master_addr, env.master_port));
+        store.set(&format!("ring/{rank}"), me.as_bytes())?;
+        store.wait_all("ring/", world, "rendezvous")?;
+        let next_rank = (rank + 1) % world;
+        let next_addr = String::from_utf8_lossy(&store.get(&format!("ring/{next_rank}"))?).to_string();
+        let hello = format!("{}\n{rank}", env.token);
+
+        let token = env.token.clone();
+        let timeout = env.timeout;
+        let prev_rank = (rank + world - 1) % world;
+        let acceptor = std::thread::spawn(move || -> Result<TcpStream, DistError> {
+            let deadline = Instant::now() + timeout;
+            listener.set_nonblocking(true).map_err(io_err("ring: listener"))?;
+            loop {
+                match listener.accept() {
+                    Ok((mut s, peer)) => {
+                        s.set_nonblocking(false).map_err(io_err("ring: socket"))?;
+                        s.set_read_timeout(Some(Duration::from_secs(10)))
+                            .map_err(io_err("ring: socket"))?;
+                        let frame = read_frame(&mut s).unwrap_or_default();
+                        let text = String::from_utf8_lossy(&frame).to_string();
+                        let (tok, from) = text.split_once('\n').unwrap_or(("", ""));
+                        if same_token(tok.as_bytes(), token.as_bytes()) && from == prev_rank.to_string() {
+                            write_frame(&mut s, b"ok").map_err(io_err("ring: handshake"))?;
+                            return Ok(s);
+                        }
+                        eprintln!("ring: refused a connection from {peer}: wrong job token or rank");
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if Instant::now() >= deadline {
+                            return Err(DistError::Timeout(format!(
+                                "ring: rank {prev_rank} never connected to rank {}",
+                                (prev_rank + 1) % world
+                            )));
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => return Err(io_err("ring: accept")(e)),
+                }
+            }
+        });
+        let deadline = Instant::now() + timeout;
+        let mut next = loop {
+            match TcpStream::connect(&next_addr) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(io_err(format!(
+                        "ring: connecting rank {rank} to rank {next_rank} at {next_addr}"
+                    ))(e))
+                }
+            }
+        };
+        write_frame(&mut next, hello.as_bytes()).map_err(io_err("ring: handshake"))?;
+        let ack = read_frame(&mut next).map_err(io_err(format!("ring: rank {next_rank} refused the handshake")))?;
+        if ack != b"ok" {
+            return Err(DistError::Protocol(format!(
+                "ring: rank {next_rank} refused the handshake"
+            )));
+        }
+        let prev = acceptor.join().expect("ring acceptor thread")?;
+        for s in [&next, &prev] {
+            s.set_nodelay(true).map_err(io_err("ring: socket"))?;
+            s.set_read_timeout(Some(timeout)).map_err(io_err("ring: socket"))?;
+            s.set_write_timeout(Some(timeout)).map_err(io_err("ring: socket"))?;
+        }
+        let mut ring = Ring {
+            rank,
+            world,
+            next,
+            prev,
+        };
+        let (tx, rx) = channel::<Job>();
+        std::thread::Builder::new()
+            .name("tcp-comm".into())
+            .spawn(move || {
+                for job in rx {
+                    let r = ring.run(&job.op, &job.buf);
+                    let _ = job.done.send(r);
+                }
+            })
+            .map_err(io_err("starting the communication thread"))?;
+        Ok(TcpComm {
+            rank,
+            world,
+            jobs: Mutex::new(tx),
+            store,
+            barriers: Mutex::new(0),
+        })
+    }
+
+    fn submit(&self, op: Op, buf: &Tensor) -> Work {
+        if self.world == 1 {
+            return Work::done();
+        }
+        let (done, work) = Work::pending();
+        let job = Job {
+            op,
+            buf: buf.shallow_clone(),
+            done,
+        };
+        if let Err(e) = self.jobs.lock().expect("job queue").send(job) {
+            let _ =
+                e.0.done
+                    .send(Err(DistError::Protocol("the communication thread stopped".into())));
+        }
+        work
+    }
+}
+
+impl Communicator for TcpComm {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world(&self) -> usize {
+        self.world
+    }
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+    fn all_reduce(&self, buf: &Tensor, op: ReduceOp) -> Work {
+        self.submit(Op::AllReduce(op), buf)
+    }
+    fn reduce_scatter(&self, buf: &Tensor, ranges: &[(usize, usize)], op: ReduceOp) -> Work {
+        self.submit(Op::ReduceScatter(ranges.to_vec(), op), buf)
+    }
+    fn all_gather(&self, buf: &Tensor, ranges: &[(usize, usize)]) -> Work {
+        self.submit(Op::AllGather(ranges.to_vec()), buf)
+    }
+    fn broadcast(&self, buf: &Tensor, root: usize) -> Work {
+        self.submit(Op::Broadcast(root), buf)
+    }
+    fn barrier(&self) -> Result<(), DistError> {
+        let n = {
+            let mut b = self.barriers.lock().expect("barrier counter");
+            *b += 1;
+            *b
+        };
+        self.store.barrier(&format!("comm-{n}"))
+    }
+}
