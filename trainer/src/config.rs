@@ -288,6 +288,22 @@ impl DistConfig {
     }
 }
 
+/// `[launch]`: how `baichuan launch` reaches other hosts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LaunchConfig {
+    /// Command that runs a shell command on a remote host: `<remote_shell> <host> <command>`.
+    pub remote_shell: String,
+}
+
+impl Default for LaunchConfig {
+    fn default() -> Self {
+        LaunchConfig {
+            remote_shell: "ssh".into(),
+        }
+    }
+}
+
 /// The whole run configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -298,6 +314,7 @@ pub struct RunConfig {
     pub train: TrainConfig,
     pub eval: EvalConfig,
     pub dist: DistConfig,
+    pub launch: LaunchConfig,
 }
 
 /// Values derived once at start-up from the config and the world.

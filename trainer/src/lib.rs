@@ -7,6 +7,7 @@ pub mod dataset;
 pub mod dist;
 pub mod host_alloc;
 pub mod info;
+pub mod launch;
 pub mod metrics;
 pub mod optim;
 pub mod step;

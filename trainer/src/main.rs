@@ -11,7 +11,7 @@ use baichuan_data::Tokenizer;
 use baichuan_model::generate::{generate, Sampling};
 use baichuan_model::{hf, Baichuan, Layout};
 use baichuan_trainer::config::RunConfig;
-use baichuan_trainer::{dataset, info, train};
+use baichuan_trainer::{dataset, info, launch, train};
 use clap::{Parser, Subcommand, ValueEnum};
 use tch::{Device, Kind};
 
@@ -50,6 +50,34 @@ enum Command {
         /// Override a config value, e.g. --set train.lr=1e-3 (repeatable).
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
         overrides: Vec<String>,
+    },
+    /// Start one `train` process per slot of a hostfile (or --nproc local ranks).
+    Launch {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        overrides: Vec<String>,
+        /// DeepSpeed-style hostfile: `<host> slots=<n>` per line.
+        #[arg(long)]
+        hostfile: Option<PathBuf>,
+        /// Local ranks when no hostfile is given (default: the GPUs, or 1).
+        #[arg(long)]
+        nproc: Option<usize>,
+        /// Only these hosts of the hostfile (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        include: Vec<String>,
+        /// Not these hosts of the hostfile (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        exclude: Vec<String>,
+        /// Address of rank 0's store (default: the first host).
+        #[arg(long)]
+        master_addr: Option<String>,
+        /// Port of rank 0's store; 0 picks a free one (single-host jobs).
+        #[arg(long, default_value_t = 29500)]
+        master_port: u16,
+        /// Overrides launch.remote_shell, e.g. "ssh -p 2222".
+        #[arg(long)]
+        remote_shell: Option<String>,
     },
     /// Write a freshly initialised model directory (a seed checkpoint).
     Init {
@@ -188,11 +216,65 @@ fn main() -> Result<()> {
         Command::Train { config, overrides } => {
             let cfg = RunConfig::load(&config, &overrides)?;
             let summary = train::train(&cfg)?;
-            if let (Some(first), Some(last)) = (summary.losses.first(), summary.losses.last()) {
+            if let (true, Some(first), Some(last)) = (summary.main, summary.losses.first(), summary.losses.last()) {
                 println!(
                     "loss: {first:.4} at step 1 -> {last:.4} at step {}",
                     summary.losses.len()
                 );
+            }
+        }
+        Command::Launch {
+            config,
+            overrides,
+            hostfile,
+            nproc,
+            include,
+            exclude,
+            master_addr,
+            master_port,
+            remote_shell,
+        } => {
+            let cfg = RunConfig::load(&config, &overrides)?;
+            let hosts = match &hostfile {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading hostfile {}", path.display()))?;
+                    launch::filter_hosts(launch::parse_hostfile(&text, path)?, &include, &exclude)?
+                }
+                None => vec![launch::HostSlots {
+                    host: "localhost".into(),
+                    slots: nproc.unwrap_or_else(launch::local_gpus).max(1),
+                }],
+            };
+            let world: usize = hosts.iter().map(|h| h.slots).sum();
+            cfg.validate(world as i64)
+                .with_context(|| format!("config {} for {world} ranks", config.display()))?;
+            let master_port = if master_port == 0 {
+                std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()
+            } else {
+                master_port
+            };
+            let shell = remote_shell.unwrap_or(cfg.launch.remote_shell.clone());
+            let mut train_args = vec![
+                "--config".to_string(),
+                std::path::absolute(&config)?.to_string_lossy().to_string(),
+            ];
+            for o in &overrides {
+                train_args.push("--set".into());
+                train_args.push(o.clone());
+            }
+            let plan = launch::LaunchPlan {
+                hosts,
+                master_addr,
+                master_port,
+                remote_shell: shell.split_whitespace().map(String::from).collect(),
+                train_args,
+                exe: std::env::current_exe().context("locating the baichuan executable")?,
+                workdir: std::env::current_dir()?,
+            };
+            let code = launch::launch(&plan)?;
+            if code != 0 {
+                std::process::exit(code);
             }
         }
         Command::Init {

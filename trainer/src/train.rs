@@ -29,6 +29,8 @@ use crate::{dataset, step};
 /// What a finished run reports.
 #[derive(Debug, Clone)]
 pub struct TrainSummary {
+    /// Whether this process is rank 0 (the one that reports).
+    pub main: bool,
     pub losses: Vec<f64>,
     pub model_dir: PathBuf,
     pub tokens: u64,

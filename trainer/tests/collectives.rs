@@ -14,7 +14,9 @@ use tch::{Kind, Tensor};
 
 /// Rank `r`'s deterministic input (exactly representable in bf16).
 fn input(r: usize, n: usize, salt: usize) -> Vec<f32> {
-    (0..n).map(|i| ((r * 31 + i * 17 + salt * 7) % 101) as f32 / 8.0 - 6.0).collect()
+    (0..n)
+        .map(|i| ((r * 31 + i * 17 + salt * 7) % 101) as f32 / 8.0 - 6.0)
+        .collect()
 }
 
 fn to_vec(t: &Tensor) -> Vec<f32> {
@@ -24,7 +26,10 @@ fn to_vec(t: &Tensor) -> Vec<f32> {
 fn close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{what}: element {i}: {g} vs {w}");
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "{what}: element {i}: {g} vs {w}"
+        );
     }
 }
 
@@ -48,13 +53,29 @@ fn check_rank(comm: &dyn Communicator, world: usize) {
             // reduce-scatter over even ranges and over uneven ones (one rank empty)
             let uneven: Vec<(usize, usize)> = {
                 let cut = [0, n / 5, n / 5, n / 2, n];
-                (0..world).map(|q| (cut[q.min(3)], if q + 1 == world { n - cut[q.min(3)] } else { cut[(q + 1).min(3)] - cut[q.min(3)] })).collect()
+                (0..world)
+                    .map(|q| {
+                        (
+                            cut[q.min(3)],
+                            if q + 1 == world {
+                                n - cut[q.min(3)]
+                            } else {
+                                cut[(q + 1).min(3)] - cut[q.min(3)]
+                            },
+                        )
+                    })
+                    .collect()
             };
             for ranges in [even_ranges(n, world), uneven] {
                 let t = Tensor::from_slice(&input(r, n, salt)).to_kind(kind);
                 comm.reduce_scatter(&t, &ranges, ReduceOp::Sum).wait().unwrap();
                 let (o, l) = ranges[r];
-                close(&to_vec(&t)[o..o + l], &sum[o..o + l], tol, &format!("{what} reduce_scatter {ranges:?}"));
+                close(
+                    &to_vec(&t)[o..o + l],
+                    &sum[o..o + l],
+                    tol,
+                    &format!("{what} reduce_scatter {ranges:?}"),
+                );
 
                 // all-gather: each rank contributes its range of its own input
                 let mine = input(r, n, salt);
@@ -73,13 +94,21 @@ fn check_rank(comm: &dyn Communicator, world: usize) {
 
             // broadcast from the last rank
             let root = world - 1;
-            let t = if r == root { Tensor::from_slice(&input(r, n, salt)) } else { Tensor::zeros([n as i64], (Kind::Float, tch::Device::Cpu)) }.to_kind(kind);
+            let t = if r == root {
+                Tensor::from_slice(&input(r, n, salt))
+            } else {
+                Tensor::zeros([n as i64], (Kind::Float, tch::Device::Cpu))
+            }
+            .to_kind(kind);
             comm.broadcast(&t, root).wait().unwrap();
             close(&to_vec(&t), &input(root, n, salt), tol, &format!("{what} broadcast"));
         }
     }
     comm.barrier().unwrap();
-    assert_eq!(comm.all_reduce_scalar(r as f64, ReduceOp::Sum).unwrap(), (0..world).sum::<usize>() as f64);
+    assert_eq!(
+        comm.all_reduce_scalar(r as f64, ReduceOp::Sum).unwrap(),
+        (0..world).sum::<usize>() as f64
+    );
 }
 
 #[test]
@@ -100,7 +129,10 @@ fn every_collective_matches_the_local_result_for_1_to_4_ranks() {
                         token: "job-secret".into(),
                         timeout: Duration::from_secs(30),
                     };
-                    let store = Arc::new(StoreClient::connect(&format!("127.0.0.1:{port}"), &env.token, rank, world, env.timeout).unwrap());
+                    let store = Arc::new(
+                        StoreClient::connect(&format!("127.0.0.1:{port}"), &env.token, rank, world, env.timeout)
+                            .unwrap(),
+                    );
                     let comm = TcpComm::connect(&env, store).unwrap();
                     check_rank(&comm, world);
                 })
