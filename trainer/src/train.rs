@@ -281,6 +281,7 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
     }
     comm.barrier()?;
     Ok(TrainSummary {
+        main,
         losses,
         model_dir,
         tokens: t.steps * tokens_per_step,
