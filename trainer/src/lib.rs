@@ -2,6 +2,7 @@
 //! config, the layer-wise training step, the flat AdamW, metrics, the memory planner and the
 //! training loop. The `baichuan` binary (main.rs) is a thin CLI over these modules.
 
+pub mod bench;
 pub mod config;
 pub mod dataset;
 pub mod dist;

@@ -11,7 +11,7 @@ use baichuan_data::Tokenizer;
 use baichuan_model::generate::{generate, Sampling};
 use baichuan_model::{hf, Baichuan, Layout};
 use baichuan_trainer::config::RunConfig;
-use baichuan_trainer::{dataset, info, launch, train};
+use baichuan_trainer::{bench, dataset, info, launch, train};
 use clap::{Parser, Subcommand, ValueEnum};
 use tch::{Device, Kind};
 
@@ -39,6 +39,22 @@ enum Dtype {
     Fp32,
     Bf16,
     Fp16,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// All-reduce bus bandwidth across message sizes, beside memory-copy and loopback TCP bandwidth.
+    Comm {
+        /// Backend to measure (this build has tcp).
+        #[arg(long, default_value = "tcp")]
+        backend: String,
+        /// Ranks (threads of this process).
+        #[arg(long, default_value_t = 2)]
+        nproc: usize,
+        /// Largest message in MiB (sizes double from 4 KiB).
+        #[arg(long, default_value_t = 64)]
+        max_mb: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -78,6 +94,11 @@ enum Command {
         /// Overrides launch.remote_shell, e.g. "ssh -p 2222".
         #[arg(long)]
         remote_shell: Option<String>,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
     },
     /// Write a freshly initialised model directory (a seed checkpoint).
     Init {
@@ -275,6 +296,40 @@ fn main() -> Result<()> {
             let code = launch::launch(&plan)?;
             if code != 0 {
                 std::process::exit(code);
+            }
+        }
+        Command::Bench {
+            what: BenchCommand::Comm { backend, nproc, max_mb },
+        } => {
+            if backend != "tcp" {
+                bail!("--backend {backend:?}: this build measures the tcp backend");
+            }
+            let memcpy = bench::memcpy_bandwidth();
+            let tcp = bench::loopback_tcp_bandwidth()?;
+            println!(
+                "ceilings: memory copy {:.2} GB/s (read + write), one loopback TCP stream {:.2} GB/s",
+                memcpy / 1e9,
+                tcp / 1e9
+            );
+            let mut sizes = vec![4096usize];
+            while *sizes.last().expect("one size") < max_mb << 20 {
+                sizes.push(sizes.last().expect("one size") * 4);
+            }
+            let rows = bench::tcp_all_reduce(nproc.max(2), &sizes, std::time::Duration::from_millis(300))?;
+            println!("all-reduce, tcp backend, {} ranks (fp32, in place)", nproc.max(2));
+            println!(
+                "{:>12} {:>12} {:>12} {:>12} {:>16}",
+                "bytes", "time (us)", "algbw GB/s", "busbw GB/s", "busbw / TCP"
+            );
+            for r in rows {
+                println!(
+                    "{:>12} {:>12.1} {:>12.3} {:>12.3} {:>15.0}%",
+                    r.bytes,
+                    r.seconds * 1e6,
+                    r.algbw_gbs,
+                    r.busbw_gbs,
+                    100.0 * r.busbw_gbs * 1e9 / tcp
+                );
             }
         }
         Command::Init {

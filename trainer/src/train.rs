@@ -103,6 +103,11 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
         std::fs::create_dir_all(run_dir).with_context(|| format!("creating run_dir {}", run_dir.display()))?;
         std::fs::write(run_dir.join("config.toml"), config.to_toml())?;
     }
+    if device == tch::Device::Cpu && env.local_world > 1 {
+        // ranks sharing a machine share its cores (as torchrun's OMP_NUM_THREADS advice)
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tch::set_num_threads((cores / env.local_world).max(1) as i32);
+    }
     let (comm, _store) = join_job(&env)?;
     let comm = comm.as_ref();
 
