@@ -12,6 +12,9 @@
 #      tokens/s and MFU
 #   3. which scaled-dot-product-attention kernel libtorch chose: a fused one (flash, or cuDNN
 #      attention, which libtorch 2.11 prefers on H100) is expected on sm80+
+#   4. NCCL at world size 1 runs the real code path (unique id through the store, its own
+#      stream, events) and gives the same losses as no communication; its bucket collectives
+#      are issued during backward (issue times against the end of backward)
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -81,6 +84,35 @@ row "train small bf16 (40 steps)" "$([ $rc -eq 0 ] && echo PASS || echo FAIL)" "
 # 3. the attention kernel libtorch chose for that run
 attn="$(grep -o 'attention: .*' "$OUT/train-small.log" | head -1)"
 row "sdpa backend (small, bf16)" "$(echo "$attn" | grep -qE "flash|cudnn|efficient" && echo PASS || echo FAIL)" "${attn:-not reported} (fused: flash, cudnn or efficient; math is the unfused fallback)"
+
+# 4. NCCL (world size 1) against no communication, same seed and data
+common=(--config config/small.toml --set train.device=cuda --set train.steps=20 --set train.log_interval=5
+        --set model.init_from=\"/tmp/gpu-small-init\" --set dist.bucket_mb=20)
+timeout 300 "$B" train "${common[@]}" --set job.run_dir=\"/tmp/gpu-solo\" >"$OUT/train-solo.log" 2>&1
+timeout 300 "$B" train "${common[@]}" --set dist.backend=nccl --set job.run_dir=\"/tmp/gpu-nccl\" >"$OUT/train-nccl.log" 2>&1
+rc=$?
+grep -E "dist:|step " "$OUT/train-nccl.log" | head -3
+cmp="$("$PY" - <<'PY'
+import json
+def rows(p):
+    try:
+        return [json.loads(l) for l in open(p)]
+    except OSError:
+        return []
+a, b = rows("/tmp/gpu-solo/metrics.jsonl"), rows("/tmp/gpu-nccl/metrics.jsonl")
+if not a or len(a) != len(b):
+    print("FAIL no comparable runs (%d vs %d steps)" % (len(a), len(b)))
+else:
+    d = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(a, b))
+    last = b[-1]
+    during = sum(t < last["backward_end_ms"] - 0.01 for t in last["bucket_issue_ms"])
+    print("%s max loss rel diff %.1e over %d steps | %d of %d buckets issued before backward ended (%s ms, end %.1f ms) | comm wait %.2f ms"
+          % ("PASS" if d <= 1e-6 else "FAIL", d, len(a), during, len(last["bucket_issue_ms"]),
+             ", ".join("%.1f" % t for t in last["bucket_issue_ms"]), last["backward_end_ms"], 1e3 * last["comm_wait_s"]))
+PY
+)"
+[ $rc -eq 0 ] || { cmp="FAIL $(tail -3 "$OUT/train-nccl.log" | tr '\n' ' ')"; }
+row "nccl world 1 vs none (small)" "${cmp%% *}" "${cmp#* }"
 
 echo
 echo "== gpu_check summary (${gpu:-no GPU}) =="

@@ -247,11 +247,11 @@ impl Default for TrainConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// `tcp` (the only backend of this build).
+    /// `nccl` for CUDA runs with more than one rank, else `tcp`.
     Auto,
     /// Ring collectives over TCP; CUDA buffers are staged through host memory.
     Tcp,
-    /// NCCL (not in this build yet: rejected at start-up).
+    /// NCCL on a dedicated CUDA stream (loaded at run time); also used at world size 1.
     Nccl,
 }
 
@@ -431,12 +431,6 @@ impl RunConfig {
         }
         if t.zero_stage > 2 {
             bail!("train.zero_stage = {} must be 0, 1 or 2", t.zero_stage);
-        }
-        if self.dist.backend == Backend::Nccl {
-            bail!(
-                "dist.backend = \"nccl\" is not available in this build yet; HINT: use \"tcp\" (CUDA buffers are \
-                 staged through host memory)"
-            );
         }
         if self.dist.timeout_s == 0 || self.dist.bucket_mb < 0.0 {
             bail!("dist.timeout_s must be positive and dist.bucket_mb >= 0");

@@ -28,6 +28,10 @@ pub struct StepRecord {
     pub peak_memory_mb: f64,
     /// Time the step waited for gradient collectives after its backward.
     pub comm_wait_s: f64,
+    /// Milliseconds from the start of the last micro-batch to the issue of each bucket's
+    /// collective, and to the end of its backward (overlap diagnostics).
+    pub bucket_issue_ms: Vec<f64>,
+    pub backward_end_ms: f64,
     /// Mean token loss on the held-out data, on evaluation steps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub valid_loss: Option<f64>,

@@ -16,9 +16,10 @@ use baichuan_model::{hf, Baichuan, Layout};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tch::{Kind, Tensor};
 
-use crate::config::{Precision, RunConfig};
+use crate::config::{Backend, Precision, RunConfig};
 use crate::dist::buckets::GradReducer;
 use crate::dist::comm::{Communicator, ReduceOp, Solo};
+use crate::dist::nccl::NcclCommunicator;
 use crate::dist::store::{StoreClient, StoreServer};
 use crate::dist::tcp::TcpComm;
 use crate::dist::{even_ranges, DistEnv};
@@ -55,26 +56,41 @@ pub fn param_kind(p: Precision) -> Kind {
 }
 
 /// Joins the job described by the environment: rank 0 serves the store, every rank
-/// connects and the ring forms. A single process gets the `Solo` communicator.
-fn join_job(env: &DistEnv) -> Result<(Box<dyn Communicator>, Option<StoreServer>)> {
-    if !env.is_distributed() {
+/// connects and the communicator forms (NCCL for CUDA runs, else the TCP ring). A single
+/// process gets the `Solo` communicator, unless NCCL is asked for explicitly (then a world of
+/// one runs the real NCCL path, through a private store).
+fn join_job(
+    env: &DistEnv,
+    backend: Backend,
+    device: tch::Device,
+) -> Result<(Box<dyn Communicator>, Option<StoreServer>)> {
+    let nccl = backend == Backend::Nccl || (backend == Backend::Auto && device.is_cuda() && env.is_distributed());
+    if nccl && !device.is_cuda() {
+        bail!("dist.backend = \"nccl\" needs train.device on CUDA; HINT: use dist.backend = \"tcp\" on CPU");
+    }
+    if !env.is_distributed() && !nccl {
         return Ok((Box::new(Solo), None));
     }
-    if env.token.is_empty() && env.rank == 0 {
+    if env.token.is_empty() && env.rank == 0 && env.is_distributed() {
         eprintln!(
             "warning: {} is not set: the store and ring accept any peer (baichuan launch sets it)",
             crate::dist::TOKEN_VAR
         );
     }
+    let bind = if env.is_distributed() {
+        format!("0.0.0.0:{}", env.master_port)
+    } else {
+        "127.0.0.1:0".into()
+    };
     let server = if env.rank == 0 {
-        Some(
-            StoreServer::start(&format!("0.0.0.0:{}", env.master_port), &env.token)
-                .context("starting the rendezvous store")?,
-        )
+        Some(StoreServer::start(&bind, &env.token).context("starting the rendezvous store")?)
     } else {
         None
     };
-    let addr = format!("{}:{}", env.master_addr, env.master_port);
+    let addr = match &server {
+        Some(s) if !env.is_distributed() => s.addr.to_string(),
+        _ => format!("{}:{}", env.master_addr, env.master_port),
+    };
     let store = Arc::new(StoreClient::connect(
         &addr,
         &env.token,
@@ -82,8 +98,12 @@ fn join_job(env: &DistEnv) -> Result<(Box<dyn Communicator>, Option<StoreServer>
         env.world,
         env.timeout,
     )?);
-    let comm = TcpComm::connect(env, store).context("forming the TCP ring")?;
-    Ok((Box::new(comm), server))
+    let comm: Box<dyn Communicator> = if nccl {
+        Box::new(NcclCommunicator::connect(env, store).context("creating the NCCL communicator")?)
+    } else {
+        Box::new(TcpComm::connect(env, store).context("forming the TCP ring")?)
+    };
+    Ok((comm, server))
 }
 
 /// Trains as `config` says and saves the model into `<run_dir>/model`.
@@ -108,7 +128,7 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         tch::set_num_threads((cores / env.local_world).max(1) as i32);
     }
-    let (comm, _store) = join_job(&env)?;
+    let (comm, _store) = join_job(&env, config.dist.backend, device)?;
     let comm = comm.as_ref();
 
     // ---- data: rank 0 tokenizes into the cache first, the others then read it ----
@@ -202,7 +222,10 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
         let ids: Vec<i64> = batch.tokens.iter().map(|&t| i64::from(t)).collect();
         let all = Tensor::from_slice(&ids).view([batch.samples as i64, row]); // (B_rank, T+1)
         let mut loss = 0.0;
+        let mut last_start = Instant::now();
+        reducer.issued.clear();
         for micro in 0..accum {
+            last_start = Instant::now();
             let x = all
                 .narrow(0, micro * t.micro_batch_size, t.micro_batch_size)
                 .to_device(device);
@@ -211,6 +234,7 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
             let hook: Option<&mut dyn FnMut(step::Unit)> = if micro + 1 == accum { Some(&mut hand_off) } else { None };
             loss += step::forward_backward(&model, &x, 1.0 / accum as f64, t.loss_chunk_tokens, hook) / accum as f64;
         }
+        let backward_end = Instant::now();
         reducer.finish()?; // gradients averaged over ranks (this rank's shard of them)
         let grad = reducer.grad_shard();
         let grad_norm = opt.grad_norm(&grad, comm, stage >= 1)?;
@@ -255,6 +279,12 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
             step_time_s: dt,
             peak_memory_mb: metrics::peak_memory_mb(device),
             comm_wait_s: reducer.wait.as_secs_f64(),
+            bucket_issue_ms: reducer
+                .issued
+                .iter()
+                .map(|t| (*t - last_start).as_secs_f64() * 1e3)
+                .collect(),
+            backward_end_ms: (backward_end - last_start).as_secs_f64() * 1e3,
             valid_loss,
         };
         log.write(&record)?;

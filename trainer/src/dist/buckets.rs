@@ -51,6 +51,8 @@ pub struct GradReducer {
     in_flight: Vec<(Work, Option<(usize, Tensor)>)>,
     /// Time spent waiting for collectives in the last `finish`.
     pub wait: Duration,
+    /// When each bucket's collective was issued in the current step.
+    pub issued: Vec<Instant>,
     num_layers: usize,
 }
 
@@ -112,6 +114,7 @@ impl GradReducer {
             grad: Tensor::zeros([grad_len as i64], (Kind::Float, device)),
             in_flight: Vec::new(),
             wait: Duration::ZERO,
+            issued: Vec::new(),
             num_layers,
         }
     }
@@ -177,6 +180,7 @@ impl GradReducer {
         if self.remaining[b] > 0 {
             return;
         }
+        self.issued.push(Instant::now());
         if self.stage >= 2 {
             // each rank's part of this bucket: its shard intersected with the bucket
             let ranges: Vec<(usize, usize)> = self

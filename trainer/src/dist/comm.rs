@@ -9,6 +9,7 @@
 //! - `all_gather(ranges)`: before, rank r's `ranges[r]` holds its part; after, every rank
 //!   holds every part;
 //! - `broadcast(root)`: every rank ends with the root's buffer.
+//!
 //! Operations run in submission order on every rank; `Work::wait` blocks until one is done.
 
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -26,27 +27,57 @@ pub enum ReduceOp {
 /// A pending collective; `wait` returns its result.
 #[must_use = "a collective must be waited for before its buffer is read"]
 pub struct Work {
-    rx: Option<Receiver<Result<(), DistError>>>,
+    inner: Inner,
+}
+
+type Completion = Box<dyn FnOnce() -> Result<(), DistError> + Send>;
+
+enum Inner {
+    Done,
+    Failed(DistError),
+    Channel(Receiver<Result<(), DistError>>),
+    Deferred(Completion),
 }
 
 impl Work {
     /// A handle that is already complete.
     pub fn done() -> Self {
-        Work { rx: None }
+        Work { inner: Inner::Done }
+    }
+
+    /// A handle that reports `error` when waited for.
+    pub fn failed(error: DistError) -> Self {
+        Work {
+            inner: Inner::Failed(error),
+        }
     }
 
     /// A handle completed by sending on the returned sender.
     pub fn pending() -> (Sender<Result<(), DistError>>, Self) {
         let (tx, rx) = channel();
-        (tx, Work { rx: Some(rx) })
+        (
+            tx,
+            Work {
+                inner: Inner::Channel(rx),
+            },
+        )
+    }
+
+    /// A handle whose completion runs `finish` (e.g. a GPU-side stream wait).
+    pub fn deferred(finish: impl FnOnce() -> Result<(), DistError> + Send + 'static) -> Self {
+        Work {
+            inner: Inner::Deferred(Box::new(finish)),
+        }
     }
 
     pub fn wait(self) -> Result<(), DistError> {
-        match self.rx {
-            None => Ok(()),
-            Some(rx) => rx
+        match self.inner {
+            Inner::Done => Ok(()),
+            Inner::Failed(e) => Err(e),
+            Inner::Channel(rx) => rx
                 .recv()
                 .unwrap_or_else(|_| Err(DistError::Protocol("the communication thread stopped".into()))),
+            Inner::Deferred(finish) => finish(),
         }
     }
 }

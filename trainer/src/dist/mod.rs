@@ -8,6 +8,7 @@
 
 pub mod buckets;
 pub mod comm;
+pub mod nccl;
 pub mod store;
 pub mod tcp;
 
