@@ -8,16 +8,13 @@
 //! sockets, so the measurement covers the same code path as multi-process training.
 
 use std::io::{Read, Write};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tch::{Kind, Tensor};
 
 use crate::dist::comm::{Communicator, ReduceOp};
-use crate::dist::store::{StoreClient, StoreServer};
-use crate::dist::tcp::TcpComm;
-use crate::dist::DistEnv;
+use crate::dist::tcp::run_local_ranks;
 
 /// One message size's result.
 #[derive(Debug, Clone)]
@@ -74,61 +71,31 @@ pub fn loopback_tcp_bandwidth() -> Result<f64> {
 
 /// All-reduce timings for `world` ranks over the tcp backend.
 pub fn tcp_all_reduce(world: usize, sizes: &[usize], min_time: Duration) -> Result<Vec<CommRow>> {
-    let server = StoreServer::start("127.0.0.1:0", "bench")?;
-    let port = server.addr.port();
     let sizes = sizes.to_vec();
-    let handles: Vec<_> = (0..world)
-        .map(|rank| {
-            let sizes = sizes.clone();
-            std::thread::spawn(move || -> Result<Vec<CommRow>> {
-                let env = DistEnv {
-                    rank,
-                    world,
-                    local_rank: rank,
-                    local_world: world,
-                    master_addr: "127.0.0.1".into(),
-                    master_port: port,
-                    token: "bench".into(),
-                    timeout: Duration::from_secs(60),
-                };
-                let store = Arc::new(StoreClient::connect(
-                    &format!("127.0.0.1:{port}"),
-                    "bench",
-                    rank,
-                    world,
-                    env.timeout,
-                )?);
-                let comm = TcpComm::connect(&env, store)?;
-                let mut rows = Vec::new();
-                for &bytes in &sizes {
-                    let buf = Tensor::ones([(bytes / 4) as i64], (Kind::Float, tch::Device::Cpu));
-                    let warm = Instant::now();
-                    comm.all_reduce(&buf, ReduceOp::Sum).wait()?;
-                    // the ranks agree on an iteration count from the mean warm-up time
-                    let mean = comm.all_reduce_scalar(warm.elapsed().as_secs_f64(), ReduceOp::Avg)?;
-                    let iters = (min_time.as_secs_f64() / mean.max(1e-6)).clamp(3.0, 1000.0) as u64;
-                    comm.barrier()?;
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        comm.all_reduce(&buf, ReduceOp::Sum).wait()?;
-                    }
-                    let seconds = start.elapsed().as_secs_f64() / iters as f64;
-                    let algbw = bytes as f64 / seconds / 1e9;
-                    rows.push(CommRow {
-                        bytes,
-                        seconds,
-                        algbw_gbs: algbw,
-                        busbw_gbs: algbw * 2.0 * (world - 1) as f64 / world as f64,
-                    });
-                }
-                Ok(rows)
-            })
-        })
-        .collect();
-    let mut first = None;
-    for h in handles {
-        let rows = h.join().expect("bench rank").context("a benchmark rank failed")?;
-        first.get_or_insert(rows);
-    }
-    Ok(first.unwrap_or_default())
+    let per_rank = run_local_ranks(world, move |comm| -> Result<Vec<CommRow>> {
+        let mut rows = Vec::new();
+        for &bytes in &sizes {
+            let buf = Tensor::ones([(bytes / 4) as i64], (Kind::Float, tch::Device::Cpu));
+            let warm = Instant::now();
+            comm.all_reduce(&buf, ReduceOp::Sum).wait()?;
+            // the ranks agree on an iteration count from the mean warm-up time
+            let mean = comm.all_reduce_scalar(warm.elapsed().as_secs_f64(), ReduceOp::Avg)?;
+            let iters = (min_time.as_secs_f64() / mean.max(1e-6)).clamp(3.0, 1000.0) as u64;
+            comm.barrier()?;
+            let start = Instant::now();
+            for _ in 0..iters {
+                comm.all_reduce(&buf, ReduceOp::Sum).wait()?;
+            }
+            let seconds = start.elapsed().as_secs_f64() / iters as f64;
+            let algbw = bytes as f64 / seconds / 1e9;
+            rows.push(CommRow {
+                bytes,
+                seconds,
+                algbw_gbs: algbw,
+                busbw_gbs: algbw * 2.0 * (world - 1) as f64 / world as f64,
+            });
+        }
+        Ok(rows)
+    })?;
+    per_rank.into_iter().next().context("no ranks")?
 }

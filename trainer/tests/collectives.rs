@@ -3,13 +3,9 @@
 //! do not divide by the world size and uneven or empty ranges, against the result computed
 //! locally from all ranks' inputs.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use baichuan_trainer::dist::comm::{Communicator, ReduceOp};
-use baichuan_trainer::dist::store::{StoreClient, StoreServer};
-use baichuan_trainer::dist::tcp::TcpComm;
-use baichuan_trainer::dist::{even_ranges, DistEnv};
+use baichuan_trainer::dist::even_ranges;
+use baichuan_trainer::dist::tcp::run_local_ranks;
 use tch::{Kind, Tensor};
 
 /// Rank `r`'s deterministic input (exactly representable in bf16).
@@ -114,32 +110,6 @@ fn check_rank(comm: &dyn Communicator, world: usize) {
 #[test]
 fn every_collective_matches_the_local_result_for_1_to_4_ranks() {
     for world in 1..=4usize {
-        let server = StoreServer::start("127.0.0.1:0", "job-secret").unwrap();
-        let port = server.addr.port();
-        let handles: Vec<_> = (0..world)
-            .map(|rank| {
-                std::thread::spawn(move || {
-                    let env = DistEnv {
-                        rank,
-                        world,
-                        local_rank: rank,
-                        local_world: world,
-                        master_addr: "127.0.0.1".into(),
-                        master_port: port,
-                        token: "job-secret".into(),
-                        timeout: Duration::from_secs(30),
-                    };
-                    let store = Arc::new(
-                        StoreClient::connect(&format!("127.0.0.1:{port}"), &env.token, rank, world, env.timeout)
-                            .unwrap(),
-                    );
-                    let comm = TcpComm::connect(&env, store).unwrap();
-                    check_rank(&comm, world);
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join().expect("a rank failed");
-        }
+        run_local_ranks(world, move |comm| check_rank(comm, world)).expect("every rank passes");
     }
 }

@@ -336,3 +336,48 @@ impl Communicator for TcpComm {
         self.store.barrier(&format!("comm-{n}"))
     }
 }
+
+/// Runs `f` on `world` ranks that are threads of this process, each with its own store
+/// connection and ring sockets over loopback (for benchmarks and tests); returns each rank's
+/// result in rank order.
+pub fn run_local_ranks<T: Send + 'static>(
+    world: usize,
+    f: impl Fn(&TcpComm) -> T + Send + Sync + 'static,
+) -> Result<Vec<T>, DistError> {
+    let server = super::store::StoreServer::start("127.0.0.1:0", "local-ranks")?;
+    let port = server.addr.port();
+    let f = Arc::new(f);
+    let handles: Vec<_> = (0..world)
+        .map(|rank| {
+            let f = Arc::clone(&f);
+            std::thread::spawn(move || -> Result<T, DistError> {
+                let env = DistEnv {
+                    rank,
+                    world,
+                    local_rank: rank,
+                    local_world: world,
+                    master_addr: "127.0.0.1".into(),
+                    master_port: port,
+                    token: "local-ranks".into(),
+                    timeout: Duration::from_secs(60),
+                };
+                let store = Arc::new(StoreClient::connect(
+                    &format!("127.0.0.1:{port}"),
+                    &env.token,
+                    rank,
+                    world,
+                    env.timeout,
+                )?);
+                let comm = TcpComm::connect(&env, store)?;
+                Ok(f(&comm))
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .map_err(|_| DistError::Protocol("a rank thread panicked".into()))?
+        })
+        .collect()
+}
