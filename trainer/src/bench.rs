@@ -99,3 +99,151 @@ pub fn tcp_all_reduce(world: usize, sizes: &[usize], min_time: Duration) -> Resu
     })?;
     per_rank.into_iter().next().context("no ranks")?
 }
+
+/// Where one training step's time goes, medians over the timed steps (seconds).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepBench {
+    pub device: String,
+    pub precision: String,
+    pub parameters: u64,
+    pub tokens_per_step: u64,
+    pub step_s: f64,
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub comm_wait_s: f64,
+    pub optimizer_s: f64,
+    pub tokens_per_s: f64,
+    pub mfu: f64,
+    pub peak: f64,
+    pub peak_source: String,
+    pub peak_memory_mb: f64,
+    pub attention: String,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Peak device memory in MiB: CUDA memory in use on the device (the caching allocator's
+/// reservation, from nvidia-smi), or the process's peak RSS on CPU.
+pub fn device_memory_mb(device: tch::Device) -> f64 {
+    if let tch::Device::Cuda(i) = device {
+        let out = std::process::Command::new("nvidia-smi")
+            .args([
+                "--query-gpu=memory.used",
+                "--format=csv,noheader,nounits",
+                &format!("--id={i}"),
+            ])
+            .output();
+        if let Some(mb) = out
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+        {
+            return mb;
+        }
+    }
+    crate::metrics::peak_memory_mb(device)
+}
+
+/// Trains `config`'s model on random tokens: `warmup` untimed steps, then `steps` timed ones
+/// with the device synchronised between phases (single process, no data loading).
+pub fn train_step(config: &crate::config::RunConfig, steps: usize, warmup: usize) -> Result<StepBench> {
+    use crate::dist::buckets::GradReducer;
+    use crate::dist::comm::Solo;
+    use crate::optim::{AdamWParams, FlatAdamW};
+    use crate::step;
+
+    let resolved = config.validate(1)?;
+    let (t, mc, device) = (&config.train, &resolved.model, resolved.device);
+    let kind = crate::train::param_kind(t.precision);
+    tch::manual_seed(config.job.seed as i64);
+    let mut model = baichuan_model::Baichuan::new(mc, tch::Device::Cpu)?;
+    model.to(device, kind);
+    let params = model.named_parameters();
+    let total = params.iter().map(|(_, p)| p.numel()).sum::<usize>();
+    let mut opt = FlatAdamW::new(&params, (0, total), &Solo)?;
+    let mut reducer = GradReducer::new(
+        &opt.slots,
+        model.layers.len(),
+        config.dist.bucket_elems(1),
+        0,
+        vec![(0, total)],
+        0,
+        device,
+    );
+    let recompute = step::recompute_plan(model.layers.len(), t.activation_checkpointing, t.checkpoint_every);
+    let seq = config.data.seq_len;
+    let accum = resolved.grad_accum;
+    let sync = || {
+        if let tch::Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let (mut fwd, mut bwd, mut wait, mut optim, mut whole) = (vec![], vec![], vec![], vec![], vec![]);
+    for s in 0..warmup + steps {
+        let tokens = Tensor::randint(mc.vocab_size, [t.micro_batch_size, seq + 1], (Kind::Int64, device));
+        sync();
+        let start = Instant::now();
+        let (mut f_s, mut b_s) = (0.0, 0.0);
+        for micro in 0..accum {
+            let t0 = Instant::now();
+            let state = step::forward(&model, &tokens, &recompute);
+            sync();
+            let t1 = Instant::now();
+            let mut hand_off = |unit| reducer.unit_done(unit, &step::unit_params(&model, unit), &Solo);
+            let hook: Option<&mut dyn FnMut(step::Unit)> = if micro + 1 == accum { Some(&mut hand_off) } else { None };
+            step::backward(&model, state, &recompute, 1.0 / accum as f64, t.loss_chunk_tokens, hook);
+            sync();
+            f_s += (t1 - t0).as_secs_f64();
+            b_s += t1.elapsed().as_secs_f64();
+        }
+        let t2 = Instant::now();
+        reducer.finish()?;
+        sync();
+        let w_s = t2.elapsed().as_secs_f64();
+        let t3 = Instant::now();
+        let grad = reducer.grad_shard();
+        let norm = opt.grad_norm(&grad, &Solo, false)?;
+        FlatAdamW::clip(&grad, norm, t.grad_clip);
+        let h = AdamWParams {
+            lr: t.lr,
+            beta1: t.betas[0],
+            beta2: t.betas[1],
+            eps: t.eps,
+            weight_decay: t.weight_decay,
+        };
+        opt.update(&grad, h);
+        opt.write_back(&Solo, None)?;
+        sync();
+        let o_s = t3.elapsed().as_secs_f64();
+        if s >= warmup {
+            fwd.push(f_s);
+            bwd.push(b_s);
+            wait.push(w_s);
+            optim.push(o_s);
+            whole.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let tokens_per_step = (t.global_batch_size * seq) as u64;
+    let step_s = median(whole);
+    let tps = tokens_per_step as f64 / step_s;
+    let (peak, peak_source) = crate::metrics::peak_flops(device, kind);
+    Ok(StepBench {
+        device: format!("{device:?}"),
+        precision: format!("{:?}", t.precision).to_lowercase(),
+        parameters: mc.num_parameters(),
+        tokens_per_step,
+        step_s,
+        forward_s: median(fwd),
+        backward_s: median(bwd),
+        comm_wait_s: median(wait),
+        optimizer_s: median(optim),
+        tokens_per_s: tps,
+        mfu: mc.flops_per_token(seq) * tps / peak,
+        peak,
+        peak_source,
+        peak_memory_mb: device_memory_mb(device),
+        attention: baichuan_model::baichuan::attention_backend(mc, t.micro_batch_size, seq, kind, device).to_string(),
+    })
+}

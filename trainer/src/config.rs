@@ -177,6 +177,18 @@ pub enum Precision {
     Fp32,
     /// bf16 parameters and activations; fp32 master weights, AdamW state, norm variance and loss.
     Bf16,
+    /// fp16 as bf16, with a dynamic loss scaler; steps with inf/NaN gradients are skipped.
+    Fp16,
+}
+
+/// Activation checkpointing: which blocks recompute their forward during backward.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Checkpointing {
+    None,
+    Full,
+    /// Every `train.checkpoint_every`-th block (0, n, 2n, ...).
+    EveryN,
 }
 
 /// Where to compute.
@@ -219,6 +231,14 @@ pub struct TrainConfig {
     pub loss_chunk_tokens: i64,
     /// ZeRO stage: 0 replicated, 1 optimizer state sharded, 2 gradients sharded too.
     pub zero_stage: u8,
+    /// Recompute block activations during backward: "none", "full" or "every_n".
+    pub activation_checkpointing: Checkpointing,
+    /// With "every_n": recompute blocks 0, n, 2n, ...
+    pub checkpoint_every: usize,
+    /// fp16: initial loss scale.
+    pub loss_scale: f64,
+    /// fp16: good steps before the loss scale doubles.
+    pub loss_scale_window: u64,
 }
 
 impl Default for TrainConfig {
@@ -239,6 +259,10 @@ impl Default for TrainConfig {
             log_interval: 10,
             loss_chunk_tokens: 8192,
             zero_stage: 0,
+            activation_checkpointing: Checkpointing::None,
+            checkpoint_every: 2,
+            loss_scale: 65536.0,
+            loss_scale_window: 1000,
         }
     }
 }
@@ -428,6 +452,9 @@ impl RunConfig {
         }
         if t.weight_decay < 0.0 || t.grad_clip < 0.0 {
             bail!("train.weight_decay and train.grad_clip must be >= 0");
+        }
+        if t.checkpoint_every == 0 || t.loss_scale.is_nan() || t.loss_scale <= 0.0 || t.loss_scale_window == 0 {
+            bail!("train.checkpoint_every, train.loss_scale and train.loss_scale_window must be positive");
         }
         if t.zero_stage > 2 {
             bail!("train.zero_stage = {} must be 0, 1 or 2", t.zero_stage);

@@ -11,5 +11,6 @@ pub mod info;
 pub mod launch;
 pub mod metrics;
 pub mod optim;
+pub mod precision;
 pub mod step;
 pub mod train;

@@ -95,10 +95,24 @@ enum Command {
         #[arg(long)]
         remote_shell: Option<String>,
     },
-    /// Benchmarks.
+    /// Benchmark a training step of CONFIG's model on random tokens (or `bench comm`).
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
         #[command(subcommand)]
-        what: BenchCommand,
+        what: Option<BenchCommand>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Timed steps.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Write a freshly initialised model directory (a seed checkpoint).
     Init {
@@ -299,7 +313,44 @@ fn main() -> Result<()> {
             }
         }
         Command::Bench {
-            what: BenchCommand::Comm { backend, nproc, max_mb },
+            what: None,
+            config,
+            overrides,
+            steps,
+            warmup,
+            json,
+        } => {
+            let config = config.context("bench needs --config (or the `comm` subcommand)")?;
+            let cfg = RunConfig::load(&config, &overrides)?;
+            let r = bench::train_step(&cfg, steps.max(1), warmup)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} parameters, {} training on {}, {} tokens/step, attention {}",
+                    r.parameters, r.precision, r.device, r.tokens_per_step, r.attention
+                );
+                println!(
+                    "step {:.1} ms = forward {:.1} + backward {:.1} + comm wait {:.1} + optimizer {:.1} (medians of {steps})",
+                    r.step_s * 1e3,
+                    r.forward_s * 1e3,
+                    r.backward_s * 1e3,
+                    r.comm_wait_s * 1e3,
+                    r.optimizer_s * 1e3
+                );
+                println!(
+                    "{:.0} tokens/s, MFU {:.1}% of {:.3e} FLOP/s ({}), peak memory {:.0} MiB",
+                    r.tokens_per_s,
+                    100.0 * r.mfu,
+                    r.peak,
+                    r.peak_source,
+                    r.peak_memory_mb
+                );
+            }
+        }
+        Command::Bench {
+            what: Some(BenchCommand::Comm { backend, nproc, max_mb }),
+            ..
         } => {
             if backend != "tcp" {
                 bail!("--backend {backend:?}: this build measures the tcp backend");

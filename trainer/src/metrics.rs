@@ -32,6 +32,10 @@ pub struct StepRecord {
     /// collective, and to the end of its backward (overlap diagnostics).
     pub bucket_issue_ms: Vec<f64>,
     pub backward_end_ms: f64,
+    /// fp16: the loss scale after this step (1 otherwise).
+    pub loss_scale: f64,
+    /// Steps skipped so far for inf/NaN gradients.
+    pub skipped_steps: u64,
     /// Mean token loss on the held-out data, on evaluation steps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub valid_loss: Option<f64>,

@@ -55,38 +55,78 @@ fn chunked_cross_entropy(
     total
 }
 
-/// Forward and backward of one micro-batch of `tokens` (B, T+1) int64: inputs are
-/// `tokens[:, :T]`, targets `tokens[:, 1:]`. Gradients of the mean token loss times
-/// `grad_scale` (1 / accumulation steps) accumulate into the parameters' `.grad()`.
-/// Returns the mean token loss of the micro-batch.
-pub fn forward_backward(
+/// Which blocks drop their activations after forward and recompute them just before their
+/// backward (activation checkpointing, Chen et al. 2016): `none`, `full`, or every n-th block.
+pub fn recompute_plan(layers: usize, mode: crate::config::Checkpointing, every: usize) -> Vec<bool> {
+    use crate::config::Checkpointing;
+    (0..layers)
+        .map(|i| match mode {
+            Checkpointing::None => false,
+            Checkpointing::Full => true,
+            Checkpointing::EveryN => i % every.max(1) == 0,
+        })
+        .collect()
+}
+
+/// What forward leaves for backward: each block's detached input (a leaf), each block's
+/// output with its graph (or without, for recomputed blocks), and the top leaf.
+pub struct Forward {
+    leaves: Vec<Tensor>,
+    outputs: Vec<Tensor>,
+    top: Tensor,
+    targets: Tensor,
+}
+
+/// Forward of one micro-batch of `tokens` (B, T+1) int64: inputs `tokens[:, :T]`, targets
+/// `tokens[:, 1:]`. Every block starts from a detached leaf; blocks marked in `recompute`
+/// run without recording a graph.
+pub fn forward(model: &Baichuan, tokens: &Tensor, recompute: &[bool]) -> Forward {
+    let t = tokens.size()[1] - 1;
+    let embedded = model.embed(&tokens.narrow(1, 0, t)); // (B, T, d)
+    let layers = model.layers.len();
+    let mut leaves = Vec::with_capacity(layers);
+    let mut outputs = Vec::with_capacity(layers + 1);
+    outputs.push(embedded);
+    for i in 0..layers {
+        let x = outputs[i].detach().set_requires_grad(true);
+        let out = if recompute.get(i).copied().unwrap_or(false) {
+            tch::no_grad(|| model.block(i, &x)) // only the input is kept
+        } else {
+            model.block(i, &x)
+        };
+        outputs.push(out);
+        leaves.push(x);
+    }
+    let top = outputs[layers].detach().set_requires_grad(true);
+    Forward {
+        leaves,
+        outputs,
+        top,
+        targets: tokens.narrow(1, 1, t),
+    }
+}
+
+/// Backward of a micro-batch: the chunked loss into the top leaf and the head, then blocks
+/// from the top down (recomputing those marked), then the embedding. Gradients of the mean
+/// token loss times `grad_scale` accumulate into the parameters' `.grad()`; `on_unit`, when
+/// given, is called as each unit's gradients become final (the hand-off to the bucketed
+/// reducer on the last micro-batch). Returns the mean token loss.
+pub fn backward(
     model: &Baichuan,
-    tokens: &Tensor,
+    fwd: Forward,
+    recompute: &[bool],
     grad_scale: f64,
     chunk_tokens: i64,
     mut on_unit: Option<&mut dyn FnMut(Unit)>,
 ) -> f64 {
-    let (b, t1) = tokens.size2().expect("tokens are (B, T+1)");
-    let t = t1 - 1;
-    let inputs = tokens.narrow(1, 0, t);
-    let targets = tokens.narrow(1, 1, t);
-
-    // forward: every block starts from a detached leaf
-    let embedded = model.embed(&inputs); // (B, T, d)
-    let mut leaves = Vec::with_capacity(model.layers.len() + 1);
-    let mut outputs = Vec::with_capacity(model.layers.len() + 1);
-    outputs.push(embedded);
-    for i in 0..model.layers.len() {
-        let x = outputs[i].detach().set_requires_grad(true);
-        outputs.push(model.block(i, &x));
-        leaves.push(x);
-    }
-    let top = outputs[model.layers.len()].detach().set_requires_grad(true);
-
-    // head: chunked loss, backward into the top leaf and the head's parameters
-    let n_tokens = (b * t) as f64;
+    let Forward {
+        leaves,
+        mut outputs,
+        top,
+        targets,
+    } = fwd;
+    let n_tokens = targets.numel() as f64;
     let loss_sum = chunked_cross_entropy(model, &top, &targets, chunk_tokens, Some(grad_scale / n_tokens));
-
     let mut done = |unit: Unit| {
         if let Some(f) = on_unit.as_mut() {
             f(unit)
@@ -94,16 +134,34 @@ pub fn forward_backward(
     };
     done(Unit::Head);
 
-    // blocks from the top down, then the embedding
     let mut grad = top.grad();
     for i in (0..model.layers.len()).rev() {
-        (&outputs[i + 1] * &grad).sum(Kind::Float).backward();
+        let out = std::mem::replace(&mut outputs[i + 1], Tensor::new());
+        let out = if recompute.get(i).copied().unwrap_or(false) {
+            model.block(i, &leaves[i])
+        } else {
+            out
+        };
+        (out * &grad).sum(Kind::Float).backward();
         done(Unit::Block(i));
         grad = leaves[i].grad();
     }
     (&outputs[0] * &grad).sum(Kind::Float).backward();
     done(Unit::Embed);
     loss_sum / n_tokens
+}
+
+/// Forward and backward of one micro-batch (see [`forward`] and [`backward`]).
+pub fn forward_backward(
+    model: &Baichuan,
+    tokens: &Tensor,
+    grad_scale: f64,
+    chunk_tokens: i64,
+    recompute: &[bool],
+    on_unit: Option<&mut dyn FnMut(Unit)>,
+) -> f64 {
+    let fwd = forward(model, tokens, recompute);
+    backward(model, fwd, recompute, grad_scale, chunk_tokens, on_unit)
 }
 
 /// Mean token loss of a batch without gradients (evaluation), chunked like training.
@@ -153,7 +211,7 @@ mod tests {
         let tokens = Tensor::randint(97, [2, 17], (Kind::Int64, Device::Cpu));
         // the whole chunked loss in one chunk, so the reduction order matches exactly
         let (m1, m2) = small_models();
-        let loss1 = forward_backward(&m1, &tokens, 1.0, 1 << 20, None);
+        let loss1 = forward_backward(&m1, &tokens, 1.0, 1 << 20, &[], None);
         let logits = m2.forward(&tokens.narrow(1, 0, 16)).to_kind(Kind::Float);
         let loss2 = logits.view([-1, 97]).cross_entropy_loss::<Tensor>(
             &tokens.narrow(1, 1, 16).reshape([-1]),
@@ -177,7 +235,31 @@ mod tests {
         let whole = eval_loss(&m, &tokens, 1 << 20);
         let chunked = eval_loss(&m, &tokens, 7);
         assert!((whole - chunked).abs() < 1e-5, "{whole} vs {chunked}");
-        let trained = forward_backward(&m2, &tokens, 1.0, 7, None);
+        let trained = forward_backward(&m2, &tokens, 1.0, 7, &[], None);
         assert!((whole - trained).abs() < 1e-5);
+    }
+
+    #[test]
+    fn activation_checkpointing_gives_the_same_loss_and_gradients() {
+        let tokens = Tensor::randint(97, [2, 19], (Kind::Int64, Device::Cpu));
+        let (plain, ckpt) = small_models();
+        let a = forward_backward(&plain, &tokens, 1.0, 1 << 20, &[false, false, false], None);
+        let b = forward_backward(&ckpt, &tokens, 1.0, 1 << 20, &[true, false, true], None);
+        assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
+        for ((name, x), (_, y)) in plain.named_parameters().iter().zip(ckpt.named_parameters()) {
+            let diff = (x.grad() - y.grad()).abs().max().double_value(&[]);
+            assert!(diff <= 1e-6, "{name}: {diff}");
+        }
+    }
+
+    #[test]
+    fn recompute_plans() {
+        use crate::config::Checkpointing;
+        assert_eq!(recompute_plan(4, Checkpointing::None, 2), vec![false; 4]);
+        assert_eq!(recompute_plan(4, Checkpointing::Full, 2), vec![true; 4]);
+        assert_eq!(
+            recompute_plan(5, Checkpointing::EveryN, 2),
+            vec![true, false, true, false, true]
+        );
     }
 }

@@ -25,6 +25,7 @@ use crate::dist::tcp::TcpComm;
 use crate::dist::{even_ranges, DistEnv};
 use crate::metrics::{self, MetricsLog, StepRecord};
 use crate::optim::{lr_at, AdamWParams, FlatAdamW};
+use crate::precision::LossScaler;
 use crate::{dataset, step};
 
 /// What a finished run reports.
@@ -52,6 +53,7 @@ pub fn param_kind(p: Precision) -> Kind {
     match p {
         Precision::Fp32 => Kind::Float,
         Precision::Bf16 => Kind::BFloat16,
+        Precision::Fp16 => Kind::Half,
     }
 }
 
@@ -213,6 +215,13 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
     let mut losses = Vec::with_capacity(t.steps as usize);
     let row = d.seq_len + 1;
     let accum = resolved.grad_accum;
+    let recompute = step::recompute_plan(model.layers.len(), t.activation_checkpointing, t.checkpoint_every);
+    let fp16 = t.precision == Precision::Fp16;
+    let mut scaler = if fp16 {
+        LossScaler::new(t.loss_scale, t.loss_scale_window)
+    } else {
+        LossScaler::disabled()
+    };
 
     // ---- the loop ----
     for s in 0..t.steps {
@@ -232,24 +241,32 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
             // the last micro-batch hands each finished unit's gradients to the reducer
             let mut hand_off = |unit| reducer.unit_done(unit, &step::unit_params(&model, unit), comm);
             let hook: Option<&mut dyn FnMut(step::Unit)> = if micro + 1 == accum { Some(&mut hand_off) } else { None };
-            loss += step::forward_backward(&model, &x, 1.0 / accum as f64, t.loss_chunk_tokens, hook) / accum as f64;
+            let grad_scale = scaler.scale / accum as f64; // fp16: the loss scale
+            loss +=
+                step::forward_backward(&model, &x, grad_scale, t.loss_chunk_tokens, &recompute, hook) / accum as f64;
         }
         let backward_end = Instant::now();
         reducer.finish()?; // gradients averaged over ranks (this rank's shard of them)
         let grad = reducer.grad_shard();
-        let grad_norm = opt.grad_norm(&grad, comm, stage >= 1)?;
-        FlatAdamW::clip(&grad, grad_norm, t.grad_clip);
-        opt.update(
-            &grad,
-            AdamWParams {
+        let used_scale = scaler.scale;
+        let apply = !fp16 || scaler.update(all_finite(&grad, comm)?); // fp16: skip inf/NaN steps
+        let mut grad_norm = f64::NAN;
+        if apply {
+            if used_scale != 1.0 {
+                let _ = grad.shallow_clone().f_mul_scalar_(1.0 / used_scale);
+            }
+            grad_norm = opt.grad_norm(&grad, comm, stage >= 1)?;
+            FlatAdamW::clip(&grad, grad_norm, t.grad_clip);
+            let h = AdamWParams {
                 lr,
                 beta1: t.betas[0],
                 beta2: t.betas[1],
                 eps: t.eps,
                 weight_decay: t.weight_decay,
-            },
-        );
-        opt.write_back(comm, sharded)?; // all-gather the updated shards
+            };
+            opt.update(&grad, h);
+            opt.write_back(comm, sharded)?; // all-gather the updated shards
+        }
         let loss = comm.all_reduce_scalar(loss, ReduceOp::Avg)?;
         if !loss.is_finite() {
             bail!("step {}: loss is {loss}; HINT: lower train.lr or check the data", s + 1);
@@ -285,6 +302,8 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
                 .map(|t| (*t - last_start).as_secs_f64() * 1e3)
                 .collect(),
             backward_end_ms: (backward_end - last_start).as_secs_f64() * 1e3,
+            loss_scale: scaler.scale,
+            skipped_steps: scaler.skipped,
             valid_loss,
         };
         log.write(&record)?;
@@ -321,6 +340,16 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
         model_dir,
         tokens: t.steps * tokens_per_step,
     })
+}
+
+/// Whether every rank's gradient shard is free of inf and NaN.
+fn all_finite(grad: &Tensor, comm: &dyn Communicator) -> Result<bool> {
+    let local_bad = if grad.isfinite().all().int64_value(&[]) == 1 {
+        0.0
+    } else {
+        1.0
+    };
+    Ok(comm.all_reduce_scalar(local_bad, ReduceOp::Sum)? == 0.0)
 }
 
 /// Writes the fp32 master weights as a Hugging Face directory with the tokenizer beside.

@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Peer for scripts/bench_vs_torch.sh: the same model shapes, batch, precision and threads
+trained by PyTorch eager (transformers' LlamaForCausalLM with sdpa attention, which computes
+the Baichuan-7B function; torch.optim.AdamW with decay on matrices only; clip 1.0), timed
+like `baichuan bench`: warm-up steps, then the median of timed steps. bf16 is PyTorch's usual
+recipe for it: fp32 parameters and optimizer, bf16 autocast compute.
+
+usage: bench_torch.py --hidden H --layers L --heads N --ffn F --vocab V --seq T --batch B
+                      --dtype fp32|bf16 --device cpu|cuda [--steps 5] [--warmup 2]
+"""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+ap = argparse.ArgumentParser()
+for k in ["hidden", "layers", "heads", "ffn", "vocab", "seq", "batch"]:
+    ap.add_argument(f"--{k}", type=int, required=True)
+ap.add_argument("--dtype", default="fp32")
+ap.add_argument("--device", default="cpu")
+ap.add_argument("--steps", type=int, default=5)
+ap.add_argument("--warmup", type=int, default=2)
+ap.add_argument("--checkpointing", action="store_true")
+a = ap.parse_args()
+dev = torch.device(a.device)
+torch.manual_seed(0)
+cfg = LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.ffn, num_hidden_layers=a.layers,
+                  num_attention_heads=a.heads, num_key_value_heads=a.heads, max_position_embeddings=a.seq,
+                  rms_norm_eps=1e-6, tie_word_embeddings=False, attention_bias=False, mlp_bias=False)
+cfg._attn_implementation = "sdpa"
+model = LlamaForCausalLM(cfg).to(dev)
+if a.checkpointing:
+    model.gradient_checkpointing_enable()
+model.train()
+decay = [p for p in model.parameters() if p.dim() >= 2]
+no_decay = [p for p in model.parameters() if p.dim() < 2]
+opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                        lr=3e-4, betas=(0.9, 0.95), eps=1e-8)
+sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
+if dev.type == "cuda":
+    torch.cuda.reset_peak_memory_stats()
+times = []
+for s in range(a.warmup + a.steps):
+    ids = torch.randint(a.vocab, (a.batch, a.seq + 1), device=dev)
+    sync()
+    t0 = time.perf_counter()
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.dtype == "bf16"):
+        logits = model(input_ids=ids[:, :-1]).logits  # (B, T, V), as transformers' loss path upcasts
+        loss = torch.nn.functional.cross_entropy(logits.float().view(-1, a.vocab), ids[:, 1:].reshape(-1))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    sync()
+    if s >= a.warmup:
+        times.append(time.perf_counter() - t0)
+step = statistics.median(times)
+out = {"tokens_per_s": a.batch * a.seq / step, "step_s": step, "threads": torch.get_num_threads()}
+if dev.type == "cuda":
+    out["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+print(json.dumps(out))
