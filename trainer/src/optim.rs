@@ -168,14 +168,16 @@ impl FlatAdamW {
                         .f_mul_scalar_(1.0 - h.lr * h.weight_decay);
                 }
             }
+            // in place where libtorch allows, to keep the memory traffic near the minimum
             let _ = self.exp_avg.lerp_(grad, 1.0 - h.beta1);
             let _ = self.exp_avg_sq.f_mul_scalar_(h.beta2);
             let _ = self.exp_avg_sq.addcmul_(&(grad * (1.0 - h.beta2)), grad);
             let bias1 = 1.0 - h.beta1.powi(step);
             let bias2_sqrt = (1.0 - h.beta2.powi(step)).sqrt();
-            let denom = (self.exp_avg_sq.sqrt() / bias2_sqrt) + h.eps;
-            let update = (&self.exp_avg / denom) * (-h.lr / bias1);
-            let _ = self.master.f_add_(&update);
+            let mut denom = self.exp_avg_sq.sqrt();
+            let _ = denom.f_div_scalar_(bias2_sqrt);
+            let _ = denom.f_add_scalar_(h.eps);
+            let _ = self.master.addcdiv_(&(&self.exp_avg * (-h.lr / bias1)), &denom);
         });
     }
 
