@@ -12,6 +12,11 @@
 #      tokens/s and MFU
 #   3. which scaled-dot-product-attention kernel libtorch chose: a fused one (flash, or cuDNN
 #      attention, which libtorch 2.11 prefers on H100) is expected on sm80+
+#   5. speed and memory beside PyTorch eager on the same card (scripts/reference/bench_torch.py):
+#      a ~1.3B model at sequence 4096 in bf16, with and without activation checkpointing; one
+#      7B-shaped block (with the 64000-token embedding and head) at 4096; fp16 with the scaler
+#   GPU_CHECK_ONLY=speed runs section 5 alone; GPU_CHECK_DRY=1 runs it on the CPU with toy
+#   shapes (to check the plumbing without a GPU).
 #   4. NCCL at world size 1 runs the real code path (unique id through the store, its own
 #      stream, events) and gives the same losses as no communication; its bucket collectives
 #      are issued during backward (issue times against the end of backward)
@@ -49,6 +54,7 @@ row() { ROWS+=("$(printf '%-34s %-6s %s' "$1" "$2" "$3")"); }
 gpu="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)"
 echo "GPU: ${gpu:-none found}"
 
+if [ "${GPU_CHECK_ONLY:-all}" = "all" ]; then
 # 1. parity against transformers on CUDA
 for dtype in fp32 bf16; do
   log="$OUT/parity-$dtype.log"
@@ -116,6 +122,52 @@ PY
 )"
 [ $rc -eq 0 ] || { cmp="FAIL $(tail -3 "$OUT/train-nccl.log" | tr '\n' ' ')"; }
 row "nccl world 1 vs none (small)" "${cmp%% *}" "${cmp#* }"
+fi
+
+# 5. speed and memory beside PyTorch eager
+DEV=cuda; SEQ=4096; STEPS=4; WARM=2
+G13=(--hidden 2048 --layers 24 --heads 16 --ffn 5504)
+B7=(--hidden 4096 --layers 1 --heads 32 --ffn 11008)
+F16=(--hidden 512 --layers 12 --heads 8 --ffn 1408); SEQ16=512; BATCH16=8
+if [ -n "${GPU_CHECK_DRY:-}" ]; then
+  DEV=cpu; SEQ=32; STEPS=1; WARM=1; SEQ16=32; BATCH16=2
+  G13=(--hidden 64 --layers 2 --heads 4 --ffn 128); B7=(--hidden 64 --layers 1 --heads 4 --ffn 128); F16=("${B7[@]}")
+fi
+# ours: the same shapes as --set overrides of config/small.toml
+as_sets() { local -a out=(); while [ $# -gt 0 ]; do case "$1" in
+  --hidden) out+=(--set model.hidden_size="$2");; --layers) out+=(--set model.num_hidden_layers="$2");;
+  --heads) out+=(--set model.num_attention_heads="$2");; --ffn) out+=(--set model.intermediate_size="$2");; esac; shift 2; done
+  echo "${out[@]}"; }
+speed_pair() {  # NAME PRECISION SEQ BATCH AC SHAPE...
+  local name=$1 prec=$2 seq=$3 batch=$4 ac=$5; shift 5
+  local -a sets; read -r -a sets <<<"$(as_sets "$@")"
+  local ours peer ptflag=()
+  [ "$ac" = full ] && ptflag=(--checkpointing)
+  ours=$(timeout 240 "$B" bench --config config/small.toml "${sets[@]}" --set model.max_position_embeddings="$seq" \
+    --set data.seq_len="$seq" --set train.micro_batch_size="$batch" --set train.global_batch_size="$batch" \
+    --set train.precision="$prec" --set train.device="$DEV" --set train.activation_checkpointing="$ac" \
+    --steps "$STEPS" --warmup "$WARM" --json 2>"$OUT/bench-$name.err" | tail -1)
+  peer=$(timeout 240 "$PY" scripts/reference/bench_torch.py "$@" --vocab 64000 --seq "$seq" --batch "$batch" \
+    --dtype "$prec" --device "$DEV" --steps "$STEPS" --warmup "$WARM" "${ptflag[@]}" 2>"$OUT/torch-$name.err" | tail -1)
+  local line
+  line=$("$PY" - "$ours" "$peer" <<'PY'
+import json, sys
+try:
+    o = json.loads(sys.argv[1]); p = json.loads(sys.argv[2])
+except Exception as e:
+    print("FAIL no result (%s): ours %r | torch %r" % (e, sys.argv[1][:80], sys.argv[2][:80])); sys.exit()
+print("PASS %.0f tok/s, MFU %.1f%%, %.0f MiB, step %.0f ms (fwd %.0f, bwd %.0f, opt %.0f) | torch %.0f tok/s, %.0f MiB | ratio %.2fx"
+      % (o["tokens_per_s"], 100 * o["mfu"], o["peak_memory_mb"], 1e3 * o["step_s"], 1e3 * o["forward_s"], 1e3 * o["backward_s"],
+         1e3 * o["optimizer_s"], p["tokens_per_s"], p.get("peak_memory_mb", float("nan")), o["tokens_per_s"] / p["tokens_per_s"]))
+PY
+)
+  echo "$name: $line"
+  row "$name" "${line%% *}" "${line#* }"
+}
+speed_pair "1.3B bf16 seq $SEQ" bf16 "$SEQ" 1 none "${G13[@]}"
+speed_pair "1.3B bf16 seq $SEQ, full AC" bf16 "$SEQ" 1 full "${G13[@]}"
+speed_pair "7B block bf16 seq $SEQ" bf16 "$SEQ" 1 none "${B7[@]}"
+speed_pair "small fp16 seq $SEQ16" fp16 "$SEQ16" "$BATCH16" none "${F16[@]}"
 
 echo
 echo "== gpu_check summary (${gpu:-no GPU}) =="

@@ -2,8 +2,10 @@
 """Peer for scripts/bench_vs_torch.sh: the same model shapes, batch, precision and threads
 trained by PyTorch eager (transformers' LlamaForCausalLM with sdpa attention, which computes
 the Baichuan-7B function; torch.optim.AdamW with decay on matrices only; clip 1.0), timed
-like `baichuan bench`: warm-up steps, then the median of timed steps. bf16 is PyTorch's usual
-recipe for it: fp32 parameters and optimizer, bf16 autocast compute.
+like `baichuan bench`: warm-up steps, then the median of timed steps. bf16 and fp16 are
+PyTorch's usual recipes: fp32 parameters and optimizer, autocast compute, and for fp16 a
+GradScaler (initial scale 2^16, growth interval 1000). Memory: on CUDA both the allocator's
+peak and the device's used memory as nvidia-smi reports it (what `baichuan bench` reports).
 
 usage: bench_torch.py --hidden H --layers L --heads N --ffn F --vocab V --seq T --batch B
                       --dtype fp32|bf16 --device cpu|cuda [--steps 5] [--warmup 2]
@@ -11,6 +13,7 @@ usage: bench_torch.py --hidden H --layers L --heads N --ffn F --vocab V --seq T 
 import argparse
 import json
 import statistics
+import subprocess
 import time
 
 import torch
@@ -42,17 +45,21 @@ opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_d
 sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
 if dev.type == "cuda":
     torch.cuda.reset_peak_memory_stats()
+amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.dtype)
+scaler = torch.amp.GradScaler(dev.type, init_scale=2.0**16, growth_interval=1000, enabled=a.dtype == "fp16")
 times = []
 for s in range(a.warmup + a.steps):
     ids = torch.randint(a.vocab, (a.batch, a.seq + 1), device=dev)
     sync()
     t0 = time.perf_counter()
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.dtype == "bf16"):
+    with torch.autocast(dev.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
         logits = model(input_ids=ids[:, :-1]).logits  # (B, T, V), as transformers' loss path upcasts
         loss = torch.nn.functional.cross_entropy(logits.float().view(-1, a.vocab), ids[:, 1:].reshape(-1))
-    loss.backward()
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
+    scaler.step(opt)
+    scaler.update()
     opt.zero_grad(set_to_none=True)
     sync()
     if s >= a.warmup:
@@ -60,5 +67,8 @@ for s in range(a.warmup + a.steps):
 step = statistics.median(times)
 out = {"tokens_per_s": a.batch * a.seq / step, "step_s": step, "threads": torch.get_num_threads()}
 if dev.type == "cuda":
-    out["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    out["allocator_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    used = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
+                           f"--id={torch.cuda.current_device()}"], capture_output=True, text=True).stdout.strip()
+    out["peak_memory_mb"] = float(used) if used else out["allocator_peak_mb"]
 print(json.dumps(out))
