@@ -239,6 +239,10 @@ pub struct TrainConfig {
     pub loss_scale: f64,
     /// fp16: good steps before the loss scale doubles.
     pub loss_scale_window: u64,
+    /// Skip a step whose loss is this many standard deviations above the recent mean (0: off).
+    pub spike_zscore: f64,
+    /// Stop with an error after this many bad (NaN/inf/spike) steps in a row.
+    pub max_bad_steps: u64,
 }
 
 impl Default for TrainConfig {
@@ -263,6 +267,8 @@ impl Default for TrainConfig {
             checkpoint_every: 2,
             loss_scale: 65536.0,
             loss_scale_window: 1000,
+            spike_zscore: 0.0,
+            max_bad_steps: 20,
         }
     }
 }
@@ -312,18 +318,49 @@ impl DistConfig {
     }
 }
 
+/// `[checkpoint]`: when and where to save, how many to keep.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Directory of checkpoints; default `<run_dir>/checkpoints`.
+    pub dir: Option<PathBuf>,
+    /// Save every this many steps (0: only by time, at the end and on SIGTERM).
+    pub interval_steps: u64,
+    /// Save when this many minutes passed since the last save (0: off).
+    pub interval_minutes: f64,
+    /// Keep the newest this many checkpoints (0: all).
+    pub keep_last: usize,
+    /// Write in a background thread after a copy to host memory.
+    pub async_save: bool,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            dir: None,
+            interval_steps: 1000,
+            interval_minutes: 0.0,
+            keep_last: 3,
+            async_save: true,
+        }
+    }
+}
+
 /// `[launch]`: how `baichuan launch` reaches other hosts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LaunchConfig {
     /// Command that runs a shell command on a remote host: `<remote_shell> <host> <command>`.
     pub remote_shell: String,
+    /// Restart the whole job from its latest checkpoint this many times when a rank fails.
+    pub max_restarts: u32,
 }
 
 impl Default for LaunchConfig {
     fn default() -> Self {
         LaunchConfig {
             remote_shell: "ssh".into(),
+            max_restarts: 0,
         }
     }
 }
@@ -338,6 +375,7 @@ pub struct RunConfig {
     pub train: TrainConfig,
     pub eval: EvalConfig,
     pub dist: DistConfig,
+    pub checkpoint: CheckpointConfig,
     pub launch: LaunchConfig,
 }
 
@@ -455,6 +493,9 @@ impl RunConfig {
         }
         if t.checkpoint_every == 0 || t.loss_scale.is_nan() || t.loss_scale <= 0.0 || t.loss_scale_window == 0 {
             bail!("train.checkpoint_every, train.loss_scale and train.loss_scale_window must be positive");
+        }
+        if self.checkpoint.interval_minutes < 0.0 || t.spike_zscore < 0.0 || t.max_bad_steps == 0 {
+            bail!("checkpoint.interval_minutes and train.spike_zscore must be >= 0, train.max_bad_steps >= 1");
         }
         if t.zero_stage > 2 {
             bail!("train.zero_stage = {} must be 0, 1 or 2", t.zero_stage);

@@ -3,6 +3,7 @@
 //! training loop. The `baichuan` binary (main.rs) is a thin CLI over these modules.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod config;
 pub mod dataset;
 pub mod dist;

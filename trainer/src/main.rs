@@ -59,13 +59,22 @@ enum BenchCommand {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a model from a TOML run config.
+    /// Train a model from a TOML run config (resuming from the latest checkpoint, if any).
     Train {
         #[arg(long)]
         config: PathBuf,
         /// Override a config value, e.g. --set train.lr=1e-3 (repeatable).
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
         overrides: Vec<String>,
+        /// Resume from this checkpoint directory instead of checkpoint.dir's latest.
+        #[arg(long, conflicts_with = "no_resume")]
+        resume: Option<PathBuf>,
+        /// Start from scratch even if checkpoints exist.
+        #[arg(long)]
+        no_resume: bool,
+        /// Save a checkpoint and stop after this step (as a preemption would).
+        #[arg(long)]
+        stop_after: Option<u64>,
     },
     /// Start one `train` process per slot of a hostfile (or --nproc local ranks).
     Launch {
@@ -248,13 +257,25 @@ fn device_of(name: &str) -> Result<Device> {
 fn main() -> Result<()> {
     baichuan_trainer::host_alloc::tune_host_allocator();
     match Cli::parse().command {
-        Command::Train { config, overrides } => {
+        Command::Train {
+            config,
+            overrides,
+            resume,
+            no_resume,
+            stop_after,
+        } => {
             let cfg = RunConfig::load(&config, &overrides)?;
-            let summary = train::train(&cfg)?;
+            let resume = match (resume, no_resume) {
+                (Some(path), _) => train::Resume::From(path),
+                (None, true) => train::Resume::No,
+                (None, false) => train::Resume::Latest,
+            };
+            let summary = train::train(&cfg, &train::TrainOptions { resume, stop_after })?;
             if let (true, Some(first), Some(last)) = (summary.main, summary.losses.first(), summary.losses.last()) {
+                let last_step = summary.first_step + summary.losses.len() as u64 - 1;
                 println!(
-                    "loss: {first:.4} at step 1 -> {last:.4} at step {}",
-                    summary.losses.len()
+                    "loss: {first:.4} at step {} -> {last:.4} at step {last_step}",
+                    summary.first_step
                 );
             }
         }
@@ -307,9 +328,24 @@ fn main() -> Result<()> {
                 exe: std::env::current_exe().context("locating the baichuan executable")?,
                 workdir: std::env::current_dir()?,
             };
-            let code = launch::launch(&plan)?;
-            if code != 0 {
-                std::process::exit(code);
+            let mut restarts = 0;
+            loop {
+                let code = launch::launch(&plan)?;
+                if code == 0 {
+                    break;
+                }
+                if restarts >= cfg.launch.max_restarts {
+                    if cfg.launch.max_restarts > 0 {
+                        eprintln!("launch: giving up after {restarts} restart(s) (launch.max_restarts)");
+                    }
+                    std::process::exit(code);
+                }
+                restarts += 1;
+                eprintln!(
+                    "launch: restarting the job from its latest checkpoint (restart {restarts} of {})",
+                    cfg.launch.max_restarts
+                );
+                std::thread::sleep(std::time::Duration::from_secs(1));
             }
         }
         Command::Bench {

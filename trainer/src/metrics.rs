@@ -47,9 +47,30 @@ pub struct MetricsLog {
 }
 
 impl MetricsLog {
-    pub fn create(run_dir: &Path) -> Result<Self> {
+    /// Opens `<run_dir>/metrics.jsonl`. Resuming at `resumed_at`, the lines of later steps
+    /// (written after that checkpoint by the run that stopped) are dropped, so every step
+    /// appears once; otherwise the file starts afresh.
+    pub fn open(run_dir: &Path, resumed_at: Option<u64>) -> Result<Self> {
         let path = run_dir.join("metrics.jsonl");
-        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let kept: String = match resumed_at {
+            None => String::new(),
+            Some(step) => std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_some_and(|s| s <= step)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect(),
+        };
+        std::fs::write(&path, kept).with_context(|| format!("writing {}", path.display()))?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
         Ok(MetricsLog {
             out: BufWriter::new(file),
         })

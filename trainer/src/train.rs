@@ -26,13 +26,15 @@ use crate::dist::{even_ranges, DistEnv};
 use crate::metrics::{self, MetricsLog, StepRecord};
 use crate::optim::{lr_at, AdamWParams, FlatAdamW};
 use crate::precision::LossScaler;
-use crate::{dataset, step};
+use crate::{checkpoint, dataset, step};
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
 pub struct TrainSummary {
     /// Whether this process is rank 0 (the one that reports).
     pub main: bool,
+    /// The first step this process ran (after a resume, not 1).
+    pub first_step: u64,
     pub losses: Vec<f64>,
     pub model_dir: PathBuf,
     pub tokens: u64,
@@ -65,13 +67,13 @@ fn join_job(
     env: &DistEnv,
     backend: Backend,
     device: tch::Device,
-) -> Result<(Box<dyn Communicator>, Option<StoreServer>)> {
+) -> Result<(Box<dyn Communicator>, Option<StoreServer>, Option<String>)> {
     let nccl = backend == Backend::Nccl || (backend == Backend::Auto && device.is_cuda() && env.is_distributed());
     if nccl && !device.is_cuda() {
         bail!("dist.backend = \"nccl\" needs train.device on CUDA; HINT: use dist.backend = \"tcp\" on CPU");
     }
     if !env.is_distributed() && !nccl {
-        return Ok((Box::new(Solo), None));
+        return Ok((Box::new(Solo), None, None));
     }
     if env.token.is_empty() && env.rank == 0 && env.is_distributed() {
         eprintln!(
@@ -105,11 +107,49 @@ fn join_job(
     } else {
         Box::new(TcpComm::connect(env, store).context("forming the TCP ring")?)
     };
-    Ok((comm, server))
+    Ok((comm, server, Some(addr)))
+}
+
+/// Where a run starts from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Resume {
+    /// From the latest complete checkpoint of `checkpoint.dir`, if there is one.
+    #[default]
+    Latest,
+    /// From scratch, ignoring existing checkpoints.
+    No,
+    /// From this checkpoint directory.
+    From(PathBuf),
+}
+
+/// Options of a `train` invocation that are not part of the run config.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    pub resume: Resume,
+    /// Save a checkpoint and stop after this step (as a preemption would).
+    pub stop_after: Option<u64>,
+}
+
+static TERMINATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// On SIGTERM (SLURM preemption, `kill`), finish the step, save a checkpoint and exit.
+fn catch_sigterm() {
+    #[cfg(unix)]
+    {
+        extern "C" fn on_term(_: i32) {
+            TERMINATE.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        extern "C" {
+            fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
+        }
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { signal(15, on_term) };
+    }
 }
 
 /// Trains as `config` says and saves the model into `<run_dir>/model`.
-pub fn train(config: &RunConfig) -> Result<TrainSummary> {
+pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
+    catch_sigterm();
     let env = DistEnv::from_env(Duration::from_secs(config.dist.timeout_s))?;
     let (rank, world) = (env.rank, env.world);
     let main = rank == 0;
@@ -130,7 +170,7 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         tch::set_num_threads((cores / env.local_world).max(1) as i32);
     }
-    let (comm, _store) = join_job(&env, config.dist.backend, device)?;
+    let (comm, _store, store_addr) = join_job(&env, config.dist.backend, device)?;
     let comm = comm.as_ref();
 
     // ---- data: rank 0 tokenizes into the cache first, the others then read it ----
@@ -168,6 +208,88 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
         device,
     );
 
+    let fp16 = t.precision == Precision::Fp16;
+    let mut scaler = if fp16 {
+        LossScaler::new(t.loss_scale, t.loss_scale_window)
+    } else {
+        LossScaler::disabled()
+    };
+
+    // ---- resume: weights, optimizer shard (resharded to this world), data position, scaler ----
+    let ckpt_dir = config
+        .checkpoint
+        .dir
+        .clone()
+        .unwrap_or_else(|| run_dir.join("checkpoints"));
+    if main {
+        std::fs::create_dir_all(&ckpt_dir).with_context(|| format!("creating {}", ckpt_dir.display()))?;
+        checkpoint::clean_temporaries(&ckpt_dir);
+    }
+    comm.barrier()?;
+    let found = match &opts.resume {
+        Resume::No => None,
+        Resume::Latest => checkpoint::find_resumable(&ckpt_dir)?,
+        Resume::From(path) => Some((path.clone(), checkpoint::verify(path)?)),
+    };
+    let (mut start, mut bad_total) = (0u64, 0u64);
+    if let Some((path, m)) = &found {
+        let slots = checkpoint::slot_entries(&opt.slots);
+        if m.slots != slots {
+            bail!("{}: the checkpoint's parameters differ from this model's; HINT: resume with the model config it was saved with, or --no-resume", path.display());
+        }
+        let weights: std::collections::HashMap<String, Tensor> = hf::read_safetensors(&path.join(hf::WEIGHTS_FILE))?
+            .into_iter()
+            .collect();
+        let (master, exp_avg, exp_avg_sq) = checkpoint::load_range(path, m, opt.shard.0, opt.shard.1)?;
+        tch::no_grad(|| -> Result<()> {
+            for sl in &slots {
+                let w = weights
+                    .get(&sl.name)
+                    .with_context(|| format!("{}: model.safetensors lacks {}", path.display(), sl.name))?;
+                opt.params
+                    .narrow(0, sl.offset as i64, sl.numel as i64)
+                    .copy_(&w.view([-1]));
+            }
+            opt.master.copy_(&master);
+            opt.exp_avg.copy_(&exp_avg);
+            opt.exp_avg_sq.copy_(&exp_avg_sq);
+            Ok(())
+        })?;
+        opt.step = m.optimizer_step;
+        data.train.restore(m.loader)?;
+        scaler = m.scaler.clone();
+        start = m.step;
+        bad_total = m.skipped_bad_steps;
+        if main {
+            println!(
+                "resumed from {} (step {}, saved by {} rank(s) at ZeRO stage {}; now {world} at stage {stage})",
+                path.display(),
+                m.step,
+                m.world_size,
+                m.zero_stage
+            );
+        }
+    }
+    let save_ctx = checkpoint::SaveContext {
+        dir: ckpt_dir.clone(),
+        store: match &store_addr {
+            // the writer thread talks to the store on a connection of its own
+            Some(addr) if world > 1 => Some(Arc::new(StoreClient::connect(
+                addr,
+                &env.token,
+                rank,
+                world,
+                env.timeout,
+            )?)),
+            _ => None,
+        },
+        model: mc.clone(),
+        tokenizer: main.then(|| tok_path.clone()),
+        keep_last: config.checkpoint.keep_last,
+    };
+    let mut saver = checkpoint::AsyncSaver::default();
+    let mut last_save = Instant::now();
+
     let flops_per_token = mc.flops_per_token(d.seq_len);
     let (peak, peak_src) = metrics::peak_flops(device, kind);
     if main {
@@ -203,7 +325,11 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
         );
     }
 
-    let mut log = if main { Some(MetricsLog::create(run_dir)?) } else { None };
+    let mut log = if main {
+        Some(MetricsLog::open(run_dir, found.as_ref().map(|(_, m)| m.step))?)
+    } else {
+        None
+    };
     let bar = ProgressBar::new(t.steps).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
             .expect("valid template"),
@@ -216,15 +342,12 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
     let row = d.seq_len + 1;
     let accum = resolved.grad_accum;
     let recompute = step::recompute_plan(model.layers.len(), t.activation_checkpointing, t.checkpoint_every);
-    let fp16 = t.precision == Precision::Fp16;
-    let mut scaler = if fp16 {
-        LossScaler::new(t.loss_scale, t.loss_scale_window)
-    } else {
-        LossScaler::disabled()
-    };
+    let mut recent: std::collections::VecDeque<f64> = std::collections::VecDeque::new();
+    let mut bad_in_a_row = 0u64;
+    bar.set_position(start);
 
     // ---- the loop ----
-    for s in 0..t.steps {
+    for s in start..t.steps {
         let t0 = Instant::now();
         let lr = lr_at(s, t.steps, t.warmup_steps, t.lr, t.min_lr);
         let batch = data.train.next_batch();
@@ -247,15 +370,44 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
         }
         let backward_end = Instant::now();
         reducer.finish()?; // gradients averaged over ranks (this rank's shard of them)
+        let loss = comm.all_reduce_scalar(loss, ReduceOp::Avg)?;
         let grad = reducer.grad_shard();
         let used_scale = scaler.scale;
-        let apply = !fp16 || scaler.update(all_finite(&grad, comm)?); // fp16: skip inf/NaN steps
+        let mut apply = !fp16 || scaler.update(all_finite(&grad, comm)?); // fp16: skip inf/NaN steps
         let mut grad_norm = f64::NAN;
         if apply {
             if used_scale != 1.0 {
                 let _ = grad.shallow_clone().f_mul_scalar_(1.0 / used_scale);
             }
             grad_norm = opt.grad_norm(&grad, comm, stage >= 1)?;
+            // a bad step (NaN/inf loss or norm, or a loss spike) is skipped, never applied
+            let spike = is_spike(&recent, loss, t.spike_zscore);
+            if !loss.is_finite() || !grad_norm.is_finite() || spike {
+                apply = false;
+                bad_total += 1;
+                bad_in_a_row += 1;
+                eprintln!(
+                    "step {}: skipped a bad step (loss {loss}, grad norm {grad_norm}{})",
+                    s + 1,
+                    if spike { ", a loss spike" } else { "" }
+                );
+                if bad_in_a_row >= t.max_bad_steps {
+                    bail!(
+                        "{bad_in_a_row} bad steps in a row (NaN/inf loss or gradient norm, or loss spikes) at step {}; \
+                         stopping instead of training on garbage. HINT: lower train.lr, check the data, or resume from \
+                         an earlier checkpoint",
+                        s + 1
+                    );
+                }
+            } else {
+                bad_in_a_row = 0;
+                recent.push_back(loss);
+                if recent.len() > 100 {
+                    recent.pop_front();
+                }
+            }
+        }
+        if apply {
             FlatAdamW::clip(&grad, grad_norm, t.grad_clip);
             let h = AdamWParams {
                 lr,
@@ -266,10 +418,6 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
             };
             opt.update(&grad, h);
             opt.write_back(comm, sharded)?; // all-gather the updated shards
-        }
-        let loss = comm.all_reduce_scalar(loss, ReduceOp::Avg)?;
-        if !loss.is_finite() {
-            bail!("step {}: loss is {loss}; HINT: lower train.lr or check the data", s + 1);
         }
 
         // ---- diagnostics ----
@@ -284,34 +432,34 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
                 None
             };
         losses.push(loss);
-        let Some(log) = log.as_mut() else { continue };
-        let record = StepRecord {
-            step: s + 1,
-            tokens: (s + 1) * tokens_per_step,
-            loss,
-            lr,
-            grad_norm,
-            tokens_per_s: tps,
-            mfu: flops_per_token * tps / world as f64 / peak,
-            step_time_s: dt,
-            peak_memory_mb: metrics::peak_memory_mb(device),
-            comm_wait_s: reducer.wait.as_secs_f64(),
-            bucket_issue_ms: reducer
-                .issued
-                .iter()
-                .map(|t| (*t - last_start).as_secs_f64() * 1e3)
-                .collect(),
-            backward_end_ms: (backward_end - last_start).as_secs_f64() * 1e3,
-            loss_scale: scaler.scale,
-            skipped_steps: scaler.skipped,
-            valid_loss,
-        };
-        log.write(&record)?;
-        bar.set_message(format!("loss {loss:.4}"));
-        bar.inc(1);
-        if (s + 1) % t.log_interval == 0 || s == 0 || last || valid_loss.is_some() {
-            let valid = valid_loss.map_or(String::new(), |v| format!(" | valid {v:.4} (ppl {:.1})", v.exp()));
-            bar.suspend(|| {
+        if let Some(log) = log.as_mut() {
+            let record = StepRecord {
+                step: s + 1,
+                tokens: (s + 1) * tokens_per_step,
+                loss,
+                lr,
+                grad_norm,
+                tokens_per_s: tps,
+                mfu: flops_per_token * tps / world as f64 / peak,
+                step_time_s: dt,
+                peak_memory_mb: metrics::peak_memory_mb(device),
+                comm_wait_s: reducer.wait.as_secs_f64(),
+                bucket_issue_ms: reducer
+                    .issued
+                    .iter()
+                    .map(|t| (*t - last_start).as_secs_f64() * 1e3)
+                    .collect(),
+                backward_end_ms: (backward_end - last_start).as_secs_f64() * 1e3,
+                loss_scale: scaler.scale,
+                skipped_steps: scaler.skipped + bad_total,
+                valid_loss,
+            };
+            log.write(&record)?;
+            bar.set_message(format!("loss {loss:.4}"));
+            bar.inc(1);
+            if (s + 1) % t.log_interval == 0 || s == 0 || last || valid_loss.is_some() {
+                let valid = valid_loss.map_or(String::new(), |v| format!(" | valid {v:.4} (ppl {:.1})", v.exp()));
+                bar.suspend(|| {
                 println!(
                     "step {:>6} | loss {:.4}{valid} | lr {:.3e} | grad norm {:.3} | {:.0} tok/s | MFU {:.1}% | {:.0} ms",
                     s + 1,
@@ -323,9 +471,68 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
                     1000.0 * dt
                 )
             });
+            }
+        }
+        // ---- checkpoint: by steps, by time, at the end, on SIGTERM or --stop-after ----
+        let term = comm.all_reduce_scalar(
+            if TERMINATE.load(std::sync::atomic::Ordering::SeqCst) {
+                1.0
+            } else {
+                0.0
+            },
+            ReduceOp::Sum,
+        )? > 0.0;
+        let by_time = config.checkpoint.interval_minutes > 0.0
+            && last_save.elapsed().as_secs_f64() >= 60.0 * config.checkpoint.interval_minutes;
+        let by_time = comm.all_reduce_scalar(if by_time { 1.0 } else { 0.0 }, ReduceOp::Sum)? > 0.0;
+        let stop_here = opts.stop_after == Some(s + 1);
+        let every = config.checkpoint.interval_steps;
+        if term || by_time || stop_here || s + 1 == t.steps || (every > 0 && (s + 1) % every == 0) {
+            let snap = snapshot(
+                &opt,
+                &data.train.state(),
+                &scaler,
+                bad_total,
+                config,
+                s + 1,
+                (s + 1) * tokens_per_step,
+                rank,
+                world,
+                main,
+            )?;
+            let ctx = save_ctx.clone();
+            if config.checkpoint.async_save && !term && !stop_here && s + 1 != t.steps {
+                saver.start(move || ctx.write(snap))?;
+            } else {
+                saver.wait()?;
+                let dir = ctx.write(snap)?;
+                if main {
+                    println!("checkpoint: saved {}", dir.display());
+                }
+            }
+            last_save = Instant::now();
+        }
+        if term || stop_here {
+            if main {
+                println!(
+                    "stopping after step {} ({}); resume with the same command",
+                    s + 1,
+                    if term { "SIGTERM" } else { "--stop-after" }
+                );
+            }
+            saver.wait()?;
+            comm.barrier()?;
+            return Ok(TrainSummary {
+                main,
+                first_step: start + 1,
+                losses,
+                model_dir: run_dir.join("model"),
+                tokens: (s + 1) * tokens_per_step,
+            });
         }
     }
     bar.finish_and_clear();
+    saver.wait()?;
 
     let master = opt.full_master(comm, sharded)?;
     let model_dir = run_dir.join("model");
@@ -336,9 +543,85 @@ pub fn train(config: &RunConfig) -> Result<TrainSummary> {
     comm.barrier()?;
     Ok(TrainSummary {
         main,
+        first_step: start + 1,
         losses,
         model_dir,
         tokens: t.steps * tokens_per_step,
+    })
+}
+
+/// Whether `loss` is more than `z` standard deviations above the mean of `recent` (0: never).
+fn is_spike(recent: &std::collections::VecDeque<f64>, loss: f64, z: f64) -> bool {
+    if z <= 0.0 || recent.len() < 20 {
+        return false;
+    }
+    let n = recent.len() as f64;
+    let mean = recent.iter().sum::<f64>() / n;
+    let sd = (recent.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+    sd > 0.0 && (loss - mean) / sd > z
+}
+
+/// Copies this rank's checkpoint state to host memory (the only part of a save the loop waits for).
+#[allow(clippy::too_many_arguments)]
+fn snapshot(
+    opt: &FlatAdamW,
+    loader: &baichuan_data::LoaderState,
+    scaler: &LossScaler,
+    bad_total: u64,
+    config: &RunConfig,
+    step: u64,
+    tokens: u64,
+    rank: usize,
+    world: usize,
+    main: bool,
+) -> Result<checkpoint::Snapshot> {
+    let stage = config.train.zero_stage;
+    // below stage 1 every rank holds the same state: rank 0 writes it as one shard
+    let writers = if stage >= 1 { world } else { 1 };
+    let total = opt.numel() as usize;
+    let ranges = if stage >= 1 {
+        even_ranges(total, world)
+    } else {
+        vec![(0, total)]
+    };
+    let mine = if rank < writers { opt.shard } else { (0, 0) };
+    let host = |t: &Tensor| t.to_device(tch::Device::Cpu).copy();
+    let manifest = checkpoint::Manifest {
+        format_version: checkpoint::FORMAT_VERSION,
+        step,
+        tokens,
+        world_size: world,
+        zero_stage: stage,
+        precision: format!("{:?}", config.train.precision).to_lowercase(),
+        seed: config.job.seed,
+        optimizer_step: opt.step,
+        loader: *loader,
+        scaler: scaler.clone(),
+        skipped_bad_steps: bad_total,
+        slots: checkpoint::slot_entries(&opt.slots),
+        shards: ranges
+            .iter()
+            .enumerate()
+            .map(|(r, &(start, len))| checkpoint::ShardEntry {
+                file: format!("optim/shard-{r:05}-of-{writers:05}.safetensors"),
+                start,
+                len,
+            })
+            .collect(),
+        files: Default::default(),
+        config: config.to_toml(),
+    };
+    Ok(checkpoint::Snapshot {
+        step,
+        tokens,
+        rank,
+        world: writers,
+        range: mine,
+        master: host(&opt.master),
+        exp_avg: host(&opt.exp_avg),
+        exp_avg_sq: host(&opt.exp_avg_sq),
+        params: main.then(|| host(&opt.params)),
+        manifest,
     })
 }
 
