@@ -412,6 +412,16 @@ impl AsyncSaver {
     }
 }
 
+impl Drop for AsyncSaver {
+    /// A run that stops (even with an error) lets a save in flight finish: exiting while it
+    /// writes would tear libtorch down under it. A failed save leaves the previous checkpoint.
+    fn drop(&mut self) {
+        if let Err(e) = self.wait() {
+            eprintln!("checkpoint: the background save failed: {e:#}");
+        }
+    }
+}
+
 /// What the writer thread needs besides the snapshot.
 #[derive(Clone)]
 pub struct SaveContext {

@@ -103,6 +103,9 @@ enum Command {
         /// Overrides launch.remote_shell, e.g. "ssh -p 2222".
         #[arg(long)]
         remote_shell: Option<String>,
+        /// Further `train` arguments for every rank, after `--` (e.g. -- --stop-after 100).
+        #[arg(last = true)]
+        train_extra: Vec<String>,
     },
     /// Benchmark a training step of CONFIG's model on random tokens (or `bench comm`).
     #[command(args_conflicts_with_subcommands = true)]
@@ -289,6 +292,7 @@ fn main() -> Result<()> {
             master_addr,
             master_port,
             remote_shell,
+            train_extra,
         } => {
             let cfg = RunConfig::load(&config, &overrides)?;
             let hosts = match &hostfile {
@@ -319,6 +323,7 @@ fn main() -> Result<()> {
                 train_args.push("--set".into());
                 train_args.push(o.clone());
             }
+            train_args.extend(train_extra);
             let plan = launch::LaunchPlan {
                 hosts,
                 master_addr,

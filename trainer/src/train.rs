@@ -59,15 +59,15 @@ pub fn param_kind(p: Precision) -> Kind {
     }
 }
 
+/// The communicator, the store server rank 0 runs (kept alive for the run), and the store's
+/// address (for the checkpoint writer's own connection).
+type Joined = (Box<dyn Communicator>, Option<StoreServer>, Option<String>);
+
 /// Joins the job described by the environment: rank 0 serves the store, every rank
 /// connects and the communicator forms (NCCL for CUDA runs, else the TCP ring). A single
 /// process gets the `Solo` communicator, unless NCCL is asked for explicitly (then a world of
 /// one runs the real NCCL path, through a private store).
-fn join_job(
-    env: &DistEnv,
-    backend: Backend,
-    device: tch::Device,
-) -> Result<(Box<dyn Communicator>, Option<StoreServer>, Option<String>)> {
+fn join_job(env: &DistEnv, backend: Backend, device: tch::Device) -> Result<Joined> {
     let nccl = backend == Backend::Nccl || (backend == Backend::Auto && device.is_cuda() && env.is_distributed());
     if nccl && !device.is_cuda() {
         bail!("dist.backend = \"nccl\" needs train.device on CUDA; HINT: use dist.backend = \"tcp\" on CPU");
@@ -488,6 +488,7 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let stop_here = opts.stop_after == Some(s + 1);
         let every = config.checkpoint.interval_steps;
         if term || by_time || stop_here || s + 1 == t.steps || (every > 0 && (s + 1) % every == 0) {
+            let copy_start = Instant::now();
             let snap = snapshot(
                 &opt,
                 &data.train.state(),
@@ -501,14 +502,25 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 main,
             )?;
             let ctx = save_ctx.clone();
-            if config.checkpoint.async_save && !term && !stop_here && s + 1 != t.steps {
-                saver.start(move || ctx.write(snap))?;
-            } else {
-                saver.wait()?;
+            let copied = copy_start.elapsed();
+            let write = move || {
+                let started = Instant::now();
                 let dir = ctx.write(snap)?;
                 if main {
-                    println!("checkpoint: saved {}", dir.display());
+                    println!(
+                        "checkpoint: saved {} (the loop waited {:.0} ms for the copy to host memory; writing took {:.0} ms)",
+                        dir.display(),
+                        copied.as_secs_f64() * 1e3,
+                        started.elapsed().as_secs_f64() * 1e3
+                    );
                 }
+                Ok(dir)
+            };
+            if config.checkpoint.async_save && !term && !stop_here && s + 1 != t.steps {
+                saver.start(write)?; // waits for the previous save, if still writing
+            } else {
+                saver.wait()?;
+                write()?;
             }
             last_save = Instant::now();
         }
