@@ -4,6 +4,8 @@
 //! line-by-line encoding, the manifest makes re-runs no-ops until an input changes, and the
 //! sample loader over the shards sees every sample once per epoch on 1 to 4 ranks.
 
+mod common;
+
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,18 +14,8 @@ use baichuan_data::prepare::{prepare, Manifest, PrepareOptions};
 use baichuan_data::shard::ShardSet;
 use baichuan_data::{Loader, TokenSource, Tokenizer};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn tokenizer() -> Tokenizer {
-    let path = root().join("assets/tokenizer.model");
-    assert!(path.exists(), "{} missing: run scripts/setup.sh", path.display());
-    Tokenizer::open(&path).unwrap()
-}
-
 fn temp(name: &str) -> PathBuf {
-    let d = root().join("target/test-tmp/prepare").join(name);
+    let d = common::root().join("target/test-tmp/prepare").join(name);
     let _ = fs::remove_dir_all(&d);
     fs::create_dir_all(&d).unwrap();
     d
@@ -31,8 +23,8 @@ fn temp(name: &str) -> PathBuf {
 
 /// The corpus and the ids a plain sequential encoding gives (files in sorted order).
 fn corpus(dir: &Path, tok: &Tokenizer) -> (Vec<u32>, u64) {
-    let kjv = fs::read_to_string(root().join("data/sample/kjv.txt")).unwrap();
-    let poems = fs::read_to_string(root().join("data/sample/tang300.txt")).unwrap();
+    let kjv = fs::read_to_string(common::root().join("data/sample/kjv.txt")).unwrap();
+    let poems = fs::read_to_string(common::root().join("data/sample/tang300.txt")).unwrap();
     let a: String = kjv.lines().take(400).map(|l| format!("{l}\n")).collect();
     let mut b: Vec<u8> = Vec::new();
     b.extend_from_slice("第一行\n\n   \n".as_bytes());
@@ -70,7 +62,7 @@ fn corpus(dir: &Path, tok: &Tokenizer) -> (Vec<u32>, u64) {
 
 #[test]
 fn shards_hold_exactly_the_sequential_encoding_and_reruns_are_no_ops() {
-    let tok = tokenizer();
+    let tok = common::tokenizer();
     let dir = temp("exact");
     let input = dir.join("in");
     fs::create_dir_all(&input).unwrap();
@@ -122,7 +114,7 @@ fn shards_hold_exactly_the_sequential_encoding_and_reruns_are_no_ops() {
 
 #[test]
 fn every_sample_appears_once_per_epoch_over_shards_for_1_to_4_ranks() {
-    let tok = tokenizer();
+    let tok = common::tokenizer();
     let dir = temp("epoch");
     let input = dir.join("in");
     fs::create_dir_all(&input).unwrap();
@@ -166,7 +158,7 @@ fn every_sample_appears_once_per_epoch_over_shards_for_1_to_4_ranks() {
 
 #[test]
 fn missing_and_empty_inputs_are_clear_errors() {
-    let tok = tokenizer();
+    let tok = common::tokenizer();
     let dir = temp("bad");
     let e = prepare(
         &tok,

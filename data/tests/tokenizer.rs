@@ -2,24 +2,13 @@
 //! (the independent oracle, run in .venv) on bilingual text, digits, rare characters that
 //! need byte fallback, and whitespace runs; plus the two reference encodings of ASSETS.md.
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::Command;
-
-use baichuan_data::Tokenizer;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn tokenizer() -> Tokenizer {
-    let path = root().join("assets/tokenizer.model");
-    assert!(path.exists(), "{} missing: run scripts/setup.sh", path.display());
-    Tokenizer::open(&path).unwrap()
-}
 
 #[test]
 fn reference_encodings_from_the_published_checks() {
-    let tok = tokenizer();
+    let tok = common::tokenizer();
     assert_eq!(tok.vocab_size(), 64000);
     assert_eq!((tok.bos_id(), tok.eos_id()), (1, 2));
     let cases: [(&str, &[u32]); 2] = [
@@ -45,14 +34,14 @@ fn reference_encodings_from_the_published_checks() {
 
 #[test]
 fn the_native_encoder_equals_the_cpp_library_on_the_whole_sample() {
-    let tok = tokenizer();
+    let tok = common::tokenizer();
     assert!(
         tok.is_native(),
         "the Baichuan model is served by the native BPE encoder"
     );
     let mut lines = 0;
     for file in ["kjv.txt", "tang300.txt", "song100.txt"] {
-        let text = std::fs::read_to_string(root().join("data/sample").join(file)).unwrap();
+        let text = std::fs::read_to_string(common::root().join("data/sample").join(file)).unwrap();
         for line in text.lines() {
             assert_eq!(
                 tok.encode(line).unwrap(),
@@ -71,7 +60,7 @@ fn the_native_encoder_equals_the_cpp_library_on_the_whole_sample() {
 
 #[test]
 fn ids_equal_python_sentencepiece() {
-    let tok = tokenizer();
+    let tok = common::tokenizer();
     let texts = [
         "In the beginning God created the heaven and the earth.",
         "床前明月光，疑是地上霜。举头望明月，低头思故乡。",
@@ -86,16 +75,14 @@ fn ids_equal_python_sentencepiece() {
         " ",
         "",
     ];
-    let dir = root().join("target/test-tmp/tokenizer");
+    let dir = common::root().join("target/test-tmp/tokenizer");
     std::fs::create_dir_all(&dir).unwrap();
     let input = dir.join("texts.json");
     std::fs::write(&input, serde_json::to_string(&texts).unwrap()).unwrap();
-    let python = std::env::var_os("BAICHUAN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".venv/bin/python"));
+    let python = common::python();
     let out = Command::new(&python)
-        .arg(root().join("scripts/reference/sp_encode.py"))
-        .arg(root().join("assets/tokenizer.model"))
+        .arg(common::root().join("scripts/reference/sp_encode.py"))
+        .arg(common::root().join("assets/tokenizer.model"))
         .arg(&input)
         .output()
         .unwrap_or_else(|e| panic!("{}: {e}; run scripts/setup.sh", python.display()));

@@ -270,6 +270,13 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             );
         }
     }
+    if start >= t.steps && main {
+        println!(
+            "the run already reached train.steps = {} (checkpoint at step {start}); nothing to train. HINT: raise \
+             train.steps, pass --no-resume, or use another job.run_dir",
+            t.steps
+        );
+    }
     let save_ctx = checkpoint::SaveContext {
         dir: ckpt_dir.clone(),
         store: match &store_addr {

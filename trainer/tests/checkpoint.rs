@@ -48,17 +48,6 @@ fn ok(a: &[String]) -> String {
     text
 }
 
-fn losses(run: &Path) -> Vec<f64> {
-    let m = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    m.lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect()
-}
-
 fn weights(run: &Path) -> Vec<u8> {
     std::fs::read(run.join("model/model.safetensors")).unwrap()
 }
@@ -78,13 +67,17 @@ fn resuming_continues_exactly_for_1_and_2_ranks() {
         ok(&args(&head, &straight, extra));
         let resumed = dir.join(format!("resumed-{name}"));
         ok(&args(&head, &resumed, &format!("{extra} {stop}")));
-        assert_eq!(losses(&resumed).len(), 10);
+        assert_eq!(common::losses(&resumed).len(), 10);
         let text = ok(&args(&head, &resumed, extra));
         assert!(
             text.contains("resumed from") && text.contains("step-00000010"),
             "{text}"
         );
-        assert_eq!(losses(&resumed), losses(&straight), "{name}: per-step losses");
+        assert_eq!(
+            common::losses(&resumed),
+            common::losses(&straight),
+            "{name}: per-step losses"
+        );
         assert!(weights(&resumed) == weights(&straight), "{name}: final weights differ");
     }
 }
@@ -94,7 +87,7 @@ fn a_checkpoint_of_4_ranks_resumes_at_2_and_at_1() {
     let dir = common::temp_dir("ckpt-reshard");
     let straight = dir.join("straight");
     ok(&args(&launch_head(4), &straight, "--set train.zero_stage=1"));
-    let want = losses(&straight);
+    let want = common::losses(&straight);
     let saved = dir.join("saved");
     ok(&args(
         &launch_head(4),
@@ -111,7 +104,7 @@ fn a_checkpoint_of_4_ranks_resumes_at_2_and_at_1() {
         };
         let text = ok(&args(&head, &run, &format!("--set train.zero_stage={stage} {tail}")));
         assert!(text.contains("saved by 4 rank(s)"), "{text}");
-        let got = losses(&run);
+        let got = common::losses(&run);
         let tail = &got[got.len() - 10..];
         for (s, (a, b)) in tail.iter().zip(&want[10..]).enumerate() {
             assert!(((a - b) / b).abs() <= 1e-5, "{n} ranks, step {}: {a} vs {b}", s + 11);

@@ -50,17 +50,6 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn losses(run: &Path) -> Vec<f64> {
-    let m = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    m.lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect()
-}
-
 fn launch_run(dir: &Path, name: &str, nproc: usize, stage: u8, steps: u64) -> std::path::PathBuf {
     let run = dir.join(name);
     let (rd, zs, st) = (
@@ -89,7 +78,7 @@ fn ranks_and_zero_stages_give_the_same_losses_and_weights() {
     let dir = common::temp_dir("equivalence");
     let steps = 20;
     let reference = launch_run(&dir, "w1", 1, 0, steps);
-    let want = losses(&reference);
+    let want = common::losses(&reference);
     assert_eq!(want.len(), steps as usize);
     assert!(
         want[steps as usize - 1] < want[0] - 0.5,
@@ -99,7 +88,7 @@ fn ranks_and_zero_stages_give_the_same_losses_and_weights() {
     for (nproc, stage) in [(2, 0), (2, 1), (2, 2), (4, 0), (4, 1), (4, 2)] {
         let name = format!("w{nproc}-z{stage}");
         let run = launch_run(&dir, &name, nproc, stage, steps);
-        let got = losses(&run);
+        let got = common::losses(&run);
         for (s, (a, b)) in got.iter().zip(&want).enumerate() {
             assert!(((a - b) / b).abs() <= 1e-5, "{name} step {}: loss {a} vs {b}", s + 1);
         }
@@ -158,7 +147,7 @@ fn two_hosts_of_two_slots_run_through_the_remote_shell() {
     ] {
         assert!(t.contains(needle), "missing {needle:?} in:\n{t}");
     }
-    assert_eq!(losses(&dir.join("run")).len(), 3);
+    assert_eq!(common::losses(&dir.join("run")).len(), 3);
 
     // --exclude drops a host: 2 ranks remain
     let mut args = vec![

@@ -1,7 +1,7 @@
 //! Helpers shared by the trainer's integration tests: the oracle Python and the repository root.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The repository root: `$BAICHUAN_ROOT` (for test binaries carried to another machine by
@@ -55,4 +55,15 @@ pub fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// The per-step rows of `<run>/metrics.jsonl`.
+pub fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// The per-step losses of `<run>/metrics.jsonl`.
+pub fn losses(run: &Path) -> Vec<f64> {
+    metrics(run).iter().map(|r| r["loss"].as_f64().unwrap()).collect()
 }
