@@ -178,7 +178,6 @@ pub struct NcclCommunicator {
     api: &'static Api,
     handles: Mutex<Handles>,
     store: Arc<StoreClient>,
-    barriers: Mutex<u64>,
 }
 
 struct Event(CuEvent, &'static Api);
@@ -230,7 +229,6 @@ impl NcclCommunicator {
             api,
             handles: Mutex::new(Handles { comm, stream, ctx }),
             store,
-            barriers: Mutex::new(0),
         })
     }
 
@@ -387,12 +385,7 @@ impl Communicator for NcclCommunicator {
         })
     }
     fn barrier(&self) -> Result<(), DistError> {
-        let n = {
-            let mut b = self.barriers.lock().expect("barrier counter");
-            *b += 1;
-            *b
-        };
-        self.store.barrier(&format!("nccl-{n}"))
+        self.store.next_barrier("nccl")
     }
     fn all_reduce_scalar(&self, value: f64, op: ReduceOp) -> Result<f64, DistError> {
         let t = Tensor::from_slice(&[value as f32]).to_device(self.device);

@@ -176,6 +176,7 @@ fn parse_ms(bytes: &[u8]) -> u64 {
 /// A rank's connection to the store.
 pub struct StoreClient {
     stream: Mutex<TcpStream>,
+    barriers: Mutex<u64>,
     pub rank: usize,
     pub world: usize,
     pub timeout: Duration,
@@ -221,6 +222,7 @@ impl StoreClient {
         }
         Ok(StoreClient {
             stream: Mutex::new(s),
+            barriers: Mutex::new(0),
             rank,
             world,
             timeout,
@@ -268,6 +270,17 @@ impl StoreClient {
                     .unwrap_or_default()
             ))),
         }
+    }
+
+    /// The next of a sequence of barriers that every rank passes in the same order (the
+    /// communicators' `barrier`): named by `family` and a per-connection count.
+    pub fn next_barrier(&self, family: &str) -> Result<(), DistError> {
+        let n = {
+            let mut b = self.barriers.lock().expect("barrier counter");
+            *b += 1;
+            *b
+        };
+        self.barrier(&format!("{family}-{n}"))
     }
 
     /// All ranks wait here until every rank has arrived at barrier `name`.

@@ -183,7 +183,6 @@ pub struct TcpComm {
     world: usize,
     jobs: Mutex<Sender<Job>>,
     store: Arc<StoreClient>,
-    barriers: Mutex<u64>,
 }
 
 impl TcpComm {
@@ -282,7 +281,6 @@ impl TcpComm {
             world,
             jobs: Mutex::new(tx),
             store,
-            barriers: Mutex::new(0),
         })
     }
 
@@ -328,12 +326,7 @@ impl Communicator for TcpComm {
         self.submit(Op::Broadcast(root), buf)
     }
     fn barrier(&self) -> Result<(), DistError> {
-        let n = {
-            let mut b = self.barriers.lock().expect("barrier counter");
-            *b += 1;
-            *b
-        };
-        self.store.barrier(&format!("comm-{n}"))
+        self.store.next_barrier("comm")
     }
 }
 
