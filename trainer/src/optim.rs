@@ -136,7 +136,8 @@ impl FlatAdamW {
     /// Global L2 norm of the gradient; `grad` is this rank's shard, summed over ranks when
     /// `sharded`.
     pub fn grad_norm(&self, grad: &Tensor, comm: &dyn Communicator, sharded: bool) -> Result<f64, DistError> {
-        let sq = grad.square().sum(Kind::Float).double_value(&[]);
+        let norm = grad.norm().double_value(&[]); // one pass, no temporary
+        let sq = norm * norm;
         let sq = if sharded {
             comm.all_reduce_scalar(sq, ReduceOp::Sum)?
         } else {
@@ -168,16 +169,18 @@ impl FlatAdamW {
                         .f_mul_scalar_(1.0 - h.lr * h.weight_decay);
                 }
             }
-            // in place where libtorch allows, to keep the memory traffic near the minimum
+            // few whole-buffer passes (the update is memory-bound): m and v by lerp, and the
+            // bias correction of v folded into eps and the step size:
+            //   lr/b1 * m / (sqrt(v)/b2s + eps) = (lr*b2s/b1) * m / (sqrt(v) + eps*b2s)
             let _ = self.exp_avg.lerp_(grad, 1.0 - h.beta1);
-            let _ = self.exp_avg_sq.f_mul_scalar_(h.beta2);
-            let _ = self.exp_avg_sq.addcmul_(&(grad * (1.0 - h.beta2)), grad);
+            let _ = self.exp_avg_sq.lerp_(&grad.square(), 1.0 - h.beta2);
             let bias1 = 1.0 - h.beta1.powi(step);
             let bias2_sqrt = (1.0 - h.beta2.powi(step)).sqrt();
             let mut denom = self.exp_avg_sq.sqrt();
-            let _ = denom.f_div_scalar_(bias2_sqrt);
-            let _ = denom.f_add_scalar_(h.eps);
-            let _ = self.master.addcdiv_(&(&self.exp_avg * (-h.lr / bias1)), &denom);
+            let _ = denom.f_add_scalar_(h.eps * bias2_sqrt);
+            let _ = self
+                .master
+                .addcdiv_(&(&self.exp_avg * (-h.lr * bias2_sqrt / bias1)), &denom);
         });
     }
 
