@@ -157,6 +157,34 @@ pub fn slot_entries(slots: &[Slot]) -> Vec<SlotEntry> {
         .collect()
 }
 
+/// Writes a Hugging Face model directory (config.json, model.safetensors in `flat`'s dtype,
+/// tokenizer.model) straight from a flat parameter buffer laid out as `slots`; no model is built.
+pub fn write_model_dir(
+    dir: &Path,
+    slots: &[SlotEntry],
+    flat: &Tensor,
+    config: &ModelConfig,
+    tokenizer: Option<&Path>,
+) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tensors: Vec<(String, Tensor)> = slots
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                flat.narrow(0, s.offset as i64, s.numel as i64).view(s.shape.as_slice()),
+            )
+        })
+        .collect();
+    hf::write_safetensors(&tensors, &dir.join(hf::WEIGHTS_FILE))?;
+    let json = config.to_hf_json(Layout::Baichuan, hf::torch_dtype_name(flat.kind()));
+    fs::write(dir.join(hf::CONFIG_FILE), serde_json::to_string_pretty(&json)? + "\n")?;
+    if let Some(tok) = tokenizer.filter(|t| t.exists()) {
+        hf::copy_tokenizer(tok, dir)?;
+    }
+    Ok(())
+}
+
 /// Writes this rank's part of a checkpoint; rank 0 then completes it. `store` coordinates
 /// ranks (None in a single process). Blocking: run it on a background thread for async saves.
 pub fn write(
@@ -198,25 +226,7 @@ pub fn write(
     }
     // rank 0: the model directory, then the manifest once every rank has written
     if let (Some(params), Some(config)) = (&snap.params, model) {
-        let tensors: Vec<(String, Tensor)> = snap
-            .manifest
-            .slots
-            .iter()
-            .map(|s| {
-                (
-                    s.name.clone(),
-                    params
-                        .narrow(0, s.offset as i64, s.numel as i64)
-                        .view(s.shape.as_slice()),
-                )
-            })
-            .collect();
-        hf::write_safetensors(&tensors, &tmp.join(hf::WEIGHTS_FILE))?;
-        let json = config.to_hf_json(Layout::Baichuan, hf::torch_dtype_name(params.kind()));
-        fs::write(tmp.join(hf::CONFIG_FILE), serde_json::to_string_pretty(&json)? + "\n")?;
-        if let Some(tok) = tokenizer.filter(|t| t.exists()) {
-            hf::copy_tokenizer(tok, &tmp)?;
-        }
+        write_model_dir(&tmp, &snap.manifest.slots, params, config, tokenizer)?;
         for f in ["config.json", "model.safetensors"] {
             let (bytes, fnv64) = fnv1a64_file(&tmp.join(f))?;
             files.insert(f.to_string(), FileEntry { bytes, fnv64 });

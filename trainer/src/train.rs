@@ -7,12 +7,12 @@
 //! communicator). Rank 0 prints, writes `config.toml`, `metrics.jsonl` and, at the end, the
 //! trained model as a Hugging Face directory.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use baichuan_model::{hf, Baichuan, Layout};
+use baichuan_model::{hf, Baichuan};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tch::{Kind, Tensor};
 
@@ -556,7 +556,14 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let master = opt.full_master(comm, sharded)?;
     let model_dir = run_dir.join("model");
     if main {
-        save_model(&model, &opt, &master, &model_dir, &tok_path)?;
+        let slots = checkpoint::slot_entries(&opt.slots);
+        checkpoint::write_model_dir(
+            &model_dir,
+            &slots,
+            &master.to_device(tch::Device::Cpu),
+            mc,
+            Some(&tok_path),
+        )?;
         println!("saved the trained model to {}", model_dir.display());
     }
     comm.barrier()?;
@@ -652,22 +659,6 @@ fn all_finite(grad: &Tensor, comm: &dyn Communicator) -> Result<bool> {
         1.0
     };
     Ok(comm.all_reduce_scalar(local_bad, ReduceOp::Sum)? == 0.0)
-}
-
-/// Writes the fp32 master weights as a Hugging Face directory with the tokenizer beside.
-fn save_model(model: &Baichuan, opt: &FlatAdamW, master: &Tensor, dir: &Path, tokenizer: &Path) -> Result<()> {
-    let copy = Baichuan::new(&model.config, tch::Device::Cpu)?;
-    tch::no_grad(|| {
-        for (slot, (_, p)) in opt.slots.iter().zip(copy.named_parameters()) {
-            let src = master.narrow(0, slot.offset, slot.numel).view(slot.shape.as_slice());
-            p.shallow_clone().copy_(&src.to_device(tch::Device::Cpu));
-        }
-    });
-    hf::save_pretrained(&copy, dir, Layout::Baichuan, Kind::Float, None)?;
-    if tokenizer.exists() {
-        hf::copy_tokenizer(tokenizer, dir)?;
-    }
-    Ok(())
 }
 
 /// Mean token loss over this rank's rows of the fixed validation batches.
