@@ -155,10 +155,16 @@ fn kill_during_saves_and_corruption_fall_back_to_a_complete_checkpoint() {
     let latest = run.join("checkpoints").join(latest.trim());
     baichuan_trainer::checkpoint::verify(&latest).expect("the checkpoint `latest` names is complete");
 
-    // damage the latest checkpoint's weights: resume reports it and uses the previous one
+    // damage the latest checkpoint's weights: resume reports it and uses the newest other one
+    // that verifies (the kill may land after a newer directory was renamed into place but
+    // before `latest` was rewritten, so that one can be newer than `latest`)
     let previous = ckpt_dirs(&run)
         .into_iter()
-        .rfind(|p| p < &latest && !p.to_string_lossy().ends_with(".tmp"))
+        .rfind(|p| {
+            p != &latest
+                && !p.to_string_lossy().ends_with(".tmp")
+                && baichuan_trainer::checkpoint::verify(p).is_ok()
+        })
         .unwrap();
     let f = latest.join("model.safetensors");
     let mut bytes = std::fs::read(&f).unwrap();
