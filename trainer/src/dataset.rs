@@ -204,3 +204,43 @@ pub fn open(
         samples_per_epoch: order.num_samples(),
     })
 }
+
+fn is_shard_file(p: &Path) -> bool {
+    let mut magic = [0u8; 8];
+    p.is_file()
+        && std::fs::File::open(p)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+        && &magic == baichuan_data::shard::MAGIC
+}
+
+/// The tokens of `paths` for evaluation: prepared directories and shard files are opened as
+/// they are; anything else (text, JSONL, directories of them) is tokenized with `tok` into a
+/// temporary cache, whose path is returned for the caller to remove.
+pub fn open_eval_tokens(paths: &[PathBuf], tok: &Tokenizer, text_key: &str) -> Result<(ShardSet, Option<PathBuf>)> {
+    let prepared = |p: &PathBuf| p.join(MANIFEST_FILE).exists() || is_shard_file(p);
+    if paths.iter().all(prepared) {
+        let mut shards = Vec::new();
+        for p in paths {
+            if p.is_dir() {
+                shards.extend(Manifest::read(p)?.shard_paths(p));
+            } else {
+                shards.push(p.clone());
+            }
+        }
+        return Ok((ShardSet::open(&shards)?, None));
+    }
+    if let Some(p) = paths.iter().find(|p| prepared(p)) {
+        bail!(
+            "{}: token shards mixed with text inputs; HINT: pass either prepared data or text, not both",
+            p.display()
+        );
+    }
+    let cache = std::env::temp_dir().join(format!("baichuan-eval-{}", std::process::id()));
+    let mut opts = PrepareOptions::new(paths.to_vec(), cache.clone());
+    opts.text_key = text_key.to_string();
+    opts.force = true;
+    let summary = prepare(tok, &opts, &|_, _| {}).context("tokenizing the --data text")?;
+    let shards = ShardSet::open(&summary.manifest.shard_paths(&cache))?;
+    Ok((shards, Some(cache)))
+}

@@ -1,4 +1,5 @@
-//! The `baichuan` command line: `train`, `init`, `export`, `generate`, `info`, `tokenize`.
+//! The `baichuan` command line: `train`, `launch`, `prepare`, `tokenize`, `init`, `export`,
+//! `generate`, `eval`, `plot`, `info`, `bench`.
 //! Each subcommand is a thin layer over the library crates; errors carry context naming the
 //! file or flag at fault (anyhow), and end with a HINT where a fix is known.
 
@@ -11,7 +12,8 @@ use baichuan_data::Tokenizer;
 use baichuan_model::generate::{generate, Sampling};
 use baichuan_model::{hf, Baichuan, Layout};
 use baichuan_trainer::config::RunConfig;
-use baichuan_trainer::{bench, dataset, info, launch, train};
+use baichuan_trainer::eval::{self, McFormat, McOptions};
+use baichuan_trainer::{bench, dataset, info, launch, plot, train};
 use clap::{Parser, Subcommand, ValueEnum};
 use tch::{Device, Kind};
 
@@ -54,6 +56,79 @@ enum BenchCommand {
         /// Largest message in MiB (sizes double from 4 KiB).
         #[arg(long, default_value_t = 64)]
         max_mb: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum McBenchmark {
+    /// C-Eval: `<dir>/{dev,val,test}/<subject>_<split>.csv` with an id,question,A,B,C,D,answer header.
+    Ceval,
+    /// MMLU (Hendrycks): `<dir>/{dev,val,test}/<subject>_<split>.csv`, no header.
+    Mmlu,
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Few-shot multiple choice (C-Eval or MMLU layout), scored by the A/B/C/D logits.
+    Mc {
+        #[arg(long)]
+        model: PathBuf,
+        /// The benchmark directory holding dev/, val/ and test/.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, value_enum)]
+        format: McBenchmark,
+        /// The split to score (default: val for C-Eval, whose test answers are not public; test for MMLU).
+        #[arg(long)]
+        split: Option<String>,
+        #[arg(long, default_value_t = 5)]
+        shots: usize,
+        /// Choose the shots by a seeded shuffle of dev (default: its first rows, as the reference).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Only these subjects (comma-separated file keys).
+        #[arg(long, value_delimiter = ',')]
+        subjects: Vec<String>,
+        /// Longest prompt in tokens (default: the model's context); shots are dropped to fit.
+        #[arg(long)]
+        max_len: Option<usize>,
+        /// Padded tokens per forward pass.
+        #[arg(long, default_value_t = 16384)]
+        batch_tokens: usize,
+        /// Start every prompt with the BOS token.
+        #[arg(long)]
+        bos: bool,
+        /// cpu, cuda or auto.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Where to write the JSON report (default: <model>/eval-<format>-<split>-<shots>shot.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Perplexity of a model on text (.txt one document per line, .jsonl) or prepared shards.
+    Ppl {
+        #[arg(long)]
+        model: PathBuf,
+        /// Files or directories: text, JSONL, a `baichuan prepare` output, or shard files.
+        #[arg(long, required = true, num_args = 1..)]
+        data: Vec<PathBuf>,
+        /// Tokens of context per window (default: the model's context).
+        #[arg(long)]
+        seq_len: Option<u64>,
+        /// Windows per forward pass.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Score only the first N tokens.
+        #[arg(long)]
+        max_tokens: Option<u64>,
+        /// JSONL field holding the document.
+        #[arg(long, default_value = "text")]
+        text_key: String,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Also write the result as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -176,6 +251,22 @@ enum Command {
         /// Print token ids instead of text.
         #[arg(long)]
         ids: bool,
+    },
+    /// Evaluate a model directory: `eval mc` (C-Eval/MMLU few-shot) or `eval ppl` (perplexity).
+    Eval {
+        #[command(subcommand)]
+        what: EvalCommand,
+    },
+    /// Plot the metrics of one or more run directories (overlaid) into a PNG.
+    Plot {
+        /// Run directories (each with its metrics.jsonl).
+        #[arg(required = true, num_args = 1..)]
+        runs: Vec<PathBuf>,
+        #[arg(long, default_value = "curves.png")]
+        out: PathBuf,
+        /// Image size in pixels, WIDTHxHEIGHT.
+        #[arg(long, default_value = "1600x1000")]
+        size: String,
     },
     /// Parameter count, FLOPs per token and the per-GPU memory plan of a config.
     Info {
@@ -570,6 +661,16 @@ fn main() -> Result<()> {
             bar.finish_and_clear();
             dataset::print_summary(&summary, &out);
         }
+        Command::Eval { what } => run_eval(what)?,
+        Command::Plot { runs, out, size } => {
+            let (w, h) = size
+                .split_once('x')
+                .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+                .filter(|&(w, h)| (200..=10000).contains(&w) && (150..=10000).contains(&h))
+                .with_context(|| format!("--size {size:?}: expected WIDTHxHEIGHT, e.g. 1600x1000"))?;
+            let summary = plot::plot_runs(&runs, &out, w, h)?;
+            println!("{summary}");
+        }
         Command::Tokenize {
             tokenizer,
             pieces,
@@ -595,6 +696,147 @@ fn main() -> Result<()> {
                     let ids: Vec<String> = tok.encode(text)?.iter().map(u32::to_string).collect();
                     println!("{}", ids.join(" "));
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads a model directory for evaluation on `device` (bf16 on CUDA, fp32 on CPU) with its tokenizer.
+fn load_for_eval(model: &std::path::Path, device: &str) -> Result<(Baichuan, Tokenizer)> {
+    let tok_path = model.join(hf::TOKENIZER_FILE);
+    let tokenizer = Tokenizer::open(&tok_path)
+        .with_context(|| format!("{}: the model directory needs its tokenizer.model", model.display()))?;
+    let mut m = hf::load_pretrained(model, Device::Cpu).with_context(|| format!("loading {}", model.display()))?;
+    let device = device_of(device)?;
+    m.to(device, if device.is_cuda() { Kind::BFloat16 } else { Kind::Float });
+    Ok((m, tokenizer))
+}
+
+fn run_eval(what: EvalCommand) -> Result<()> {
+    match what {
+        EvalCommand::Mc {
+            model,
+            data,
+            format,
+            split,
+            shots,
+            seed,
+            subjects,
+            max_len,
+            batch_tokens,
+            bos,
+            device,
+            out,
+        } => {
+            let format = match format {
+                McBenchmark::Ceval => McFormat::Ceval,
+                McBenchmark::Mmlu => McFormat::Mmlu,
+            };
+            let split = split.unwrap_or_else(|| if format == McFormat::Ceval { "val" } else { "test" }.into());
+            let (m, tok) = load_for_eval(&model, &device)?;
+            let context = m.config.max_position_embeddings as usize;
+            let max_len = max_len.unwrap_or(context);
+            if max_len > context {
+                bail!("--max-len {max_len} exceeds the model's context of {context} tokens");
+            }
+            let subjects = eval::load_subjects(&data, format, &split, &subjects, shots)?;
+            let opts = McOptions {
+                format,
+                shots,
+                seed,
+                max_len,
+                bos: bos.then_some(m.config.bos_token_id as u32),
+            };
+            let items = eval::build_items(&subjects, &tok, &opts)?;
+            let letters = eval::letter_ids(&tok)?;
+            let bar = indicatif::ProgressBar::new(items.len() as u64).with_style(
+                indicatif::ProgressStyle::with_template("scoring {bar:30} {pos}/{len} questions, ETA {eta}")
+                    .expect("valid template"),
+            );
+            let logits = eval::score_items(&items, batch_tokens, |batch| {
+                let l = eval::model_letter_logits(&m, batch, letters);
+                bar.inc(batch.len() as u64);
+                l
+            });
+            bar.finish_and_clear();
+            let report = eval::summarize(&subjects, &items, &logits, format, &split, shots);
+            println!("{:<44} {:>9} {:>9}", "subject", "questions", "accuracy");
+            for r in &report.subjects {
+                println!("{:<44} {:>9} {:>8.2}%", r.subject, r.questions, 100.0 * r.accuracy);
+            }
+            for (c, acc) in &report.categories {
+                println!("{:<44} {:>9} {:>8.2}%", format!("[{c}]"), "", 100.0 * acc);
+            }
+            println!(
+                "{:<44} {:>9} {:>8.2}%  ({}; {shots}-shot, {split} split)",
+                "average",
+                report.questions,
+                100.0 * report.average,
+                report.average_kind
+            );
+            if report.prompts_with_fewer_shots > 0 || report.prompts_truncated > 0 {
+                println!(
+                    "note: {} prompts dropped shots to fit {max_len} tokens; {} lost their beginning even with none",
+                    report.prompts_with_fewer_shots, report.prompts_truncated
+                );
+            }
+            let name = match format {
+                McFormat::Ceval => "ceval",
+                McFormat::Mmlu => "mmlu",
+            };
+            let out = out.unwrap_or_else(|| model.join(format!("eval-{name}-{split}-{shots}shot.json")));
+            std::fs::write(&out, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {}", out.display());
+        }
+        EvalCommand::Ppl {
+            model,
+            data,
+            seq_len,
+            batch,
+            max_tokens,
+            text_key,
+            device,
+            out,
+        } => {
+            let (m, tok) = load_for_eval(&model, &device)?;
+            let context = m.config.max_position_embeddings as u64;
+            let seq_len = seq_len.unwrap_or(context);
+            if seq_len == 0 || seq_len > context {
+                bail!("--seq-len {seq_len}: must be 1..={context} (the model's context)");
+            }
+            let (shards, cache) = dataset::open_eval_tokens(&data, &tok, &text_key)?;
+            if shards.vocab_size() > m.config.vocab_size as u64 {
+                bail!(
+                    "the data was tokenized with a {}-piece vocabulary but the model has {}; HINT: use the model's tokenizer",
+                    shards.vocab_size(),
+                    m.config.vocab_size
+                );
+            }
+            let bar = dataset::byte_bar(0, "scoring");
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("scoring {bar:30} {pos}/{len} tokens, ETA {eta}")
+                    .expect("valid template"),
+            );
+            let report = eval::perplexity(&m, &shards, seq_len, batch.max(1), max_tokens, 8192, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            });
+            bar.finish_and_clear();
+            if let Some(dir) = cache {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            if report.predicted_tokens == 0 {
+                bail!("the data holds {} token(s): nothing to predict", report.tokens);
+            }
+            println!(
+                "perplexity {:.4} (loss {:.4} nats/token) over {} predicted tokens in {} windows of up to {} tokens",
+                report.ppl, report.loss, report.predicted_tokens, report.windows, report.seq_len
+            );
+            if let Some(out) = out {
+                std::fs::write(&out, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("writing {}", out.display()))?;
             }
         }
     }

@@ -4,6 +4,9 @@
 //! MFU follows DESIGN.md (torchtitan's convention): FLOPs per token x tokens/s per device /
 //! peak. Peaks: the datasheet's dense bf16 rate for known data-centre GPUs; otherwise (CPU,
 //! fp32, unknown GPU) a matrix-product rate measured here, in the run's dtype.
+//!
+//! The same series also go to a TensorBoard event file in the run directory (`train/*` and
+//! `valid/*` tags), so `tensorboard --logdir <runs>` shows every run.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -13,6 +16,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
+
+use crate::tensorboard::EventWriter;
 
 /// One step's record, written as a JSON line.
 #[derive(Debug, Clone, Serialize)]
@@ -39,11 +44,41 @@ pub struct StepRecord {
     /// Mean token loss on the held-out data, on evaluation steps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub valid_loss: Option<f64>,
+    /// exp(valid_loss).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_ppl: Option<f64>,
 }
 
-/// Appends step records to `<run_dir>/metrics.jsonl`.
+impl StepRecord {
+    /// The record's TensorBoard scalars.
+    pub fn scalars(&self) -> Vec<(&'static str, f64)> {
+        let mut v = vec![
+            ("train/loss", self.loss),
+            ("train/lr", self.lr),
+            ("train/grad_norm", self.grad_norm),
+            ("train/tokens_per_s", self.tokens_per_s),
+            ("train/mfu", self.mfu),
+            ("train/step_time_s", self.step_time_s),
+            ("train/peak_memory_mb", self.peak_memory_mb),
+            ("train/comm_wait_s", self.comm_wait_s),
+            ("train/loss_scale", self.loss_scale),
+            ("train/skipped_steps", self.skipped_steps as f64),
+            ("train/tokens", self.tokens as f64),
+        ];
+        if let Some(l) = self.valid_loss {
+            v.push(("valid/loss", l));
+        }
+        if let Some(p) = self.valid_ppl {
+            v.push(("valid/ppl", p));
+        }
+        v
+    }
+}
+
+/// Appends step records to `<run_dir>/metrics.jsonl` and a TensorBoard event file beside it.
 pub struct MetricsLog {
     out: BufWriter<File>,
+    events: EventWriter,
 }
 
 impl MetricsLog {
@@ -71,8 +106,10 @@ impl MetricsLog {
             .append(true)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
+        let events = EventWriter::create(run_dir)?;
         Ok(MetricsLog {
             out: BufWriter::new(file),
+            events,
         })
     }
 
@@ -80,6 +117,8 @@ impl MetricsLog {
         serde_json::to_writer(&mut self.out, record)?;
         self.out.write_all(b"\n")?;
         self.out.flush()?;
+        self.events.scalars(record.step, &record.scalars())?;
+        self.events.flush()?;
         Ok(())
     }
 }

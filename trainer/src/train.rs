@@ -460,6 +460,7 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 loss_scale: scaler.scale,
                 skipped_steps: scaler.skipped + bad_total,
                 valid_loss,
+                valid_ppl: valid_loss.map(f64::exp),
             };
             log.write(&record)?;
             bar.set_message(format!("loss {loss:.4}"));

@@ -161,9 +161,7 @@ fn kill_during_saves_and_corruption_fall_back_to_a_complete_checkpoint() {
     let previous = ckpt_dirs(&run)
         .into_iter()
         .rfind(|p| {
-            p != &latest
-                && !p.to_string_lossy().ends_with(".tmp")
-                && baichuan_trainer::checkpoint::verify(p).is_ok()
+            p != &latest && !p.to_string_lossy().ends_with(".tmp") && baichuan_trainer::checkpoint::verify(p).is_ok()
         })
         .unwrap();
     let f = latest.join("model.safetensors");

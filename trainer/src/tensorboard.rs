@@ -1,0 +1,380 @@
+//! TensorBoard event files for scalar curves, written without TensorFlow or protobuf crates.
+//!
+//! Follows TensorFlow's on-disk format: a file `events.out.tfevents.<secs>.<host>` of TFRecords
+//! (`u64` length, masked CRC-32C of the length, payload, masked CRC-32C of the payload, all
+//! little-endian), each payload an `Event` protocol buffer (event.proto): the first carries
+//! `file_version = "brain.Event:2"`, the others a `Summary` of `simple_value` scalars. The
+//! encoder writes the few fields needed by hand; `read_scalars` decodes them back (tests, and
+//! anyone checking a file without TensorBoard installed).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum EventError {
+    #[error("{path}: input/output error on a TensorBoard event file")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: record at byte {offset}: {what}; the file is damaged (a run killed mid-write leaves a torn last record, which TensorBoard also ignores)")]
+    Damaged { path: PathBuf, offset: usize, what: String },
+}
+
+/// CRC-32C (Castagnoli), reflected polynomial 0x82F63B78, as TFRecord uses.
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut t = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 { (c >> 1) ^ 0x82F6_3B78 } else { c >> 1 };
+                k += 1;
+            }
+            t[i] = c;
+            i += 1;
+        }
+        t
+    };
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc = TABLE[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+/// TFRecord's masking of a CRC (so CRCs of data that embeds CRCs stay well distributed).
+pub fn masked_crc(bytes: &[u8]) -> u32 {
+    let c = crc32c(bytes);
+    (c.rotate_right(15)).wrapping_add(0xa282_ead8)
+}
+
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn length_delimited(field: u64, bytes: &[u8], out: &mut Vec<u8>) {
+    varint((field << 3) | 2, out);
+    varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+/// An `Event` with its wall time and step, plus `what` (already-encoded oneof field).
+fn event(wall_time: f64, step: i64, what: &[u8]) -> Vec<u8> {
+    let mut e = Vec::with_capacity(16 + what.len());
+    e.push(0x09); // field 1 (wall_time), 64-bit
+    e.extend_from_slice(&wall_time.to_le_bytes());
+    e.push(0x10); // field 2 (step), varint
+    varint(step as u64, &mut e);
+    e.extend_from_slice(what);
+    e
+}
+
+/// A `Summary` of scalar values, as field 5 of an `Event`.
+fn summary(values: &[(&str, f64)]) -> Vec<u8> {
+    let mut s = Vec::new();
+    for (tag, v) in values {
+        let mut value = Vec::with_capacity(tag.len() + 8);
+        length_delimited(1, tag.as_bytes(), &mut value); // Value.tag
+        value.push(0x15); // Value.simple_value (field 2), 32-bit
+        value.extend_from_slice(&(*v as f32).to_le_bytes());
+        length_delimited(1, &value, &mut s); // Summary.value
+    }
+    let mut what = Vec::with_capacity(s.len() + 4);
+    length_delimited(5, &s, &mut what);
+    what
+}
+
+fn record(payload: &[u8], out: &mut impl Write) -> std::io::Result<()> {
+    let len = (payload.len() as u64).to_le_bytes();
+    out.write_all(&len)?;
+    out.write_all(&masked_crc(&len).to_le_bytes())?;
+    out.write_all(payload)?;
+    out.write_all(&masked_crc(payload).to_le_bytes())
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Appends scalar summaries to a new event file in a directory.
+pub struct EventWriter {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl EventWriter {
+    /// Creates `<dir>/events.out.tfevents.<secs>.<host>` (a new file per process, as
+    /// TensorFlow does; TensorBoard reads all of a directory's files as one run).
+    pub fn create(dir: &Path) -> Result<Self, EventError> {
+        let io = |source| EventError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        let wall = now();
+        let mut path = dir.join(format!("events.out.tfevents.{}.{host}", wall as u64));
+        let mut n = 1;
+        while path.exists() {
+            path = dir.join(format!("events.out.tfevents.{}.{host}.{n}", wall as u64));
+            n += 1;
+        }
+        let file = File::create(&path).map_err(|source| EventError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let mut w = EventWriter {
+            path,
+            out: BufWriter::new(file),
+        };
+        let mut version = Vec::new();
+        length_delimited(3, b"brain.Event:2", &mut version);
+        w.write_event(&event(wall, 0, &version))?;
+        w.flush()?;
+        Ok(w)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write_event(&mut self, payload: &[u8]) -> Result<(), EventError> {
+        record(payload, &mut self.out).map_err(|source| EventError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Writes scalars `(tag, value)` of one step (non-finite values are written as they are:
+    /// TensorBoard shows NaN and inf points).
+    pub fn scalars(&mut self, step: u64, values: &[(&str, f64)]) -> Result<(), EventError> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        self.write_event(&event(now(), step as i64, &summary(values)))
+    }
+
+    pub fn flush(&mut self) -> Result<(), EventError> {
+        self.out.flush().map_err(|source| EventError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// One decoded scalar.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scalar {
+    pub step: i64,
+    pub tag: String,
+    pub value: f32,
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *self.bytes.get(self.at)?;
+            self.at += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let s = self.bytes.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+    /// The next field: (number, wire type, payload bytes or the varint as bytes).
+    fn field(&mut self) -> Option<(u64, u64, Vec<u8>)> {
+        let key = self.varint()?;
+        let (num, wire) = (key >> 3, key & 7);
+        let body = match wire {
+            0 => self.varint()?.to_le_bytes().to_vec(),
+            1 => self.take(8)?.to_vec(),
+            2 => {
+                let n = self.varint()? as usize;
+                self.take(n)?.to_vec()
+            }
+            5 => self.take(4)?.to_vec(),
+            _ => return None,
+        };
+        Some((num, wire, body))
+    }
+    fn done(&self) -> bool {
+        self.at >= self.bytes.len()
+    }
+}
+
+fn decode_event(payload: &[u8], out: &mut Vec<Scalar>) -> Option<()> {
+    let mut c = Cursor { bytes: payload, at: 0 };
+    let mut step = 0i64;
+    let mut summaries = Vec::new();
+    while !c.done() {
+        let (num, _, body) = c.field()?;
+        match num {
+            2 => step = u64::from_le_bytes(body.try_into().ok()?) as i64,
+            5 => summaries.push(body),
+            _ => {}
+        }
+    }
+    for s in summaries {
+        let mut sc = Cursor { bytes: &s, at: 0 };
+        while !sc.done() {
+            let (num, _, value) = sc.field()?;
+            if num != 1 {
+                continue;
+            }
+            let mut vc = Cursor { bytes: &value, at: 0 };
+            let (mut tag, mut v) = (String::new(), None);
+            while !vc.done() {
+                let (n, wire, body) = vc.field()?;
+                match (n, wire) {
+                    (1, 2) => tag = String::from_utf8(body).ok()?,
+                    (2, 5) => v = Some(f32::from_le_bytes(body.try_into().ok()?)),
+                    _ => {}
+                }
+            }
+            if let Some(value) = v {
+                out.push(Scalar { step, tag, value });
+            }
+        }
+    }
+    Some(())
+}
+
+/// Every scalar of an event file, checking each record's CRCs. A torn last record (a run
+/// killed mid-write) ends the read silently, as TensorBoard does; damage before it is an error.
+pub fn read_scalars(path: &Path) -> Result<Vec<Scalar>, EventError> {
+    let bytes = std::fs::read(path).map_err(|source| EventError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let damaged = |offset: usize, what: &str| EventError::Damaged {
+        path: path.to_path_buf(),
+        offset,
+        what: what.to_string(),
+    };
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes.len() - at < 12 {
+            break; // torn header
+        }
+        let len_bytes = &bytes[at..at + 8];
+        let crc = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().expect("4 bytes"));
+        if masked_crc(len_bytes) != crc {
+            return Err(damaged(at, "length CRC mismatch"));
+        }
+        let len = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes")) as usize;
+        let end = at + 12 + len + 4;
+        if end > bytes.len() {
+            break; // torn payload
+        }
+        let payload = &bytes[at + 12..at + 12 + len];
+        let crc = u32::from_le_bytes(bytes[end - 4..end].try_into().expect("4 bytes"));
+        if masked_crc(payload) != crc {
+            return Err(damaged(at, "payload CRC mismatch"));
+        }
+        decode_event(payload, &mut out).ok_or_else(|| damaged(at, "not an Event protocol buffer"))?;
+        at = end;
+    }
+    Ok(out)
+}
+
+/// The event files of a directory, oldest first.
+pub fn event_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("events.out.tfevents."))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_matches_the_standard_check_values() {
+        // the CRC catalogue's check value for CRC-32C, and RFC 3720's 32 zero bytes
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c(&[0u8; 32]), 0x8A91_36AA);
+        assert_eq!(crc32c(&[0xffu8; 32]), 0x62A8_AB43);
+        assert_eq!(crc32c(b""), 0);
+    }
+
+    #[test]
+    fn varints_encode_as_protobuf_does() {
+        let mut v = Vec::new();
+        varint(300, &mut v);
+        assert_eq!(v, [0xac, 0x02]);
+        v.clear();
+        varint(1, &mut v);
+        assert_eq!(v, [1]);
+    }
+
+    #[test]
+    fn scalars_round_trip_and_damage_is_detected() {
+        let dir = std::env::temp_dir().join(format!("baichuan-tb-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut w = EventWriter::create(&dir).unwrap();
+        w.scalars(1, &[("train/loss", 10.5), ("train/lr", 3e-4)]).unwrap();
+        w.scalars(300, &[("train/loss", 2.25)]).unwrap();
+        w.flush().unwrap();
+        let path = w.path().to_path_buf();
+        drop(w);
+        assert_eq!(event_files(&dir), vec![path.clone()]);
+        let got = read_scalars(&path).unwrap();
+        let want = [
+            (1, "train/loss", 10.5f32),
+            (1, "train/lr", 3e-4),
+            (300, "train/loss", 2.25),
+        ];
+        assert_eq!(got.len(), want.len());
+        for (g, (s, t, v)) in got.iter().zip(want) {
+            assert_eq!((g.step, g.tag.as_str(), g.value), (s, t, v));
+        }
+        // a torn tail is ignored; a flipped byte inside is an error
+        let mut bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        assert_eq!(read_scalars(&path).unwrap().len(), 2);
+        let n = bytes.len();
+        bytes[n - 10] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(read_scalars(&path), Err(EventError::Damaged { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,204 @@
+//! The tools around a run, end to end: training `tiny` (shrunk) with validation writes the
+//! expected series to metrics.jsonl and to TensorBoard event files (read back by our reader and
+//! by TensorBoard's own, in .venv); `plot` draws two runs into a PNG that Pillow decodes; the
+//! trained model goes through `eval mc` (both layouts) and `eval ppl`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use baichuan_trainer::tensorboard;
+
+fn run_ok(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_baichuan"))
+        .current_dir(common::root())
+        .args(args)
+        .output()
+        .expect("run baichuan");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "baichuan {args:?} failed:\n{text}");
+    text
+}
+
+fn train(run: &Path, lr: &str) {
+    let run_dir = format!("job.run_dir={}", run.display());
+    let lr = format!("train.lr={lr}");
+    let mut args = vec!["train", "--config", "config/tiny.toml", "--set", &run_dir, "--set", &lr];
+    for s in [
+        "train.steps=30",
+        "train.micro_batch_size=4",
+        "train.global_batch_size=8",
+        "data.seq_len=64",
+        "model.hidden_size=64",
+        "model.intermediate_size=160",
+        "model.num_hidden_layers=2",
+        "train.warmup_steps=5",
+        "train.device=cpu",
+        "eval.interval=10",
+        "eval.batches=2",
+        "checkpoint.interval_steps=0",
+    ] {
+        args.push("--set");
+        args.push(s);
+    }
+    run_ok(&args);
+}
+
+#[test]
+fn metrics_tensorboard_plot_and_evaluation_of_a_trained_run() {
+    let dir = common::temp_dir("tooling");
+    let (a, b) = (dir.join("lr-3e-3"), dir.join("lr-1e-3"));
+    train(&a, "3e-3");
+    train(&b, "1e-3");
+
+    // metrics.jsonl: every step, validation (loss and perplexity) on steps 10, 20, 30 only
+    let rows = common::metrics(&a);
+    assert_eq!(rows.len(), 30);
+    let with_valid: Vec<u64> = rows
+        .iter()
+        .filter(|r| r.get("valid_loss").is_some())
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(with_valid, [10, 20, 30]);
+    for r in &rows {
+        for key in [
+            "loss",
+            "lr",
+            "grad_norm",
+            "tokens_per_s",
+            "mfu",
+            "peak_memory_mb",
+            "loss_scale",
+            "skipped_steps",
+        ] {
+            assert!(r[key].is_number(), "step {}: no {key}", r["step"]);
+        }
+        if let Some(v) = r["valid_loss"].as_f64() {
+            assert!((r["valid_ppl"].as_f64().unwrap() - v.exp()).abs() < 1e-6 * v.exp());
+            assert!(v > 0.0 && v < 11.5, "{r}");
+        }
+    }
+
+    // TensorBoard: our reader (CRCs checked) and TensorBoard's reader agree with the JSONL
+    let files = tensorboard::event_files(&a);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mut ours: BTreeMap<String, Vec<(i64, f32)>> = BTreeMap::new();
+    for s in tensorboard::read_scalars(&files[0]).unwrap() {
+        ours.entry(s.tag).or_default().push((s.step, s.value));
+    }
+    let theirs = common::run_oracle("scripts/reference/read_run.py", &[a.to_str().unwrap()]);
+    let theirs = theirs["scalars"].as_object().unwrap();
+    for (tag, key) in [
+        ("train/loss", "loss"),
+        ("train/lr", "lr"),
+        ("train/grad_norm", "grad_norm"),
+        ("valid/loss", "valid_loss"),
+    ] {
+        let want: Vec<(i64, f32)> = rows
+            .iter()
+            .filter_map(|r| Some((r["step"].as_i64()?, r[key].as_f64()? as f32)))
+            .collect();
+        assert_eq!(ours[tag], want, "{tag}");
+        let tb: Vec<(i64, f32)> = theirs[tag]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_i64().unwrap(), p[1].as_f64().unwrap() as f32))
+            .collect();
+        assert_eq!(tb, want, "TensorBoard's reading of {tag}");
+    }
+    for tag in [
+        "valid/ppl",
+        "train/tokens_per_s",
+        "train/mfu",
+        "train/peak_memory_mb",
+        "train/loss_scale",
+    ] {
+        assert!(theirs.contains_key(tag), "TensorBoard lacks {tag}: {:?}", theirs.keys());
+    }
+
+    // plot: two runs overlaid; a valid PNG of the asked size with the series' colours
+    let png = dir.join("curves.png");
+    let text = run_ok(&[
+        "plot",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--out",
+        png.to_str().unwrap(),
+        "--size",
+        "1200x800",
+    ]);
+    assert!(text.contains("2 runs"), "{text}");
+    let seen = common::run_oracle(
+        "scripts/reference/read_run.py",
+        &[a.to_str().unwrap(), png.to_str().unwrap()],
+    );
+    assert_eq!(seen["png"]["size"], serde_json::json!([1200, 800]), "{seen}");
+    assert!(seen["png"]["colors"].as_u64().unwrap() >= 4, "a blank image: {seen}");
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_baichuan"))
+        .args([
+            "plot",
+            empty.to_str().unwrap(),
+            "--out",
+            dir.join("x.png").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("metrics.jsonl"), "{err}");
+
+    // the trained model through both evaluations
+    let model = a.join("model");
+    let fixtures = common::root().join("trainer/tests/fixtures");
+    for (format, data) in [("ceval", "ceval"), ("mmlu", "mmlu")] {
+        let out = dir.join(format!("{format}.json"));
+        let text = run_ok(&[
+            "eval",
+            "mc",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            fixtures.join(data).to_str().unwrap(),
+            "--format",
+            format,
+            "--device",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(text.contains("average"), "{text}");
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        let acc = r["average"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc), "{r}");
+    }
+    let text = run_ok(&[
+        "eval",
+        "ppl",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        "data/sample",
+        "--seq-len",
+        "64",
+        "--max-tokens",
+        "4000",
+        "--device",
+        "cpu",
+    ]);
+    let ppl: f64 = text
+        .split("perplexity ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    // trained for 30 steps: far better than uniform over 64000 pieces, far from perfect
+    assert!(ppl > 5.0 && ppl < 20000.0, "{text}");
+}
