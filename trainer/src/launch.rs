@@ -193,14 +193,9 @@ pub fn launch(plan: &LaunchPlan) -> Result<i32> {
                     .current_dir(&plan.workdir);
                 c
             } else {
-                let mut line = format!("cd {} && env", sh_quote(&plan.workdir.to_string_lossy()));
-                for (k, v) in &env {
-                    line += &format!(" {k}={}", sh_quote(v));
-                }
-                line += &format!(" {} train", sh_quote(&plan.exe.to_string_lossy()));
-                for a in &plan.train_args {
-                    line += &format!(" {}", sh_quote(a));
-                }
+                let mut vars = forwarded_env(std::env::vars());
+                vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+                let line = remote_line(&plan.workdir, &vars, &plan.exe, &plan.train_args);
                 let shell = plan.remote_shell.first().context("launch.remote_shell is empty")?;
                 let mut c = Command::new(shell);
                 c.args(&plan.remote_shell[1..]).arg(&h.host).arg(line);
@@ -287,9 +282,69 @@ pub fn local_gpus() -> usize {
         .unwrap_or(1)
 }
 
+/// Prefixes of this environment's variables that remote ranks receive too (local ranks inherit
+/// everything): NCCL's and UCX's settings, and baichuan's own, as DeepSpeed's launcher forwards them.
+pub const FORWARDED_PREFIXES: [&str; 3] = ["NCCL_", "UCX_", "BAICHUAN_"];
+
+/// The variables of `vars` that remote ranks receive (the job token is set per job, not copied).
+fn forwarded_env(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = vars
+        .filter(|(k, _)| FORWARDED_PREFIXES.iter().any(|p| k.starts_with(p)) && k != crate::dist::TOKEN_VAR)
+        .collect();
+    v.sort();
+    v
+}
+
+/// The shell line a remote host runs for one rank: `cd WORKDIR && env K=V... EXE train ARGS...`.
+fn remote_line(workdir: &Path, vars: &[(String, String)], exe: &Path, args: &[String]) -> String {
+    let mut line = format!("cd {} && env", sh_quote(&workdir.to_string_lossy()));
+    for (k, v) in vars {
+        line += &format!(" {k}={}", sh_quote(v));
+    }
+    line += &format!(" {} train", sh_quote(&exe.to_string_lossy()));
+    for a in args {
+        line += &format!(" {}", sh_quote(a));
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_ranks_get_the_contract_and_nccl_settings() {
+        let here = [
+            ("NCCL_SOCKET_IFNAME", "eth0"),
+            ("NCCL_DEBUG", "INFO"),
+            ("HOME", "/home/me"),
+            ("PATH", "/usr/bin"),
+            (crate::dist::TOKEN_VAR, "secret-of-another-job"),
+            ("UCX_TLS", "rc,sm"),
+        ];
+        let mut vars = forwarded_env(here.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        assert_eq!(
+            vars,
+            [
+                ("NCCL_DEBUG", "INFO"),
+                ("NCCL_SOCKET_IFNAME", "eth0"),
+                ("UCX_TLS", "rc,sm")
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        vars.push(("RANK".into(), "3".into()));
+        let line = remote_line(
+            Path::new("/work/my run"),
+            &vars,
+            Path::new("/opt/baichuan"),
+            &["--config".into(), "c.toml".into()],
+        );
+        assert_eq!(
+            line,
+            "cd '/work/my run' && env NCCL_DEBUG=INFO NCCL_SOCKET_IFNAME=eth0 UCX_TLS=rc,sm RANK=3 \
+             /opt/baichuan train --config c.toml"
+        );
+    }
 
     #[test]
     fn hostfiles_parse_with_comments_and_blank_lines() {
