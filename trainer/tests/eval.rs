@@ -105,22 +105,8 @@ fn a_model_that_always_answers_one_letter_gets_the_hand_computed_accuracies() {
     ] {
         let model = dir.join(format!("always-{letter}"));
         always(letter_id(letter), &model);
-        let m = model.to_str().unwrap();
         let out = dir.join(format!("ceval-{letter}.json"));
-        let (ok, text) = run(&[
-            "eval",
-            "mc",
-            "--model",
-            m,
-            "--data",
-            fixtures("ceval").to_str().unwrap(),
-            "--format",
-            "ceval",
-            "--device",
-            "cpu",
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let (ok, text) = mc(&model, "ceval", "ceval", &["--out", out.to_str().unwrap()]);
         assert!(ok, "{text}");
         let r = report(&out);
         assert!(close(accuracy(&r, "computer_network"), cn), "{r}");
@@ -136,22 +122,12 @@ fn a_model_that_always_answers_one_letter_gets_the_hand_computed_accuracies() {
         assert!(text.contains("average"), "{text}");
 
         let out = dir.join(format!("mmlu-{letter}.json"));
-        let (ok, text) = run(&[
-            "eval",
-            "mc",
-            "--model",
-            m,
-            "--data",
-            fixtures("mmlu").to_str().unwrap(),
-            "--format",
+        let (ok, text) = mc(
+            &model,
             "mmlu",
-            "--device",
-            "cpu",
-            "--out",
-            out.to_str().unwrap(),
-            "--batch-tokens",
-            "300",
-        ]);
+            "mmlu",
+            &["--out", out.to_str().unwrap(), "--batch-tokens", "300"],
+        );
         assert!(ok, "{text}");
         let r = report(&out);
         assert!(close(accuracy(&r, "astronomy"), astro), "{r}");
@@ -162,69 +138,40 @@ fn a_model_that_always_answers_one_letter_gets_the_hand_computed_accuracies() {
         );
     }
 
-    // bad input: C-Eval's test split has no answers; a missing dev file; a wrong layout
+    // bad input, each named with its fix: C-Eval's test split has no answers; header-less
+    // files read as C-Eval; a split that is not there; an unknown subject
     let m = dir.join("always-B");
-    let m = m.to_str().unwrap();
-    let ceval = fixtures("ceval");
-    let (ok, text) = run(&[
+    for (data, extra, wants) in [
+        (
+            "ceval",
+            &["--split", "test"][..],
+            &["logic_test.csv", "--split val"][..],
+        ),
+        ("mmlu", &["--split", "test"], &["no `question` column"]),
+        ("mmlu", &[], &["mmlu/val: no such directory", "--split"]),
+        ("ceval", &["--subjects", "law"], &["law_val.csv", "computer_network"]),
+    ] {
+        let (ok, text) = mc(&m, data, "ceval", extra);
+        assert!(!ok && wants.iter().all(|w| text.contains(w)), "{text}");
+    }
+}
+
+/// `eval mc` of `model` on fixture set `data` read as `format`, on CPU.
+fn mc(model: &Path, data: &str, format: &str, extra: &[&str]) -> (bool, String) {
+    let (m, d) = (model.to_str().unwrap(), fixtures(data));
+    let mut args = vec![
         "eval",
         "mc",
         "--model",
         m,
         "--data",
-        ceval.to_str().unwrap(),
+        d.to_str().unwrap(),
         "--format",
-        "ceval",
-        "--split",
-        "test",
-    ]);
-    assert!(
-        !ok && text.contains("logic_test.csv") && text.contains("--split val"),
-        "{text}"
-    );
-    let (ok, text) = run(&[
-        "eval",
-        "mc",
-        "--model",
-        m,
-        "--data",
-        fixtures("mmlu").to_str().unwrap(),
-        "--format",
-        "ceval",
-        "--split",
-        "test",
-    ]);
-    assert!(!ok && text.contains("no `question` column"), "{text}");
-    let (ok, text) = run(&[
-        "eval",
-        "mc",
-        "--model",
-        m,
-        "--data",
-        fixtures("mmlu").to_str().unwrap(),
-        "--format",
-        "ceval",
-    ]);
-    assert!(
-        !ok && text.contains("mmlu/val: no such directory") && text.contains("--split"),
-        "{text}"
-    );
-    let (ok, text) = run(&[
-        "eval",
-        "mc",
-        "--model",
-        m,
-        "--data",
-        ceval.to_str().unwrap(),
-        "--format",
-        "ceval",
-        "--subjects",
-        "law",
-    ]);
-    assert!(
-        !ok && text.contains("law_val.csv") && text.contains("computer_network"),
-        "{text}"
-    );
+        format,
+    ];
+    args.extend(["--device", "cpu"]);
+    args.extend(extra);
+    run(&args)
 }
 
 #[test]
