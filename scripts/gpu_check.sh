@@ -20,6 +20,9 @@
 #   4. NCCL at world size 1 runs the real code path (unique id through the store, its own
 #      stream, events) and gives the same losses as no communication; its bucket collectives
 #      are issued during backward (issue times against the end of backward)
+#   6. the fused AdamW kernel (NVRTC): equal to torch.optim.AdamW on CUDA (fp32 and bf16
+#      parameters), and the ~1.3B bf16 step with it, without it, and PyTorch eager on the same
+#      card. GPU_CHECK_ONLY=fused runs section 6 alone.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -33,6 +36,8 @@ if [ "${1:-}" = "--prepare" ]; then
   mkdir -p target/gpu
   cp target/release/baichuan target/gpu/
   cp "$(ls -t target/release/deps/parity-* | grep -v '\.d$' | head -1)" target/gpu/parity
+  cargo test --release --quiet -p baichuan-trainer --test adamw_oracle --no-run 2>/dev/null
+  cp "$(ls -t target/release/deps/adamw_oracle-* | grep -v '\.d$' | head -1)" target/gpu/adamw_oracle
   ls -la target/gpu
   exit 0
 fi
@@ -164,10 +169,46 @@ PY
   echo "$name: $line"
   row "$name" "${line%% *}" "${line#* }"
 }
+if [ "${GPU_CHECK_ONLY:-all}" != fused ]; then
 speed_pair "1.3B bf16 seq $SEQ" bf16 "$SEQ" 1 none "${G13[@]}"
 speed_pair "1.3B bf16 seq $SEQ, full AC" bf16 "$SEQ" 1 full "${G13[@]}"
 speed_pair "7B block bf16 seq $SEQ" bf16 "$SEQ" 1 none "${B7[@]}"
 speed_pair "small fp16 seq $SEQ16" fp16 "$SEQ16" "$BATCH16" none "${F16[@]}"
+fi
+
+# 6. the fused AdamW kernel: correctness against torch.optim.AdamW, then the step with and
+# without it beside eager (first, so a short lease still gets the correctness answer)
+if [ "${GPU_CHECK_ONLY:-all}" = all ] || [ "${GPU_CHECK_ONLY:-all}" = fused ]; then
+  log="$OUT/adamw-cuda.log"
+  BAICHUAN_TEST_DEVICE=cuda timeout 120 target/gpu/adamw_oracle --nocapture >"$log" 2>&1
+  rc=$?
+  detail="$(grep -o 'relative difference [0-9.e+-]*' "$log" | sort -k3 -g | tail -1)"
+  row "fused AdamW vs torch (cuda)" "$([ $rc -eq 0 ] && echo PASS || echo FAIL)" "worst ${detail:-no result} over fp32 and bf16 params"
+  echo "fused AdamW vs torch: rc $rc, worst ${detail:-none}"
+  [ $rc -eq 0 ] || tail -20 "$log"
+  read -r -a sets <<<"$(as_sets "${G13[@]}")"
+  for fused in true false; do
+    r=$(timeout 150 "$B" bench --config config/small.toml "${sets[@]}" --set model.max_position_embeddings="$SEQ" \
+      --set data.seq_len="$SEQ" --set train.micro_batch_size=1 --set train.global_batch_size=1 \
+      --set train.precision=bf16 --set train.device="$DEV" --set train.fused_optimizer=$fused \
+      --steps "$STEPS" --warmup "$WARM" --json 2>"$OUT/bench-fused-$fused.err" | tail -1)
+    line=$("$PY" -c 'import json,sys
+try: o = json.loads(sys.argv[1])
+except Exception: print("FAIL no result"); sys.exit()
+print("PASS %.0f tok/s, MFU %.1f%%, step %.0f ms, optimizer %.1f ms, %.0f MiB [%s]" % (o["tokens_per_s"], 100*o["mfu"], 1e3*o["step_s"], 1e3*o["optimizer_s"], o["peak_memory_mb"], o["optimizer"]))' "$r")
+    echo "1.3B bf16, fused_optimizer=$fused: $line"
+    row "1.3B bf16 fused_optimizer=$fused" "${line%% *}" "${line#* }"
+    [ "${line%% *}" = PASS ] || tail -5 "$OUT/bench-fused-$fused.err"
+  done
+  peer=$(timeout 150 "$PY" scripts/reference/bench_torch.py "${G13[@]}" --vocab 64000 --seq "$SEQ" --batch 1 \
+    --dtype bf16 --device "$DEV" --steps "$STEPS" --warmup "$WARM" 2>"$OUT/torch-fused.err" | tail -1)
+  line=$("$PY" -c 'import json,sys
+try: p = json.loads(sys.argv[1])
+except Exception: print("FAIL no result"); sys.exit()
+print("PASS %.0f tok/s, %.0f MiB" % (p["tokens_per_s"], p.get("peak_memory_mb", float("nan"))))' "$peer")
+  echo "1.3B bf16, PyTorch eager: $line"
+  row "1.3B bf16 PyTorch eager" "${line%% *}" "${line#* }"
+fi
 
 echo
 echo "== gpu_check summary (${gpu:-no GPU}) =="

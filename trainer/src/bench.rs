@@ -118,6 +118,8 @@ pub struct StepBench {
     pub peak_source: String,
     pub peak_memory_mb: f64,
     pub attention: String,
+    /// Which AdamW update ran (fused kernel or tensor ops, and why).
+    pub optimizer: String,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -163,6 +165,7 @@ pub fn train_step(config: &crate::config::RunConfig, steps: usize, warmup: usize
     let params = model.named_parameters();
     let total = params.iter().map(|(_, p)| p.numel()).sum::<usize>();
     let mut opt = FlatAdamW::new(&params, (0, total), &Solo)?;
+    let update_kind = opt.choose_update(t.fused_optimizer);
     let mut reducer = GradReducer::new(
         &opt.slots,
         model.layers.len(),
@@ -213,7 +216,7 @@ pub fn train_step(config: &crate::config::RunConfig, steps: usize, warmup: usize
             eps: t.eps,
             weight_decay: t.weight_decay,
         };
-        opt.update(&grad, h);
+        opt.update(&grad, h)?;
         opt.write_back(&Solo, None)?;
         sync();
         let o_s = t3.elapsed().as_secs_f64();
@@ -245,5 +248,10 @@ pub fn train_step(config: &crate::config::RunConfig, steps: usize, warmup: usize
         peak_source,
         peak_memory_mb: device_memory_mb(device),
         attention: baichuan_model::baichuan::attention_backend(mc, t.micro_batch_size, seq, kind, device).to_string(),
+        optimizer: if opt.is_fused() {
+            update_kind
+        } else {
+            update_kind.replace("fused CUDA kernel (NVRTC)", "tensor ops (the fused kernel fell back)")
+        },
     })
 }

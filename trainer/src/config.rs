@@ -243,6 +243,8 @@ pub struct TrainConfig {
     pub spike_zscore: f64,
     /// Stop with an error after this many bad (NaN/inf/spike) steps in a row.
     pub max_bad_steps: u64,
+    /// On CUDA: AdamW as one fused kernel (compiled at start with NVRTC); tensor ops otherwise.
+    pub fused_optimizer: bool,
 }
 
 impl Default for TrainConfig {
@@ -269,6 +271,7 @@ impl Default for TrainConfig {
             loss_scale_window: 1000,
             spike_zscore: 0.0,
             max_bad_steps: 20,
+            fused_optimizer: true,
         }
     }
 }

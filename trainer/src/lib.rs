@@ -8,6 +8,7 @@ pub mod config;
 pub mod dataset;
 pub mod dist;
 pub mod eval;
+pub mod fused;
 pub mod host_alloc;
 pub mod info;
 pub mod launch;

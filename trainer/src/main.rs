@@ -459,8 +459,8 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "{} parameters, {} training on {}, {} tokens/step, attention {}",
-                    r.parameters, r.precision, r.device, r.tokens_per_step, r.attention
+                    "{} parameters, {} training on {}, {} tokens/step, attention {}, AdamW {}",
+                    r.parameters, r.precision, r.device, r.tokens_per_step, r.attention, r.optimizer
                 );
                 println!(
                     "step {:.1} ms = forward {:.1} + backward {:.1} + comm wait {:.1} + optimizer {:.1} (medians of {steps})",

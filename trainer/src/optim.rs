@@ -7,11 +7,14 @@
 //! only: the decayed parameters' ranges of the buffer are coalesced into a few spans.
 //! In fp32 the model's parameters are views of the master buffer, so the update needs no
 //! copy back; in lower precision the master is copied into the parameters after each step.
+//! On CUDA, `enable_fused` swaps the tensor operations for one kernel (fused.rs) that also
+//! writes the low-precision parameters.
 
 use tch::{Kind, Tensor};
 
 use crate::dist::comm::{Communicator, ReduceOp};
 use crate::dist::DistError;
+use crate::fused::{Buffers, FusedAdamW, FusedError, Segments, StepConsts};
 
 /// Where one parameter lives in the flat buffers.
 #[derive(Debug, Clone)]
@@ -49,6 +52,10 @@ pub struct FlatAdamW {
     decay_spans: Vec<(i64, i64)>,
     pub step: u64,
     alias: bool,
+    /// The fused CUDA kernel and its (offset, len, decayed) segments of the shard, when enabled.
+    fused: Option<(FusedAdamW, Segments)>,
+    /// The last update already wrote the low-precision parameters (the fused kernel does).
+    params_fresh: std::cell::Cell<bool>,
 }
 
 /// Coalesces the decayed slots into contiguous spans, clipped to `[lo, hi)`, shard-relative.
@@ -126,7 +133,36 @@ impl FlatAdamW {
             shard,
             step: 0,
             alias,
+            fused: None,
+            params_fresh: std::cell::Cell::new(false),
         })
+    }
+
+    /// Uses the fused CUDA kernel for the updates from now on; an error (not CUDA, no NVRTC)
+    /// leaves the tensor-op update in place.
+    pub fn enable_fused(&mut self) -> Result<(), FusedError> {
+        let kernel = FusedAdamW::new(self.master.device())?;
+        let segments = crate::fused::segments(&self.decay_spans, self.shard.1 as i64);
+        self.fused = Some((kernel, segments));
+        Ok(())
+    }
+
+    pub fn is_fused(&self) -> bool {
+        self.fused.is_some()
+    }
+
+    /// Enables the fused kernel when `wanted` and on CUDA; says which update runs, and why.
+    pub fn choose_update(&mut self, wanted: bool) -> String {
+        if !self.master.device().is_cuda() {
+            return "whole-buffer tensor ops".into();
+        }
+        if !wanted {
+            return "whole-buffer tensor ops (train.fused_optimizer = false)".into();
+        }
+        match self.enable_fused() {
+            Ok(()) => "fused CUDA kernel (NVRTC)".into(),
+            Err(e) => format!("whole-buffer tensor ops ({e})"),
+        }
     }
 
     pub fn numel(&self) -> i64 {
@@ -156,9 +192,33 @@ impl FlatAdamW {
         }
     }
 
-    /// One AdamW update of the shard's master weights from the shard's gradient.
-    pub fn update(&mut self, grad: &Tensor, h: AdamWParams) {
+    /// One AdamW update of the shard's master weights from the shard's gradient. With the
+    /// fused kernel a buffer it cannot take (not contiguous fp32) falls back to the tensor
+    /// operations; a failed kernel launch is an error.
+    pub fn update(&mut self, grad: &Tensor, h: AdamWParams) -> Result<(), FusedError> {
         self.step += 1;
+        if let Some((kernel, segments)) = &self.fused {
+            let k = StepConsts::new(h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, self.step);
+            let out = (!self.alias).then(|| self.params.narrow(0, self.shard.0 as i64, self.shard.1 as i64));
+            let buffers = Buffers {
+                master: &self.master,
+                grad,
+                exp_avg: &self.exp_avg,
+                exp_avg_sq: &self.exp_avg_sq,
+                out: out.as_ref(),
+            };
+            match kernel.step(&buffers, segments, k) {
+                Ok(()) => {
+                    self.params_fresh.set(true);
+                    return Ok(());
+                }
+                Err(FusedError::Unavailable(why)) => {
+                    eprintln!("optimizer: the fused kernel cannot take these buffers ({why}); using tensor operations");
+                    self.fused = None;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let step = self.step as i32;
         tch::no_grad(|| {
             if h.weight_decay > 0.0 {
@@ -182,12 +242,13 @@ impl FlatAdamW {
                 .master
                 .addcdiv_(&(&self.exp_avg * (-h.lr * bias2_sqrt / bias1)), &denom);
         });
+        Ok(())
     }
 
     /// Writes the shard's master weights into the parameters and, when the state is sharded
     /// (`shards`), all-gathers every rank's shard so all ranks hold the whole model.
     pub fn write_back(&self, comm: &dyn Communicator, shards: Option<&[(usize, usize)]>) -> Result<(), DistError> {
-        if !self.alias {
+        if !self.alias && !self.params_fresh.replace(false) {
             tch::no_grad(|| {
                 self.params
                     .narrow(0, self.shard.0 as i64, self.shard.1 as i64)

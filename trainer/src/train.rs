@@ -197,6 +197,7 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let stage = t.zero_stage;
     let sharded = (stage >= 1).then_some(shards.as_slice());
     let mut opt = FlatAdamW::new(&params, if stage >= 1 { shards[rank] } else { (0, total) }, comm)?;
+    let update_kind = opt.choose_update(t.fused_optimizer);
     let bucket_elems = config.dist.bucket_elems(world);
     let mut reducer = GradReducer::new(
         &opt.slots,
@@ -330,6 +331,7 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             bucket_elems as f64 * 4.0 / 1e6,
             baichuan_model::baichuan::attention_backend(mc, t.micro_batch_size, d.seq_len, kind, device)
         );
+        println!("optimizer: AdamW, {update_kind}");
     }
 
     let mut log = if main {
@@ -423,7 +425,7 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 eps: t.eps,
                 weight_decay: t.weight_decay,
             };
-            opt.update(&grad, h);
+            opt.update(&grad, h).context("the AdamW update")?;
             opt.write_back(comm, sharded)?; // all-gather the updated shards
         }
 

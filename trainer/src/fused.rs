@@ -1,0 +1,599 @@
+//! A fused AdamW update for CUDA buffers: one kernel, compiled at run time with NVRTC and
+//! launched through the CUDA driver on libtorch's (legacy default) stream, that reads the fp32
+//! master weights, the gradient and both moments once and writes the weights, the moments and
+//! the bf16/fp16 parameter copy once: 30 bytes per parameter against about 86 for the
+//! whole-buffer tensor operations of `optim.rs` (tch exposes neither `_fused_adamw_` nor the
+//! `_foreach_` ops). The arithmetic is that path's, in the same order: `torch.lerp`'s formula
+//! for the moments, decoupled decay, the bias corrections folded into the step size and eps.
+//!
+//! NVRTC and the driver are loaded with `dlopen`, like NCCL (dist/nccl.rs), so the crate builds
+//! and runs without CUDA; when either is missing, or the buffers are not contiguous CUDA fp32,
+//! the optimizer keeps the tensor-op update. Follows the single-kernel multi-tensor updates of
+//! apex/PyTorch (`_fused_adamw_`), on one flat buffer instead of a tensor list.
+
+use std::ffi::{c_char, c_int, c_uint, c_void, CString};
+use std::sync::OnceLock;
+
+use tch::{Device, Kind, Tensor};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum FusedError {
+    #[error("fused AdamW unavailable: {0}")]
+    Unavailable(String),
+    #[error("fused AdamW: {0}")]
+    Cuda(String),
+}
+
+/// The kernel. `out_kind`: 0 no low-precision copy, 1 bf16, 2 fp16 (round to nearest even).
+const SOURCE: &str = r#"
+__device__ __forceinline__ unsigned short to_bf16(float x) {
+    unsigned int u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u); // NaN stays NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+__device__ __forceinline__ unsigned short to_f16(float x) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
+    return h;
+}
+extern "C" __global__ void baichuan_adamw(
+    float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m, float* __restrict__ v,
+    unsigned short* __restrict__ out, int out_kind, long long n,
+    float decay, float w1, float w2, float step_size, float eps_hat)
+{
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        float gi = g[i];
+        float mi = m[i];
+        float vi = v[i];
+        mi = mi + w1 * (gi - mi);           // torch.lerp(m, g, w1), w1 < 0.5
+        vi = vi + w2 * (gi * gi - vi);      // torch.lerp(v, g*g, w2)
+        float pi = p[i] * decay;
+        pi = pi + (mi * step_size) / (sqrtf(vi) + eps_hat);
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = pi;
+        if (out_kind == 1) out[i] = to_bf16(pi);
+        else if (out_kind == 2) out[i] = to_f16(pi);
+    }
+}
+"#;
+
+type CuModule = *mut c_void;
+type CuFunction = *mut c_void;
+type CuContext = *mut c_void;
+type Program = *mut c_void;
+
+#[allow(clippy::type_complexity)]
+struct Nvrtc {
+    create_program: unsafe extern "C" fn(
+        *mut Program,
+        *const c_char,
+        *const c_char,
+        c_int,
+        *const *const c_char,
+        *const *const c_char,
+    ) -> c_int,
+    compile_program: unsafe extern "C" fn(Program, c_int, *const *const c_char) -> c_int,
+    get_ptx_size: unsafe extern "C" fn(Program, *mut usize) -> c_int,
+    get_ptx: unsafe extern "C" fn(Program, *mut c_char) -> c_int,
+    get_log_size: unsafe extern "C" fn(Program, *mut usize) -> c_int,
+    get_log: unsafe extern "C" fn(Program, *mut c_char) -> c_int,
+    destroy_program: unsafe extern "C" fn(*mut Program) -> c_int,
+    _lib: libloading::Library,
+    /// NVRTC opens its builtins library by name at compile time; loaded first from NVRTC's own
+    /// folder, so that name resolves where the folder is not on the search path.
+    _builtins: Vec<libloading::Library>,
+}
+
+#[allow(clippy::type_complexity)]
+struct Driver {
+    cu_init: unsafe extern "C" fn(c_uint) -> c_int,
+    cu_device_get: unsafe extern "C" fn(*mut c_int, c_int) -> c_int,
+    cu_device_get_attribute: unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_int,
+    cu_primary_ctx_retain: unsafe extern "C" fn(*mut CuContext, c_int) -> c_int,
+    cu_ctx_set_current: unsafe extern "C" fn(CuContext) -> c_int,
+    cu_module_load_data: unsafe extern "C" fn(*mut CuModule, *const c_void) -> c_int,
+    cu_module_get_function: unsafe extern "C" fn(*mut CuFunction, CuModule, *const c_char) -> c_int,
+    cu_launch_kernel: unsafe extern "C" fn(
+        CuFunction,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        *mut c_void,
+        *mut *mut c_void,
+        *mut *mut c_void,
+    ) -> c_int,
+    _lib: libloading::Library,
+}
+
+/// Directories beside the libtorch this process loaded where pip's CUDA wheels keep their
+/// libraries (`site-packages/nvidia/cu13/lib`, or per-library folders for CUDA 12), found
+/// through /proc/self/maps; `dlopen` would not look there on its own.
+fn wheel_lib_dirs() -> Vec<std::path::PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let Some(torch_lib) = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("libtorch_cuda.so") || p.contains("libtorch_cpu.so"))
+        .and_then(|p| std::path::Path::new(p).parent().map(|d| d.to_path_buf()))
+    else {
+        return Vec::new();
+    };
+    let mut dirs = vec![torch_lib.clone()];
+    if let Some(site) = torch_lib.parent().and_then(|t| t.parent()) {
+        for sub in ["nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib"] {
+            dirs.push(site.join(sub));
+        }
+    }
+    dirs
+}
+
+/// The first of `names` that loads, plainly or from the wheels' folders, and the path it was
+/// found at (None: by the dynamic linker's own search).
+fn open_first(names: &[&str]) -> Result<(libloading::Library, Option<std::path::PathBuf>), FusedError> {
+    let mut errors = Vec::new();
+    let dirs = wheel_lib_dirs();
+    let plain = names.iter().map(|n| (n.to_string(), None));
+    let beside_torch = dirs.iter().flat_map(|d| {
+        names
+            .iter()
+            .map(move |n| (d.join(n).display().to_string(), Some(d.join(n))))
+    });
+    for (name, path) in plain.chain(beside_torch) {
+        // SAFETY: loading NVRTC / the CUDA driver runs their initialisers, which are safe to run.
+        match unsafe { libloading::Library::new(&name) } {
+            Ok(lib) => return Ok((lib, path)),
+            Err(e) => errors.push(format!("{name}: {e}")),
+        }
+    }
+    Err(FusedError::Unavailable(format!(
+        "cannot load {} (put the directory holding it, e.g. site-packages/nvidia/cu13/lib, on LD_LIBRARY_PATH); tried: {}",
+        names[0],
+        errors.join("; ")
+    )))
+}
+
+macro_rules! sym {
+    ($lib:expr, $name:literal) => {
+        // SAFETY: the declared signature matches the C prototype of the NVRTC/CUDA entry point.
+        *unsafe { $lib.get($name.as_bytes()) }
+            .map_err(|e| FusedError::Unavailable(format!("{} lacks {}: {e}", stringify!($lib), $name)))?
+    };
+}
+
+/// Loads a library's API once per process; later calls return the same result.
+macro_rules! once {
+    ($ty:ty, $load:expr) => {{
+        static CELL: OnceLock<Result<$ty, String>> = OnceLock::new();
+        CELL.get_or_init(|| $load.map_err(|e: FusedError| e.to_string()))
+            .as_ref()
+            .map_err(|e| FusedError::Unavailable(e.clone()))
+    }};
+}
+
+impl Nvrtc {
+    fn get() -> Result<&'static Nvrtc, FusedError> {
+        once!(Nvrtc, {
+            (|| {
+                let (nvrtc, path) = open_first(&["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"])?;
+                let mut builtins = Vec::new();
+                if let Some(dir) = path.as_ref().and_then(|p| p.parent()) {
+                    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                        let name = entry.file_name().to_string_lossy().into_owned();
+                        if name.starts_with("libnvrtc-builtins.so") {
+                            // SAFETY: as above; the builtins library has no initialiser side effects.
+                            if let Ok(lib) = unsafe { libloading::Library::new(entry.path()) } {
+                                builtins.push(lib);
+                            }
+                        }
+                    }
+                }
+                Ok(Nvrtc {
+                    _builtins: builtins,
+                    create_program: sym!(nvrtc, "nvrtcCreateProgram"),
+                    compile_program: sym!(nvrtc, "nvrtcCompileProgram"),
+                    get_ptx_size: sym!(nvrtc, "nvrtcGetPTXSize"),
+                    get_ptx: sym!(nvrtc, "nvrtcGetPTX"),
+                    get_log_size: sym!(nvrtc, "nvrtcGetProgramLogSize"),
+                    get_log: sym!(nvrtc, "nvrtcGetProgramLog"),
+                    destroy_program: sym!(nvrtc, "nvrtcDestroyProgram"),
+                    _lib: nvrtc,
+                })
+            })()
+        })
+    }
+
+    /// Compiles the kernel to PTX (NUL-terminated) for compute capability `major.minor`.
+    fn compile(&self, major: c_int, minor: c_int) -> Result<Vec<u8>, FusedError> {
+        let src = CString::new(SOURCE).expect("no NUL in the source");
+        let name = CString::new("baichuan_adamw.cu").expect("no NUL");
+        let arch = CString::new(format!("--gpu-architecture=compute_{major}{minor}")).expect("no NUL");
+        let opts = [arch.as_ptr()];
+        let mut prog: Program = std::ptr::null_mut();
+        let check = |what: &str, code: c_int| {
+            if code == 0 {
+                Ok(())
+            } else {
+                Err(FusedError::Cuda(format!("NVRTC {what} failed ({code})")))
+            }
+        };
+        // SAFETY: NVRTC calls with valid pointers; the program is destroyed on every path.
+        unsafe {
+            check(
+                "nvrtcCreateProgram",
+                (self.create_program)(
+                    &mut prog,
+                    src.as_ptr(),
+                    name.as_ptr(),
+                    0,
+                    std::ptr::null(),
+                    std::ptr::null(),
+                ),
+            )?;
+            let compiled = (self.compile_program)(prog, opts.len() as c_int, opts.as_ptr());
+            let result = if compiled != 0 {
+                let mut n = 0usize;
+                (self.get_log_size)(prog, &mut n);
+                let mut log = vec![0u8; n.max(1)];
+                (self.get_log)(prog, log.as_mut_ptr() as *mut c_char);
+                Err(FusedError::Cuda(format!(
+                    "NVRTC could not compile the kernel ({compiled}): {}",
+                    String::from_utf8_lossy(&log).trim_end_matches('\0')
+                )))
+            } else {
+                let mut n = 0usize;
+                check("nvrtcGetPTXSize", (self.get_ptx_size)(prog, &mut n))?;
+                let mut ptx = vec![0u8; n];
+                check("nvrtcGetPTX", (self.get_ptx)(prog, ptx.as_mut_ptr() as *mut c_char)).map(|_| ptx)
+            };
+            (self.destroy_program)(&mut prog);
+            result
+        }
+    }
+}
+
+impl Driver {
+    fn get() -> Result<&'static Driver, FusedError> {
+        once!(Driver, {
+            (|| {
+                let (cuda, _) = open_first(&["libcuda.so.1", "libcuda.so"])?;
+                Ok(Driver {
+                    cu_init: sym!(cuda, "cuInit"),
+                    cu_device_get: sym!(cuda, "cuDeviceGet"),
+                    cu_device_get_attribute: sym!(cuda, "cuDeviceGetAttribute"),
+                    cu_primary_ctx_retain: sym!(cuda, "cuDevicePrimaryCtxRetain"),
+                    cu_ctx_set_current: sym!(cuda, "cuCtxSetCurrent"),
+                    cu_module_load_data: sym!(cuda, "cuModuleLoadData"),
+                    cu_module_get_function: sym!(cuda, "cuModuleGetFunction"),
+                    cu_launch_kernel: sym!(cuda, "cuLaunchKernel"),
+                    _lib: cuda,
+                })
+            })()
+        })
+    }
+
+    fn check(&self, what: &str, code: c_int) -> Result<(), FusedError> {
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(FusedError::Cuda(format!("{what} failed with CUresult {code}")))
+        }
+    }
+}
+
+/// The constants of one step, folded as `optim.rs` folds them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepConsts {
+    /// 1 - lr * weight_decay (applied on decayed spans only).
+    pub decay: f32,
+    /// 1 - beta1, 1 - beta2: the lerp weights.
+    pub w1: f32,
+    pub w2: f32,
+    /// -lr * sqrt(1 - beta2^t) / (1 - beta1^t).
+    pub step_size: f32,
+    /// eps * sqrt(1 - beta2^t).
+    pub eps_hat: f32,
+}
+
+impl StepConsts {
+    pub fn new(lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, step: u64) -> Self {
+        let t = step as i32;
+        let bias1 = 1.0 - beta1.powi(t);
+        let bias2_sqrt = (1.0 - beta2.powi(t)).sqrt();
+        StepConsts {
+            decay: (1.0 - lr * weight_decay) as f32,
+            w1: (1.0 - beta1) as f32,
+            w2: (1.0 - beta2) as f32,
+            step_size: (-lr * bias2_sqrt / bias1) as f32,
+            eps_hat: (eps * bias2_sqrt) as f32,
+        }
+    }
+}
+
+/// Splits `[0, len)` into consecutive (offset, len, decayed) segments from the sorted,
+/// disjoint decayed spans.
+pub fn segments(decay_spans: &[(i64, i64)], len: i64) -> Vec<(i64, i64, bool)> {
+    let mut out = Vec::with_capacity(2 * decay_spans.len() + 1);
+    let mut at = 0;
+    for &(off, n) in decay_spans {
+        if off > at {
+            out.push((at, off - at, false));
+        }
+        if n > 0 {
+            out.push((off, n, true));
+        }
+        at = off + n;
+    }
+    if at < len {
+        out.push((at, len - at, false));
+    }
+    out
+}
+
+/// The buffers of one update: `master`, `exp_avg`, `exp_avg_sq` (contiguous fp32 on the
+/// kernel's device, equal lengths) are updated in place from `grad`; `out`, when given, receives
+/// the new weights as bf16/fp16 (the model's parameters of the same range).
+pub struct Buffers<'a> {
+    pub master: &'a Tensor,
+    pub grad: &'a Tensor,
+    pub exp_avg: &'a Tensor,
+    pub exp_avg_sq: &'a Tensor,
+    pub out: Option<&'a Tensor>,
+}
+
+/// (offset, len, decayed) ranges of a shard.
+pub type Segments = Vec<(i64, i64, bool)>;
+
+/// The compiled kernel, for one CUDA device.
+pub struct FusedAdamW {
+    api: &'static Driver,
+    function: CuFunction,
+    ctx: CuContext,
+    blocks: c_uint,
+}
+
+// SAFETY: the function and context handles are process-wide driver objects, usable from any
+// thread once the context is made current (which `step` does).
+unsafe impl Send for FusedAdamW {}
+
+impl FusedAdamW {
+    /// Loads NVRTC and the driver, and compiles the kernel for `device`.
+    pub fn new(device: Device) -> Result<Self, FusedError> {
+        let Device::Cuda(index) = device else {
+            return Err(FusedError::Unavailable(format!("{device:?} is not a CUDA device")));
+        };
+        let api = Driver::get()?;
+        let mut ctx: CuContext = std::ptr::null_mut();
+        let mut module: CuModule = std::ptr::null_mut();
+        let mut function: CuFunction = std::ptr::null_mut();
+        let (mut major, mut minor, mut sms) = (0, 0, 0);
+        // SAFETY: plain driver calls with valid out-pointers; the PTX is NUL-terminated.
+        unsafe {
+            api.check("cuInit", (api.cu_init)(0))?;
+            let mut dev: c_int = 0;
+            api.check("cuDeviceGet", (api.cu_device_get)(&mut dev, index as c_int))?;
+            // 75/76: compute capability major/minor; 16: multiprocessors
+            api.check(
+                "cuDeviceGetAttribute",
+                (api.cu_device_get_attribute)(&mut major, 75, dev),
+            )?;
+            api.check(
+                "cuDeviceGetAttribute",
+                (api.cu_device_get_attribute)(&mut minor, 76, dev),
+            )?;
+            api.check("cuDeviceGetAttribute", (api.cu_device_get_attribute)(&mut sms, 16, dev))?;
+            api.check("cuDevicePrimaryCtxRetain", (api.cu_primary_ctx_retain)(&mut ctx, dev))?;
+            api.check("cuCtxSetCurrent", (api.cu_ctx_set_current)(ctx))?;
+            let ptx = Nvrtc::get()?.compile(major, minor)?;
+            api.check(
+                "cuModuleLoadData",
+                (api.cu_module_load_data)(&mut module, ptx.as_ptr() as *const c_void),
+            )?;
+            let name = CString::new("baichuan_adamw").expect("no NUL");
+            api.check(
+                "cuModuleGetFunction",
+                (api.cu_module_get_function)(&mut function, module, name.as_ptr()),
+            )?;
+        }
+        Ok(FusedAdamW {
+            api,
+            function,
+            ctx,
+            blocks: (sms.max(1) as c_uint) * 8,
+        })
+    }
+
+    /// One update of `b` (see [`Buffers`]); `segments` say which ranges decay. A buffer the
+    /// kernel cannot take is `Unavailable` before anything is launched.
+    pub fn step(&self, b: &Buffers, segments: &[(i64, i64, bool)], k: StepConsts) -> Result<(), FusedError> {
+        let Buffers {
+            master,
+            grad,
+            exp_avg,
+            exp_avg_sq,
+            out,
+        } = *b;
+        let n = master.numel() as i64;
+        for (what, t) in [
+            ("master", master),
+            ("grad", grad),
+            ("exp_avg", exp_avg),
+            ("exp_avg_sq", exp_avg_sq),
+        ] {
+            if t.kind() != Kind::Float || !t.is_contiguous() || t.numel() as i64 != n || !t.device().is_cuda() {
+                return Err(FusedError::Unavailable(format!(
+                    "{what} is not a contiguous CUDA fp32 buffer of {n} elements"
+                )));
+            }
+        }
+        let out_kind: c_int = match out.map(|o| (o.kind(), o.is_contiguous() && o.numel() as i64 == n)) {
+            None => 0,
+            Some((Kind::BFloat16, true)) => 1,
+            Some((Kind::Half, true)) => 2,
+            Some(_) => {
+                return Err(FusedError::Unavailable(
+                    "the parameter copy is not contiguous bf16/fp16".into(),
+                ))
+            }
+        };
+        // SAFETY: the context is this device's primary context, made current for this thread.
+        unsafe {
+            self.api
+                .check("cuCtxSetCurrent", (self.api.cu_ctx_set_current)(self.ctx))?;
+        }
+        let base = |t: &Tensor| t.data_ptr() as *mut u8;
+        let (p, g, m, v) = (base(master), base(grad), base(exp_avg), base(exp_avg_sq));
+        let o = out.map_or(std::ptr::null_mut(), base);
+        for &(off, len, decayed) in segments {
+            if len == 0 {
+                continue;
+            }
+            assert!(off >= 0 && off + len <= n, "segment outside the buffer");
+            let at = |ptr: *mut u8, width: usize| {
+                if ptr.is_null() {
+                    ptr
+                } else {
+                    ptr.wrapping_add(off as usize * width)
+                }
+            };
+            let (mut pp, mut gp, mut mp, mut vp, mut op) = (at(p, 4), at(g, 4), at(m, 4), at(v, 4), at(o, 2));
+            let mut kind = out_kind;
+            let mut count = len;
+            let mut decay = if decayed { k.decay } else { 1.0 };
+            let (mut w1, mut w2, mut step_size, mut eps_hat) = (k.w1, k.w2, k.step_size, k.eps_hat);
+            let mut args: [*mut c_void; 12] = [
+                &mut pp as *mut _ as *mut c_void,
+                &mut gp as *mut _ as *mut c_void,
+                &mut mp as *mut _ as *mut c_void,
+                &mut vp as *mut _ as *mut c_void,
+                &mut op as *mut _ as *mut c_void,
+                &mut kind as *mut _ as *mut c_void,
+                &mut count as *mut _ as *mut c_void,
+                &mut decay as *mut _ as *mut c_void,
+                &mut w1 as *mut _ as *mut c_void,
+                &mut w2 as *mut _ as *mut c_void,
+                &mut step_size as *mut _ as *mut c_void,
+                &mut eps_hat as *mut _ as *mut c_void,
+            ];
+            let threads: c_uint = 256;
+            let blocks = self.blocks.min(((len + 255) / 256).max(1) as c_uint);
+            // SAFETY: the arguments match the kernel's parameters in order and type; the
+            // pointers address `len` elements inside live CUDA buffers of this device; the
+            // launch goes to the legacy default stream, where libtorch queues its kernels.
+            unsafe {
+                self.api.check(
+                    "cuLaunchKernel",
+                    (self.api.cu_launch_kernel)(
+                        self.function,
+                        blocks,
+                        1,
+                        1,
+                        threads,
+                        1,
+                        1,
+                        0,
+                        std::ptr::null_mut(),
+                        args.as_mut_ptr(),
+                        std::ptr::null_mut(),
+                    ),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_cover_the_buffer_in_order() {
+        assert_eq!(segments(&[], 5), vec![(0, 5, false)]);
+        assert_eq!(
+            segments(&[(0, 10), (12, 20)], 32),
+            vec![(0, 10, true), (10, 2, false), (12, 20, true)]
+        );
+        assert_eq!(segments(&[(3, 2)], 9), vec![(0, 3, false), (3, 2, true), (5, 4, false)]);
+        assert_eq!(segments(&[(0, 0)], 0), vec![]);
+    }
+
+    /// The kernel's arithmetic, written out on the CPU in f32 with the folded constants, equals
+    /// the tensor-op update of optim.rs (the code the GPU path replaces) to rounding.
+    #[test]
+    fn folded_constants_reproduce_the_tensor_update() {
+        use crate::optim::{AdamWParams, FlatAdamW};
+        let n = 1000;
+        tch::manual_seed(11);
+        let w = Tensor::randn([n], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let w2d = w.view([10, 100]);
+        let params = vec![("w".to_string(), &w2d)];
+        let mut opt = FlatAdamW::new(&params, (0, n as usize), &crate::dist::comm::Solo).unwrap();
+        let h = AdamWParams {
+            lr: 3e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        let mut p: Vec<f32> = Vec::try_from(&opt.master).unwrap();
+        let (mut m, mut v) = (vec![0f32; n as usize], vec![0f32; n as usize]);
+        for step in 1..=3u64 {
+            let grad = Tensor::randn([n], (Kind::Float, Device::Cpu));
+            let g: Vec<f32> = Vec::try_from(&grad).unwrap();
+            opt.update(&grad, h).unwrap();
+            let k = StepConsts::new(h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, step);
+            for i in 0..n as usize {
+                m[i] += k.w1 * (g[i] - m[i]);
+                v[i] += k.w2 * (g[i] * g[i] - v[i]);
+                p[i] = p[i] * k.decay + (m[i] * k.step_size) / (v[i].sqrt() + k.eps_hat);
+            }
+        }
+        let want: Vec<f32> = Vec::try_from(&opt.master).unwrap();
+        let worst = p
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| ((a - b) / b.abs().max(1e-3)).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 1e-5,
+            "kernel arithmetic differs from the tensor update by {worst}"
+        );
+    }
+
+    /// The kernel compiles with the NVRTC of the torch install (pip's CUDA wheels carry it, so
+    /// this runs without a GPU); skipped, saying so, where that library is absent.
+    #[test]
+    fn the_kernel_compiles_to_ptx_for_ampere_and_hopper() {
+        let nvrtc = match Nvrtc::get() {
+            Ok(n) => n,
+            Err(e) => {
+                println!("skipped: {e}");
+                return;
+            }
+        };
+        for (major, minor) in [(8, 0), (9, 0)] {
+            let ptx = nvrtc.compile(major, minor).unwrap();
+            let text = String::from_utf8_lossy(&ptx);
+            assert!(text.contains(".entry baichuan_adamw"), "{text}");
+            assert!(
+                text.contains(&format!(".target sm_{major}{minor}")),
+                "{}",
+                &text[..400.min(text.len())]
+            );
+        }
+    }
+
+    #[test]
+    fn cpu_devices_are_refused_with_a_reason() {
+        let e = FusedAdamW::new(Device::Cpu).err().expect("no fused update on the CPU");
+        assert!(e.to_string().contains("not a CUDA device"), "{e}");
+    }
+}
