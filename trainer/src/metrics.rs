@@ -82,9 +82,10 @@ pub struct MetricsLog {
 }
 
 impl MetricsLog {
-    /// Opens `<run_dir>/metrics.jsonl`. Resuming at `resumed_at`, the lines of later steps
-    /// (written after that checkpoint by the run that stopped) are dropped, so every step
-    /// appears once; otherwise the file starts afresh.
+    /// Opens `<run_dir>/metrics.jsonl` and a new event file. Resuming at `resumed_at`, the lines
+    /// of later steps (written after that checkpoint by the run that stopped) are dropped, and
+    /// the event file starts with a session start at the next step, so TensorBoard drops them
+    /// too: every step appears once. Otherwise both start afresh.
     pub fn open(run_dir: &Path, resumed_at: Option<u64>) -> Result<Self> {
         let path = run_dir.join("metrics.jsonl");
         let kept: String = match resumed_at {
@@ -106,7 +107,13 @@ impl MetricsLog {
             .append(true)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        let events = EventWriter::create(run_dir)?;
+        if resumed_at.is_none() {
+            // a fresh start: the event files of an earlier run here go, as its JSON lines do
+            for old in crate::tensorboard::event_files(run_dir) {
+                std::fs::remove_file(&old).with_context(|| format!("removing {}", old.display()))?;
+            }
+        }
+        let events = EventWriter::create(run_dir, resumed_at.map_or(0, |s| s + 1))?;
         Ok(MetricsLog {
             out: BufWriter::new(file),
             events,

@@ -3,7 +3,10 @@
 //! Follows TensorFlow's on-disk format: a file `events.out.tfevents.<secs>.<host>` of TFRecords
 //! (`u64` length, masked CRC-32C of the length, payload, masked CRC-32C of the payload, all
 //! little-endian), each payload an `Event` protocol buffer (event.proto): the first carries
-//! `file_version = "brain.Event:2"`, the others a `Summary` of `simple_value` scalars. The
+//! `file_version = "brain.Event:2"`, the second a `SessionLog` START at the step the run
+//! (re)starts from, which makes TensorBoard drop what an earlier process logged at that step
+//! and after (a run resumed from an older checkpoint), the others a `Summary` of `simple_value`
+//! scalars. The
 //! encoder writes the few fields needed by hand; `read_scalars` decodes them back (tests, and
 //! anyone checking a file without TensorBoard installed).
 
@@ -118,8 +121,9 @@ pub struct EventWriter {
 
 impl EventWriter {
     /// Creates `<dir>/events.out.tfevents.<secs>.<host>` (a new file per process, as
-    /// TensorFlow does; TensorBoard reads all of a directory's files as one run).
-    pub fn create(dir: &Path) -> Result<Self, EventError> {
+    /// TensorFlow does; TensorBoard reads all of a directory's files as one run), starting at
+    /// `start_step`: earlier files' events at that step and later are superseded.
+    pub fn create(dir: &Path, start_step: u64) -> Result<Self, EventError> {
         let io = |source| EventError::Io {
             path: dir.to_path_buf(),
             source,
@@ -146,6 +150,9 @@ impl EventWriter {
         let mut version = Vec::new();
         length_delimited(3, b"brain.Event:2", &mut version);
         w.write_event(&event(wall, 0, &version))?;
+        let mut start = Vec::new();
+        length_delimited(7, &[0x08, 1], &mut start); // session_log (field 7) { status: START }
+        w.write_event(&event(wall, start_step as i64, &start))?;
         w.flush()?;
         Ok(w)
     }
@@ -350,7 +357,7 @@ mod tests {
     fn scalars_round_trip_and_damage_is_detected() {
         let dir = std::env::temp_dir().join(format!("baichuan-tb-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut w = EventWriter::create(&dir).unwrap();
+        let mut w = EventWriter::create(&dir, 0).unwrap();
         w.scalars(1, &[("train/loss", 10.5), ("train/lr", 3e-4)]).unwrap();
         w.scalars(300, &[("train/loss", 2.25)]).unwrap();
         w.flush().unwrap();

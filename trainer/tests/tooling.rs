@@ -42,7 +42,7 @@ fn train(run: &Path, lr: &str) {
         "train.device=cpu",
         "eval.interval=10",
         "eval.batches=2",
-        "checkpoint.interval_steps=0",
+        "checkpoint.interval_steps=10",
     ] {
         args.push("--set");
         args.push(s);
@@ -154,6 +154,36 @@ fn metrics_tensorboard_plot_and_evaluation_of_a_trained_run() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("metrics.jsonl"), "{err}");
+
+    // resumed from an older checkpoint, steps 11-30 are trained again: the JSONL keeps one line
+    // per step, and TensorBoard (reading both event files) drops the first run's steps 11-30
+    let step10 = a.join("checkpoints/step-00000010");
+    let run_dir = format!("job.run_dir={}", a.display());
+    run_ok(&[
+        "train",
+        "--config",
+        &a.join("config.toml").to_string_lossy(),
+        "--set",
+        &run_dir,
+        "--resume",
+        step10.to_str().unwrap(),
+    ]);
+    let rows = common::metrics(&a);
+    let steps: Vec<u64> = rows.iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=30).collect::<Vec<_>>());
+    assert_eq!(tensorboard::event_files(&a).len(), 2);
+    let theirs = common::run_oracle("scripts/reference/read_run.py", &[a.to_str().unwrap()]);
+    let loss: Vec<(i64, f32)> = theirs["scalars"]["train/loss"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_i64().unwrap(), p[1].as_f64().unwrap() as f32))
+        .collect();
+    let want: Vec<(i64, f32)> = rows
+        .iter()
+        .map(|r| (r["step"].as_i64().unwrap(), r["loss"].as_f64().unwrap() as f32))
+        .collect();
+    assert_eq!(loss, want, "TensorBoard after the resume");
 
     // the trained model through both evaluations
     let model = a.join("model");
