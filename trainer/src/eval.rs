@@ -584,7 +584,8 @@ pub struct McReport {
     pub average: f64,
     pub average_kind: &'static str,
     pub questions: usize,
-    /// Prompts that had to lose shots to fit the context, and that lost their beginning.
+    /// Prompts that had to lose shots to fit the context (beyond a dev split with fewer rows than
+    /// `shots`), and that lost their beginning.
     pub prompts_with_fewer_shots: usize,
     pub prompts_truncated: usize,
     /// The predicted letter of every question, per subject in file order.
@@ -655,7 +656,10 @@ pub fn summarize(
         average,
         average_kind,
         questions,
-        prompts_with_fewer_shots: items.iter().filter(|i| i.shots < shots).count(),
+        prompts_with_fewer_shots: items
+            .iter()
+            .filter(|i| i.shots < shots.min(subjects[i.subject].dev.len()))
+            .count(),
         prompts_truncated: items.iter().filter(|i| i.truncated).count(),
         predictions,
     }

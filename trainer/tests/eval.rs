@@ -226,7 +226,22 @@ fn prompts_are_the_reference_text_and_a_scorer_that_knows_the_answers_gets_100_p
     });
     let r = eval::summarize(&subjects, &items, &logits, McFormat::Ceval, "val", 2);
     assert_eq!(r.average, 1.0);
+    assert_eq!(r.prompts_with_fewer_shots, 0);
     assert!(r.subjects.iter().all(|s| s.accuracy == 1.0 && s.correct == s.questions));
+
+    // 5 shots asked, logic's dev split holds 2: that is not counted as dropping shots to fit
+    let five = McOptions {
+        shots: 5,
+        ..opts.clone()
+    };
+    let all5 = eval::load_subjects(&fixtures("ceval"), McFormat::Ceval, "val", &[], 5).unwrap();
+    let items5 = eval::build_items(&all5, &tok, &five).unwrap();
+    assert_eq!(
+        items5.iter().map(|i| i.shots).collect::<Vec<_>>(),
+        [5, 5, 5, 5, 2, 2, 2]
+    );
+    let r5 = eval::summarize(&all5, &items5, &vec![[0.0; 4]; items5.len()], McFormat::Ceval, "val", 5);
+    assert_eq!(r5.prompts_with_fewer_shots, 0);
 
     // a short context drops shots one at a time, then cuts the prompt's beginning
     let full = items[1].ids.len();
