@@ -240,7 +240,14 @@ pub fn open_eval_tokens(paths: &[PathBuf], tok: &Tokenizer, text_key: &str) -> R
     let mut opts = PrepareOptions::new(paths.to_vec(), cache.clone());
     opts.text_key = text_key.to_string();
     opts.force = true;
-    let summary = prepare(tok, &opts, &|_, _| {}).context("tokenizing the --data text")?;
-    let shards = ShardSet::open(&summary.manifest.shard_paths(&cache))?;
-    Ok((shards, Some(cache)))
+    let opened = prepare(tok, &opts, &|_, _| {})
+        .context("tokenizing the --data text")
+        .and_then(|summary| Ok(ShardSet::open(&summary.manifest.shard_paths(&cache))?));
+    match opened {
+        Ok(shards) => Ok((shards, Some(cache))),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&cache);
+            Err(e)
+        }
+    }
 }
