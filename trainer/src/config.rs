@@ -297,6 +297,9 @@ pub struct DistConfig {
     pub bucket_mb: f64,
     /// Rendezvous and collective timeout; a silent rank is named after this long.
     pub timeout_s: u64,
+    /// End a rank whose training loop made no progress for this long (a collective stuck on a
+    /// dead peer); 0: 2 x timeout_s with NCCL (whose collectives have no timeout), off otherwise.
+    pub watchdog_s: u64,
 }
 
 impl Default for DistConfig {
@@ -305,11 +308,22 @@ impl Default for DistConfig {
             backend: Backend::Auto,
             bucket_mb: 0.0,
             timeout_s: 300,
+            watchdog_s: 0,
         }
     }
 }
 
 impl DistConfig {
+    /// The watchdog's limit for a run on `backend` (the communicator's name), if any.
+    pub fn watchdog(&self, backend: &str) -> Option<std::time::Duration> {
+        let s = match self.watchdog_s {
+            0 if backend == "nccl" => 2 * self.timeout_s,
+            0 => return None,
+            s => s,
+        };
+        Some(std::time::Duration::from_secs(s))
+    }
+
     /// Bucket size in fp32 elements for `world` ranks.
     pub fn bucket_elems(&self, world: usize) -> usize {
         let mb = if self.bucket_mb > 0.0 {

@@ -19,3 +19,4 @@ pub mod precision;
 pub mod step;
 pub mod tensorboard;
 pub mod train;
+pub mod watchdog;

@@ -26,6 +26,7 @@ use crate::dist::{even_ranges, DistEnv};
 use crate::metrics::{self, MetricsLog, StepRecord};
 use crate::optim::{lr_at, AdamWParams, FlatAdamW};
 use crate::precision::LossScaler;
+use crate::watchdog::Watchdog;
 use crate::{checkpoint, dataset, step};
 
 /// What a finished run reports.
@@ -355,6 +356,16 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let mut bad_in_a_row = 0u64;
     bar.set_position(start);
 
+    let watchdog = config
+        .dist
+        .watchdog(comm.name())
+        .map(|limit| Watchdog::start(limit, rank, crate::watchdog::exit_on_fire()));
+    let beat = |step: u64, phase: &'static str| {
+        if let Some(w) = &watchdog {
+            w.beat(step, phase)
+        }
+    };
+
     // ---- the loop ----
     for s in start..t.steps {
         let t0 = Instant::now();
@@ -435,6 +446,7 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let last = s + 1 == t.steps;
         let valid_loss =
             if !data.valid.is_empty() && config.eval.interval > 0 && ((s + 1) % config.eval.interval == 0 || last) {
+                beat(s + 1, "validation");
                 let local = validate(&model, &data.valid, t.micro_batch_size, device, t.loss_chunk_tokens);
                 Some(comm.all_reduce_scalar(local, ReduceOp::Avg)?)
             } else {
@@ -534,7 +546,11 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             }
             last_save = Instant::now();
         }
+        beat(s + 1, "the next step");
         if term || stop_here {
+            if let Some(w) = &watchdog {
+                w.disarm();
+            }
             if main {
                 println!(
                     "stopping after step {} ({}); resume with the same command",
@@ -554,6 +570,7 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
     }
     bar.finish_and_clear();
+    drop(watchdog); // the final saves have no time bound
     saver.wait()?;
 
     let master = opt.full_master(comm, sharded)?;

@@ -246,11 +246,23 @@ fn the_launcher_recovers_from_a_killed_rank_and_names_a_stopped_one() {
     );
 
     // a stopped rank: its peers time out naming it, the launcher stops the job
-    let run = dir.join("stopped");
+    let (ok, text, waited) = stop_rank_1(&dir.join("stopped"), "--set dist.timeout_s=8");
+    assert!(!ok);
+    let named = text.contains("receiving from rank 1") || text.contains("sending to rank 1");
+    assert!(named, "the error names the silent rank:\n{text}");
+    assert!(
+        waited < Duration::from_secs(40),
+        "detected after {waited:?} with an 8 s timeout"
+    );
+}
+
+/// Starts a 2-rank launch in `run` with `extra` settings, SIGSTOPs rank 1 once two steps are
+/// logged, and returns the launcher's success, output and how long it ran after the stop.
+fn stop_rank_1(run: &Path, extra: &str) -> (bool, String, Duration) {
     let launcher = baichuan(&args(
         &launch_head(2),
-        &run,
-        "--set train.steps=100000 --set dist.timeout_s=8 --set checkpoint.interval_steps=0",
+        run,
+        &format!("--set train.steps=100000 --set checkpoint.interval_steps=0 {extra}"),
     ))
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
@@ -284,11 +296,22 @@ fn the_launcher_recovers_from_a_killed_rank_and_names_a_stopped_one() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!out.status.success());
-    let named = text.contains("receiving from rank 1") || text.contains("sending to rank 1");
-    assert!(named, "the error names the silent rank:\n{text}");
+    (out.status.success(), text, waited)
+}
+
+/// NCCL collectives cannot time out; the loop's watchdog ends a rank that stops making progress.
+/// Shown with TCP, whose own timeout is set far above the watchdog's limit.
+#[test]
+fn the_watchdog_ends_a_rank_stuck_waiting_for_a_stopped_peer() {
+    let dir = common::temp_dir("ckpt-watchdog");
+    let (ok, text, waited) = stop_rank_1(&dir.join("run"), "--set dist.timeout_s=300 --set dist.watchdog_s=6");
+    assert!(!ok);
     assert!(
-        waited < Duration::from_secs(40),
-        "detected after {waited:?} with an 8 s timeout"
+        text.contains("watchdog: rank 0: no progress for") && text.contains("dist.watchdog_s = 6"),
+        "the watchdog names the rank and its limit:\n{text}"
+    );
+    assert!(
+        waited < Duration::from_secs(60),
+        "stopped after {waited:?} with a 6 s watchdog"
     );
 }
