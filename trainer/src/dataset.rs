@@ -214,10 +214,19 @@ fn is_shard_file(p: &Path) -> bool {
         && &magic == baichuan_data::shard::MAGIC
 }
 
+/// A directory removed when dropped (also on errors and panics).
+pub struct TempDir(pub PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The tokens of `paths` for evaluation: prepared directories and shard files are opened as
 /// they are; anything else (text, JSONL, directories of them) is tokenized with `tok` into a
-/// temporary cache, whose path is returned for the caller to remove.
-pub fn open_eval_tokens(paths: &[PathBuf], tok: &Tokenizer, text_key: &str) -> Result<(ShardSet, Option<PathBuf>)> {
+/// temporary cache that lives as long as the returned guard.
+pub fn open_eval_tokens(paths: &[PathBuf], tok: &Tokenizer, text_key: &str) -> Result<(ShardSet, Option<TempDir>)> {
     let prepared = |p: &PathBuf| p.join(MANIFEST_FILE).exists() || is_shard_file(p);
     if paths.iter().all(prepared) {
         let mut shards = Vec::new();
@@ -236,18 +245,11 @@ pub fn open_eval_tokens(paths: &[PathBuf], tok: &Tokenizer, text_key: &str) -> R
             p.display()
         );
     }
-    let cache = std::env::temp_dir().join(format!("baichuan-eval-{}", std::process::id()));
-    let mut opts = PrepareOptions::new(paths.to_vec(), cache.clone());
+    let cache = TempDir(std::env::temp_dir().join(format!("baichuan-eval-{}", std::process::id())));
+    let mut opts = PrepareOptions::new(paths.to_vec(), cache.0.clone());
     opts.text_key = text_key.to_string();
     opts.force = true;
-    let opened = prepare(tok, &opts, &|_, _| {})
-        .context("tokenizing the --data text")
-        .and_then(|summary| Ok(ShardSet::open(&summary.manifest.shard_paths(&cache))?));
-    match opened {
-        Ok(shards) => Ok((shards, Some(cache))),
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&cache);
-            Err(e)
-        }
-    }
+    let summary = prepare(tok, &opts, &|_, _| {}).context("tokenizing the --data text")?;
+    let shards = ShardSet::open(&summary.manifest.shard_paths(&cache.0))?;
+    Ok((shards, Some(cache)))
 }

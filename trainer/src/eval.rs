@@ -53,6 +53,9 @@ pub const LETTERS: [&str; 4] = ["A", "B", "C", "D"];
 
 /// Parses RFC 4180 CSV: commas, double-quoted fields with `""` escapes and embedded newlines,
 /// CRLF or LF line ends, a UTF-8 byte-order mark. Returns the rows (blank lines skipped).
+/// Like pandas (which the reference's scripts read these files with), a stray quote inside an
+/// unquoted field and text after a closing quote are kept as text; only a quoted field left
+/// open at the end of the file is an error.
 pub fn parse_csv(text: &str, path: &Path) -> Result<Vec<Vec<String>>, EvalError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut rows = Vec::new();
@@ -62,6 +65,7 @@ pub fn parse_csv(text: &str, path: &Path) -> Result<Vec<Vec<String>>, EvalError>
     let mut line = 1usize;
     let mut quoted = false;
     let mut was_quoted = false;
+    let mut opened_on = 0usize;
     while let Some(c) = chars.next() {
         if quoted {
             match c {
@@ -83,8 +87,9 @@ pub fn parse_csv(text: &str, path: &Path) -> Result<Vec<Vec<String>>, EvalError>
             '"' if field.is_empty() && !was_quoted => {
                 quoted = true;
                 was_quoted = true;
+                opened_on = line;
             }
-            '"' => return Err(data_err(path, format!("line {line}: a quote inside an unquoted field"))),
+            '"' => field.push('"'),
             ',' => {
                 row.push(std::mem::take(&mut field));
                 was_quoted = false;
@@ -98,16 +103,13 @@ pub fn parse_csv(text: &str, path: &Path) -> Result<Vec<Vec<String>>, EvalError>
                 }
                 was_quoted = false;
             }
-            _ if was_quoted => {
-                return Err(data_err(path, format!("line {line}: text after a closing quote")));
-            }
             _ => field.push(c),
         }
     }
     if quoted {
         return Err(data_err(
             path,
-            "a quoted field is never closed (the file is truncated?)",
+            format!("the quoted field opened on line {opened_on} is never closed (the file is truncated?)"),
         ));
     }
     if !(row.is_empty() && field.is_empty() && !was_quoted) {
@@ -334,7 +336,14 @@ pub fn load_subjects(
     }
     keys.into_iter()
         .map(|key| {
-            let questions = read_questions(&split_dir.join(format!("{key}{suffix}")), format)?;
+            let path = split_dir.join(format!("{key}{suffix}"));
+            let questions = read_questions(&path, format)?;
+            if questions.is_empty() {
+                return Err(data_err(
+                    &path,
+                    "holds no questions (it would count as 0% in the average); HINT: remove it or use --subjects",
+                ));
+            }
             let dev = if shots > 0 {
                 let p = dir.join("dev").join(format!("{key}_dev.csv"));
                 if !p.exists() {
@@ -744,8 +753,9 @@ mod tests {
         assert_eq!(rows[2], ["2", "plain", ""]);
         assert_eq!(rows[3], ["3", "last", "end"]);
         assert!(parse_csv("a,\"open\n", &p()).is_err());
-        assert!(parse_csv("a,b\"c\n", &p()).is_err());
-        assert!(parse_csv("a,\"b\"c\n", &p()).is_err());
+        // as pandas reads them: stray quotes stay, text after a closing quote is appended
+        assert_eq!(parse_csv("a,b\"c, \"d\"\n", &p()).unwrap(), [["a", "b\"c", " \"d\""]]);
+        assert_eq!(parse_csv("\"b\"c,x\n", &p()).unwrap(), [["bc", "x"]]);
     }
 
     fn q(text: &str, answer: usize) -> McQuestion {

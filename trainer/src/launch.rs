@@ -193,7 +193,9 @@ pub fn launch(plan: &LaunchPlan) -> Result<i32> {
                     .current_dir(&plan.workdir);
                 c
             } else {
-                let mut vars = forwarded_env(std::env::vars());
+                let mut vars = forwarded_env(
+                    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+                );
                 vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
                 let line = remote_line(&plan.workdir, &vars, &plan.exe, &plan.train_args);
                 let shell = plan.remote_shell.first().context("launch.remote_shell is empty")?;

@@ -118,7 +118,7 @@ enum EvalCommand {
         /// Windows per forward pass.
         #[arg(long, default_value_t = 4)]
         batch: usize,
-        /// Score only the first N tokens.
+        /// Score only the first N tokens (text inputs are still tokenized whole first).
         #[arg(long)]
         max_tokens: Option<u64>,
         /// JSONL field holding the document.
@@ -737,8 +737,8 @@ fn run_eval(what: EvalCommand) -> Result<()> {
             let (m, tok) = load_for_eval(&model, &device)?;
             let context = m.config.max_position_embeddings as usize;
             let max_len = max_len.unwrap_or(context);
-            if max_len > context {
-                bail!("--max-len {max_len} exceeds the model's context of {context} tokens");
+            if max_len == 0 || max_len > context {
+                bail!("--max-len {max_len}: must be 1..={context} (the model's context)");
             }
             let subjects = eval::load_subjects(&data, format, &split, &subjects, shots)?;
             let opts = McOptions {
@@ -806,7 +806,7 @@ fn run_eval(what: EvalCommand) -> Result<()> {
             if seq_len == 0 || seq_len > context {
                 bail!("--seq-len {seq_len}: must be 1..={context} (the model's context)");
             }
-            let (shards, cache) = dataset::open_eval_tokens(&data, &tok, &text_key)?;
+            let (shards, _cache) = dataset::open_eval_tokens(&data, &tok, &text_key)?; // removed on drop
             if shards.vocab_size() > m.config.vocab_size as u64 {
                 bail!(
                     "the data was tokenized with a {}-piece vocabulary but the model has {}; HINT: use the model's tokenizer",
@@ -824,9 +824,6 @@ fn run_eval(what: EvalCommand) -> Result<()> {
                 bar.set_position(done);
             });
             bar.finish_and_clear();
-            if let Some(dir) = cache {
-                let _ = std::fs::remove_dir_all(dir);
-            }
             if report.predicted_tokens == 0 {
                 bail!("the data holds {} token(s): nothing to predict", report.tokens);
             }

@@ -752,13 +752,18 @@ fn read_run(path: &Path) -> Result<RunCurves> {
 /// Plots `runs` overlaid into `out` (PNG, width x height); returns a one-line summary.
 pub fn plot_runs(runs: &[PathBuf], out: &Path, width: u32, height: u32) -> Result<String> {
     let curves: Vec<RunCurves> = runs.iter().map(|r| read_run(r)).collect::<Result<_>>()?;
-    let mut labels: Vec<String> = curves.iter().map(|c| c.label.clone()).collect();
-    // runs with the same directory name are told apart by their full paths
-    for i in 0..labels.len() {
-        if labels.iter().filter(|l| **l == curves[i].label).count() > 1 {
-            labels[i] = runs[i].display().to_string();
-        }
-    }
+    // runs with the same directory name are told apart by the paths they were given
+    let labels: Vec<String> = curves
+        .iter()
+        .zip(runs)
+        .map(|(c, path)| {
+            if curves.iter().filter(|o| o.label == c.label).count() > 1 {
+                path.display().to_string()
+            } else {
+                c.label.clone()
+            }
+        })
+        .collect();
     let single = curves.len() == 1;
     let line = |c: usize, key: &str, label: String, dashed: bool| Series {
         label,

@@ -510,6 +510,7 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let stop_here = opts.stop_after == Some(s + 1);
         let every = config.checkpoint.interval_steps;
         if term || by_time || stop_here || s + 1 == t.steps || (every > 0 && (s + 1) % every == 0) {
+            beat(s + 1, "a checkpoint's copy to host memory");
             let copy_start = Instant::now();
             let snap = snapshot(
                 &opt,
@@ -538,6 +539,9 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 }
                 Ok(dir)
             };
+            if let Some(w) = &watchdog {
+                w.disarm(); // writing files has no time bound: a slow filesystem is not a hang
+            }
             if config.checkpoint.async_save && !term && !stop_here && s + 1 != t.steps {
                 saver.start(write)?; // waits for the previous save, if still writing
             } else {

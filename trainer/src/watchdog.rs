@@ -3,7 +3,8 @@
 //!
 //! NCCL collectives have no timeout of their own: when a peer dies or stops, the others wait on
 //! the GPU forever while their host threads block in the next synchronisation. The loop reports
-//! progress (`beat`) after every step and around long phases; past `limit` without a beat the
+//! progress (`beat`) after every step and around long phases (the first step may take three
+//! limits; file writes are not watched); past `limit` without a beat the
 //! watchdog prints what it knows (rank, last step, phase, how long) and exits, and `baichuan
 //! launch` then stops the other ranks and, with `launch.max_restarts`, restarts the job from its
 //! latest checkpoint. Follows the idea of PyTorch's NCCL watchdog (TORCH_NCCL_ASYNC_ERROR_HANDLING)
@@ -14,18 +15,25 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 struct State {
+    /// The last beat (or the start).
     last: Instant,
+    /// When the watchdog fires without a beat: `limit` after a beat; at the start, the first
+    /// step (warm-up, kernel selection, compilation) gets `FIRST_STEP_ALLOWANCE` times that.
+    deadline: Instant,
     step: u64,
     phase: &'static str,
-    /// Not armed until the first beat: the first step (warm-up, compilation) may be slow.
     armed: bool,
     stop: bool,
 }
+
+/// How many limits the first step may take.
+pub const FIRST_STEP_ALLOWANCE: u32 = 3;
 
 /// What the watchdog does when it fires (the process exits; tests record the message instead).
 pub type OnFire = Box<dyn Fn(String) + Send>;
 
 pub struct Watchdog {
+    limit: Duration,
     state: Arc<(Mutex<State>, Condvar)>,
     thread: Option<JoinHandle<()>>,
 }
@@ -36,9 +44,10 @@ impl Watchdog {
         let state = Arc::new((
             Mutex::new(State {
                 last: Instant::now(),
+                deadline: Instant::now() + limit * FIRST_STEP_ALLOWANCE,
                 step: 0,
-                phase: "starting",
-                armed: false,
+                phase: "the first step",
+                armed: true,
                 stop: false,
             }),
             Condvar::new(),
@@ -55,7 +64,7 @@ impl Watchdog {
                         return;
                     }
                     let idle = s.last.elapsed();
-                    if s.armed && idle > limit {
+                    if s.armed && Instant::now() > s.deadline {
                         let message = format!(
                             "rank {rank}: no progress for {:.0} s after step {} (then: {}); a collective is most likely \
                              waiting for a rank that died or hung. Stopping this rank (dist.watchdog_s = {}) so that \
@@ -75,15 +84,17 @@ impl Watchdog {
             })
             .expect("start the watchdog thread");
         Watchdog {
+            limit,
             state,
             thread: Some(thread),
         }
     }
 
-    /// Records progress: `step` finished, `phase` is what comes next. Arms the watchdog.
+    /// Records progress: `step` finished, `phase` is what comes next. (Re-)arms the watchdog.
     pub fn beat(&self, step: u64, phase: &'static str) {
         let mut s = self.state.0.lock().expect("watchdog state");
         s.last = Instant::now();
+        s.deadline = s.last + self.limit;
         s.step = step;
         s.phase = phase;
         s.armed = true;
@@ -105,11 +116,17 @@ impl Drop for Watchdog {
     }
 }
 
-/// The process-ending action: print and exit with status 3.
+/// The process-ending action: print and leave with status 3 at once. `_exit`, not `exit`: the
+/// main thread is blocked inside CUDA or NCCL, and running libtorch's and CUDA's exit handlers
+/// under it can hang the very process the watchdog is there to end.
 pub fn exit_on_fire() -> OnFire {
     Box::new(|message| {
         eprintln!("watchdog: {message}");
-        std::process::exit(3);
+        use std::io::Write;
+        let _ = std::io::stderr().flush();
+        let _ = std::io::stdout().flush();
+        // SAFETY: _exit ends the process without running handlers; nothing is touched after it.
+        unsafe { libc::_exit(3) }
     })
 }
 
@@ -153,10 +170,25 @@ mod tests {
     }
 
     #[test]
-    fn steady_beats_and_an_unarmed_or_disarmed_watchdog_do_not_fire() {
+    fn the_first_step_gets_a_longer_allowance_but_a_hang_in_it_is_caught() {
+        let (fire, rx) = recorder();
+        let limit = Duration::from_millis(150);
+        let _w = Watchdog::start(limit, 1, fire);
+        let started = Instant::now();
+        let m = rx.recv_timeout(Duration::from_secs(5)).expect("the watchdog fired");
+        assert!(
+            started.elapsed() >= limit * FIRST_STEP_ALLOWANCE,
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(m.contains("rank 1") && m.contains("the first step"), "{m}");
+    }
+
+    #[test]
+    fn steady_beats_and_a_disarmed_watchdog_do_not_fire() {
         let (fire, rx) = recorder();
         let w = Watchdog::start(Duration::from_millis(150), 0, fire);
-        std::thread::sleep(Duration::from_millis(400)); // not armed before the first beat
+        std::thread::sleep(Duration::from_millis(300)); // within the first step's allowance
         for s in 0..8 {
             w.beat(s, "step");
             std::thread::sleep(Duration::from_millis(50));

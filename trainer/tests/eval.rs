@@ -154,6 +154,27 @@ fn a_model_that_always_answers_one_letter_gets_the_hand_computed_accuracies() {
         let (ok, text) = mc(&m, data, "ceval", extra);
         assert!(!ok && wants.iter().all(|w| text.contains(w)), "{text}");
     }
+    let (ok, text) = mc(&m, "ceval", "ceval", &["--max-len", "0"]);
+    assert!(!ok && text.contains("--max-len 0: must be 1..="), "{text}");
+    // a subject file with a header and no questions would count as 0%: an error naming it
+    let empty = dir.join("empty-subject");
+    std::fs::create_dir_all(empty.join("val")).unwrap();
+    std::fs::write(empty.join("val/law_val.csv"), "id,question,A,B,C,D,answer\n").unwrap();
+    let (ok, text) = run(&[
+        "eval",
+        "mc",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        empty.to_str().unwrap(),
+        "--format",
+        "ceval",
+        "--shots",
+        "0",
+        "--device",
+        "cpu",
+    ]);
+    assert!(!ok && text.contains("law_val.csv: holds no questions"), "{text}");
 }
 
 /// `eval mc` of `model` on fixture set `data` read as `format`, on CPU.
