@@ -7,6 +7,14 @@
 //! in fp32, causal attention through libtorch's fused `scaled_dot_product_attention`
 //! (FlashAttention kernels on CUDA), `down(silu(gate(x)) * up(x))`, no biases, untied head.
 //!
+//! Two implementations of the element-wise parts compute the same function: the reference ops
+//! above, written as the Hugging Face code writes them, and the default fused ops, which cut
+//! memory passes and autograd nodes: RMSNorm through ATen's `rms_norm` (one fused kernel
+//! forward and backward on CUDA; variance and weight product in fp32, one rounding), rotary
+//! applied to Q and K together as `x * cos + roll(x) * sin'` (sign folded into `sin'`) in two
+//! kernels, and Q/K/V split with `split`/`unbind`, whose backward is one concatenation instead
+//! of a zero-filled buffer per slice. `Baichuan::set_fused_ops` switches between them.
+//!
 //! Parameters are plain tensors named by their Hugging Face keys. The model exposes its
 //! pieces (`embed`, `layers[i].forward`, `head`) so that the trainer can run the layer-wise
 //! schedule (detached block inputs, recomputation, per-block gradient hand-off); the model
@@ -22,15 +30,25 @@ use crate::ModelError;
 pub struct RmsNorm {
     pub weight: Tensor,
     pub eps: f64,
+    /// ATen's fused `rms_norm` instead of the reference ops.
+    pub fused: bool,
 }
 
 impl RmsNorm {
     fn new(size: i64, eps: f64, device: Device) -> Self {
         let weight = Tensor::ones([size], (Kind::Float, device)).set_requires_grad(true);
-        RmsNorm { weight, eps }
+        RmsNorm {
+            weight,
+            eps,
+            fused: true,
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        if self.fused {
+            // fp32 statistics and weight product inside the kernel, one rounding to x's dtype
+            return x.rms_norm([x.size()[x.dim() - 1]], Some(&self.weight), self.eps);
+        }
         let dtype = x.kind();
         let xf = x.to_kind(Kind::Float);
         let variance = xf.square().mean_dim(-1, true, Kind::Float); // (B, T, 1)
@@ -39,11 +57,15 @@ impl RmsNorm {
     }
 }
 
-/// Precomputed rotary tables `cos`, `sin`: (max_positions, head_dim), fp32.
+/// Precomputed rotary tables `cos`, `sin`: (max_positions, head_dim), fp32, and `sin` with
+/// the sign of `rotate_half` folded into its first half.
 #[derive(Debug)]
 pub struct Rotary {
     cos: Tensor,
     sin: Tensor,
+    signed_sin: Tensor,
+    /// The fused element-wise ops of the whole model (see the module notes).
+    pub fused: bool,
 }
 
 impl Rotary {
@@ -53,15 +75,40 @@ impl Rotary {
         let t = Tensor::arange(max_positions, (Kind::Float, device)); // (P)
         let freqs = t.unsqueeze(1) * inv_freq.unsqueeze(0); // (P, hd/2)
         let emb = Tensor::cat(&[&freqs, &freqs], -1); // (P, hd)
+        let sin = emb.sin();
+        let signed_sin = Tensor::cat(&[-freqs.sin(), freqs.sin()], -1);
         Rotary {
             cos: emb.cos(),
-            sin: emb.sin(),
+            sin,
+            signed_sin,
+            fused: true,
         }
     }
 
     fn move_to(&mut self, device: Device) {
         self.cos = self.cos.to_device(device);
         self.sin = self.sin.to_device(device);
+        self.signed_sin = self.signed_sin.to_device(device);
+    }
+
+    /// Rotates `x`: (B, T, ..., hd) at positions `offset..offset+T` (dimension 1), as
+    /// `x * cos + roll(x, hd/2) * signed_sin`: `roll` gives `[x2, x1]`, and the folded sign
+    /// makes that `rotate_half(x) * sin`.
+    pub fn apply_bt(&self, x: &Tensor, offset: i64) -> Tensor {
+        let size = x.size();
+        let (t, hd) = (size[1], size[size.len() - 1]);
+        let mut shape = vec![1i64; size.len() - 2];
+        shape[0] = t;
+        shape.push(hd); // (T, 1, .., 1, hd), broadcast from dimension 1
+        let cos = self.cos.narrow(0, offset, t).to_kind(x.kind()).view(shape.as_slice());
+        let sin = self
+            .signed_sin
+            .narrow(0, offset, t)
+            .to_kind(x.kind())
+            .view(shape.as_slice());
+        let mut y = x * cos;
+        let _ = y.addcmul_(&x.roll([hd / 2], [-1]), &sin);
+        y
     }
 
     /// Rotates `x`: (B, nh, T, hd) at positions `offset..offset+T`.
@@ -144,14 +191,22 @@ pub struct Attention {
 impl Attention {
     fn forward(&self, x: &Tensor, rotary: &Rotary, cache: Option<(&mut KvCache, usize)>) -> Tensor {
         let (b, t, d) = x.size3().expect("attention input is (B, T, d)");
+        let offset = cache.as_ref().map_or(0, |(c, _)| c.len);
         let qkv = x
             .linear(&self.w_pack, None::<Tensor>)
-            .view([b, t, 3, self.num_heads, self.head_dim])
-            .permute([2, 0, 3, 1, 4]); // (3, B, nh, T, hd)
-        let offset = cache.as_ref().map_or(0, |(c, _)| c.len);
-        let q = rotary.apply(&qkv.get(0), offset);
-        let k = rotary.apply(&qkv.get(1), offset);
-        let v = qkv.get(2);
+            .view([b, t, 3, self.num_heads, self.head_dim]);
+        let (q, k, v) = if rotary.fused {
+            // Q and K rotated together; every slice's gradient joins in one concatenation
+            let parts = qkv.split_with_sizes([2, 1], 2); // (B, T, 2, nh, hd), (B, T, 1, nh, hd)
+            let qk = rotary.apply_bt(&parts[0], offset).unbind(2);
+            let v = parts[1].squeeze_dim(2);
+            (qk[0].transpose(1, 2), qk[1].transpose(1, 2), v.transpose(1, 2)) // (B, nh, T, hd)
+        } else {
+            let qkv = qkv.permute([2, 0, 3, 1, 4]); // (3, B, nh, T, hd)
+            let q = rotary.apply(&qkv.get(0), offset);
+            let k = rotary.apply(&qkv.get(1), offset);
+            (q, k, qkv.get(2))
+        };
         let y = match cache {
             None => Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, false),
             Some((cache, layer)) => {
@@ -296,6 +351,17 @@ impl Baichuan {
         self.embed_tokens.device()
     }
 
+    /// Chooses the fused element-wise ops (the default) or the reference ones; both compute
+    /// the same function (see the module notes).
+    pub fn set_fused_ops(&mut self, fused: bool) {
+        self.rotary.fused = fused;
+        self.norm.fused = fused;
+        for block in &mut self.layers {
+            block.input_layernorm.fused = fused;
+            block.post_attention_layernorm.fused = fused;
+        }
+    }
+
     /// The dtype of the parameters (all share one).
     pub fn kind(&self) -> Kind {
         self.embed_tokens.kind()
@@ -429,6 +495,56 @@ mod tests {
         let nx = x.square().sum_dim_intlist(-1, false, Kind::Float);
         let ny = y.square().sum_dim_intlist(-1, false, Kind::Float);
         assert!((nx - ny).abs().max().double_value(&[]) < 1e-5);
+    }
+
+    /// Logits and every parameter's gradient of a small loss, with the fused or reference ops.
+    fn logits_and_grads(m: &mut Baichuan, ids: &Tensor, fused: bool) -> (Tensor, Vec<Tensor>) {
+        m.set_fused_ops(fused);
+        for p in m.parameters() {
+            p.shallow_clone().zero_grad();
+        }
+        let logits = m.forward(ids);
+        (logits.to_kind(Kind::Float).square().mean(Kind::Float)).backward();
+        let grads = m
+            .parameters()
+            .iter()
+            .map(|p| p.grad().to_kind(Kind::Float).copy())
+            .collect();
+        (logits.detach().to_kind(Kind::Float), grads)
+    }
+
+    #[test]
+    fn fused_ops_compute_the_reference_function_and_gradients() {
+        tch::manual_seed(3);
+        let c = tiny();
+        let ids = Tensor::randint(c.vocab_size, [2, 11], (Kind::Int64, Device::Cpu));
+        for (kind, tol) in [(Kind::Float, 1e-5), (Kind::BFloat16, 3e-2)] {
+            let mut m = Baichuan::new(&c, Device::Cpu).unwrap();
+            m.to(Device::Cpu, kind);
+            // random norm weights, so the weight product and its gradient are exercised
+            tch::no_grad(|| {
+                for b in &m.layers {
+                    let _ = b.input_layernorm.weight.shallow_clone().uniform_(0.5, 1.5);
+                }
+            });
+            let (l_ref, g_ref) = logits_and_grads(&mut m, &ids, false);
+            let (l_fused, g_fused) = logits_and_grads(&mut m, &ids, true);
+            let rel = |a: &Tensor, b: &Tensor| {
+                ((a - b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-12)).abs()
+            };
+            let lr = rel(&l_fused, &l_ref);
+            assert!(lr < tol, "{kind:?}: logits differ by {lr}");
+            for ((name, _), (a, b)) in m.named_parameters().iter().zip(g_fused.iter().zip(&g_ref)) {
+                let gr = rel(a, b);
+                assert!(gr < 3.0 * tol, "{kind:?}: gradient of {name} differs by {gr}");
+            }
+            // the two rotary forms agree on (B, nh, T, hd) and (B, T, nh, hd) layouts
+            let x = Tensor::randn([2, 3, 7, 8], (Kind::Float, Device::Cpu));
+            let r = Rotary::new(8, 16, 10000.0, Device::Cpu);
+            let a = r.apply(&x, 4);
+            let b = r.apply_bt(&x.transpose(1, 2), 4).transpose(1, 2);
+            assert!((a - b).abs().max().double_value(&[]) < 1e-6);
+        }
     }
 
     #[test]

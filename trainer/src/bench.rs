@@ -162,6 +162,7 @@ pub fn train_step(config: &crate::config::RunConfig, steps: usize, warmup: usize
     tch::manual_seed(config.job.seed as i64);
     let mut model = baichuan_model::Baichuan::new(mc, tch::Device::Cpu)?;
     model.to(device, kind);
+    model.set_fused_ops(t.fused_ops);
     let params = model.named_parameters();
     let total = params.iter().map(|(_, p)| p.numel()).sum::<usize>();
     let mut opt = FlatAdamW::new(&params, (0, total), &Solo)?;
@@ -208,13 +209,13 @@ pub fn train_step(config: &crate::config::RunConfig, steps: usize, warmup: usize
         let t3 = Instant::now();
         let grad = reducer.grad_shard();
         let norm = opt.grad_norm(&grad, &Solo, false)?;
-        FlatAdamW::clip(&grad, norm, t.grad_clip);
         let h = AdamWParams {
             lr: t.lr,
             beta1: t.betas[0],
             beta2: t.betas[1],
             eps: t.eps,
             weight_decay: t.weight_decay,
+            grad_scale: FlatAdamW::clip_coef(norm, t.grad_clip),
         };
         opt.update(&grad, h)?;
         opt.write_back(&Solo, None)?;

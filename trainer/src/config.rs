@@ -245,6 +245,9 @@ pub struct TrainConfig {
     pub max_bad_steps: u64,
     /// On CUDA: AdamW as one fused kernel (compiled at start with NVRTC); tensor ops otherwise.
     pub fused_optimizer: bool,
+    /// The model's fused element-wise ops (RMSNorm kernel, joint rotary, one-concat QKV split);
+    /// false runs the reference ops, which compute the same function.
+    pub fused_ops: bool,
 }
 
 impl Default for TrainConfig {
@@ -272,6 +275,7 @@ impl Default for TrainConfig {
             spike_zscore: 0.0,
             max_bad_steps: 20,
             fused_optimizer: true,
+            fused_ops: true,
         }
     }
 }

@@ -38,25 +38,61 @@ __device__ __forceinline__ unsigned short to_f16(float x) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
     return h;
 }
+__device__ __forceinline__ void adamw1(
+    float& p, float g, float& m, float& v,
+    float gscale, float decay, float w1, float w2, float step_size, float eps_hat)
+{
+    g = g * gscale;                 // the clip coefficient (and fp16 unscale), as grad.mul_(c)
+    m = m + w1 * (g - m);           // torch.lerp(m, g, w1), w1 < 0.5
+    v = v + w2 * (g * g - v);       // torch.lerp(v, g*g, w2)
+    p = p * decay;
+    p = p + (m * step_size) / (sqrtf(v) + eps_hat);
+}
+__device__ __forceinline__ unsigned short narrow16(float x, int out_kind) {
+    return out_kind == 1 ? to_bf16(x) : to_f16(x);
+}
+// One element per iteration: segments' unaligned heads and tails.
 extern "C" __global__ void baichuan_adamw(
     float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m, float* __restrict__ v,
     unsigned short* __restrict__ out, int out_kind, long long n,
-    float decay, float w1, float w2, float step_size, float eps_hat)
+    float decay, float w1, float w2, float step_size, float eps_hat, float gscale)
 {
     long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        float gi = g[i];
-        float mi = m[i];
-        float vi = v[i];
-        mi = mi + w1 * (gi - mi);           // torch.lerp(m, g, w1), w1 < 0.5
-        vi = vi + w2 * (gi * gi - vi);      // torch.lerp(v, g*g, w2)
-        float pi = p[i] * decay;
-        pi = pi + (mi * step_size) / (sqrtf(vi) + eps_hat);
+        float pi = p[i], mi = m[i], vi = v[i];
+        adamw1(pi, g[i], mi, vi, gscale, decay, w1, w2, step_size, eps_hat);
         m[i] = mi;
         v[i] = vi;
         p[i] = pi;
-        if (out_kind == 1) out[i] = to_bf16(pi);
-        else if (out_kind == 2) out[i] = to_f16(pi);
+        if (out_kind != 0) out[i] = narrow16(pi, out_kind);
+    }
+}
+// Four elements per iteration with 16-byte loads and stores (8-byte for the 16-bit copy):
+// the update is memory-bound, and wide accesses keep more bytes in flight per thread.
+// Every pointer is aligned to its access width; n4 counts groups of four.
+extern "C" __global__ void baichuan_adamw4(
+    float4* __restrict__ p, const float4* __restrict__ g, float4* __restrict__ m, float4* __restrict__ v,
+    ushort4* __restrict__ out, int out_kind, long long n4,
+    float decay, float w1, float w2, float step_size, float eps_hat, float gscale)
+{
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += stride) {
+        float4 pi = p[i], gi = g[i], mi = m[i], vi = v[i];
+        adamw1(pi.x, gi.x, mi.x, vi.x, gscale, decay, w1, w2, step_size, eps_hat);
+        adamw1(pi.y, gi.y, mi.y, vi.y, gscale, decay, w1, w2, step_size, eps_hat);
+        adamw1(pi.z, gi.z, mi.z, vi.z, gscale, decay, w1, w2, step_size, eps_hat);
+        adamw1(pi.w, gi.w, mi.w, vi.w, gscale, decay, w1, w2, step_size, eps_hat);
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = pi;
+        if (out_kind != 0) {
+            ushort4 o;
+            o.x = narrow16(pi.x, out_kind);
+            o.y = narrow16(pi.y, out_kind);
+            o.z = narrow16(pi.z, out_kind);
+            o.w = narrow16(pi.w, out_kind);
+            out[i] = o;
+        }
     }
 }
 "#;
@@ -300,10 +336,21 @@ pub struct StepConsts {
     pub step_size: f32,
     /// eps * sqrt(1 - beta2^t).
     pub eps_hat: f32,
+    /// Multiplies the gradient as it is read (the clip coefficient): the kernel leaves the
+    /// gradient buffer as it was.
+    pub grad_scale: f32,
 }
 
 impl StepConsts {
-    pub fn new(lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, step: u64) -> Self {
+    pub fn new(h: &crate::optim::AdamWParams, step: u64) -> Self {
+        let crate::optim::AdamWParams {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            grad_scale,
+        } = *h;
         let t = step as i32;
         let bias1 = 1.0 - beta1.powi(t);
         let bias2_sqrt = (1.0 - beta2.powi(t)).sqrt();
@@ -313,6 +360,7 @@ impl StepConsts {
             w2: (1.0 - beta2) as f32,
             step_size: (-lr * bias2_sqrt / bias1) as f32,
             eps_hat: (eps * bias2_sqrt) as f32,
+            grad_scale: grad_scale as f32,
         }
     }
 }
@@ -354,7 +402,9 @@ pub type Segments = Vec<(i64, i64, bool)>;
 /// The compiled kernel, for one CUDA device.
 pub struct FusedAdamW {
     api: &'static Driver,
+    /// One element per iteration, and four (16-byte accesses).
     function: CuFunction,
+    function4: CuFunction,
     ctx: CuContext,
     blocks: c_uint,
 }
@@ -373,6 +423,7 @@ impl FusedAdamW {
         let mut ctx: CuContext = std::ptr::null_mut();
         let mut module: CuModule = std::ptr::null_mut();
         let mut function: CuFunction = std::ptr::null_mut();
+        let mut function4: CuFunction = std::ptr::null_mut();
         let (mut major, mut minor, mut sms) = (0, 0, 0);
         // SAFETY: plain driver calls with valid out-pointers; the PTX is NUL-terminated.
         unsafe {
@@ -401,10 +452,16 @@ impl FusedAdamW {
                 "cuModuleGetFunction",
                 (api.cu_module_get_function)(&mut function, module, name.as_ptr()),
             )?;
+            let name = CString::new("baichuan_adamw4").expect("no NUL");
+            api.check(
+                "cuModuleGetFunction",
+                (api.cu_module_get_function)(&mut function4, module, name.as_ptr()),
+            )?;
         }
         Ok(FusedAdamW {
             api,
             function,
+            function4,
             ctx,
             blocks: (sms.max(1) as c_uint) * 8,
         })
@@ -452,62 +509,112 @@ impl FusedAdamW {
         let (p, g, m, v) = (base(master), base(grad), base(exp_avg), base(exp_avg_sq));
         let o = out.map_or(std::ptr::null_mut(), base);
         for &(off, len, decayed) in segments {
-            if len == 0 {
-                continue;
-            }
             assert!(off >= 0 && off + len <= n, "segment outside the buffer");
-            let at = |ptr: *mut u8, width: usize| {
-                if ptr.is_null() {
-                    ptr
+            let decay = if decayed { k.decay } else { 1.0 };
+            for (start, count, wide) in split_for_vectors([p, g, m, v], o, off, len) {
+                let at = |ptr: *mut u8, width: usize| {
+                    if ptr.is_null() {
+                        ptr
+                    } else {
+                        ptr.wrapping_add(start as usize * width)
+                    }
+                };
+                let ptrs = [at(p, 4), at(g, 4), at(m, 4), at(v, 4), at(o, 2)];
+                let (function, items) = if wide {
+                    (self.function4, count / 4)
                 } else {
-                    ptr.wrapping_add(off as usize * width)
-                }
-            };
-            let (mut pp, mut gp, mut mp, mut vp, mut op) = (at(p, 4), at(g, 4), at(m, 4), at(v, 4), at(o, 2));
-            let mut kind = out_kind;
-            let mut count = len;
-            let mut decay = if decayed { k.decay } else { 1.0 };
-            let (mut w1, mut w2, mut step_size, mut eps_hat) = (k.w1, k.w2, k.step_size, k.eps_hat);
-            let mut args: [*mut c_void; 12] = [
-                &mut pp as *mut _ as *mut c_void,
-                &mut gp as *mut _ as *mut c_void,
-                &mut mp as *mut _ as *mut c_void,
-                &mut vp as *mut _ as *mut c_void,
-                &mut op as *mut _ as *mut c_void,
-                &mut kind as *mut _ as *mut c_void,
-                &mut count as *mut _ as *mut c_void,
-                &mut decay as *mut _ as *mut c_void,
-                &mut w1 as *mut _ as *mut c_void,
-                &mut w2 as *mut _ as *mut c_void,
-                &mut step_size as *mut _ as *mut c_void,
-                &mut eps_hat as *mut _ as *mut c_void,
-            ];
-            let threads: c_uint = 256;
-            let blocks = self.blocks.min(((len + 255) / 256).max(1) as c_uint);
-            // SAFETY: the arguments match the kernel's parameters in order and type; the
-            // pointers address `len` elements inside live CUDA buffers of this device; the
-            // launch goes to the legacy default stream, where libtorch queues its kernels.
-            unsafe {
-                self.api.check(
-                    "cuLaunchKernel",
-                    (self.api.cu_launch_kernel)(
-                        self.function,
-                        blocks,
-                        1,
-                        1,
-                        threads,
-                        1,
-                        1,
-                        0,
-                        std::ptr::null_mut(),
-                        args.as_mut_ptr(),
-                        std::ptr::null_mut(),
-                    ),
-                )?;
+                    (self.function, count)
+                };
+                self.launch(function, ptrs, out_kind, items, decay, &k)?;
             }
         }
         Ok(())
     }
+
+    /// Launches `function` over `items` (elements, or groups of four) from `ptrs` (master,
+    /// grad, exp_avg, exp_avg_sq, 16-bit copy or null).
+    fn launch(
+        &self,
+        function: CuFunction,
+        ptrs: [*mut u8; 5],
+        out_kind: c_int,
+        items: i64,
+        decay: f32,
+        k: &StepConsts,
+    ) -> Result<(), FusedError> {
+        let [mut pp, mut gp, mut mp, mut vp, mut op] = ptrs;
+        let (mut kind, mut count, mut decay) = (out_kind, items, decay);
+        let (mut w1, mut w2, mut step_size, mut eps_hat, mut gscale) =
+            (k.w1, k.w2, k.step_size, k.eps_hat, k.grad_scale);
+        let mut args: [*mut c_void; 13] = [
+            &mut pp as *mut _ as *mut c_void,
+            &mut gp as *mut _ as *mut c_void,
+            &mut mp as *mut _ as *mut c_void,
+            &mut vp as *mut _ as *mut c_void,
+            &mut op as *mut _ as *mut c_void,
+            &mut kind as *mut _ as *mut c_void,
+            &mut count as *mut _ as *mut c_void,
+            &mut decay as *mut _ as *mut c_void,
+            &mut w1 as *mut _ as *mut c_void,
+            &mut w2 as *mut _ as *mut c_void,
+            &mut step_size as *mut _ as *mut c_void,
+            &mut eps_hat as *mut _ as *mut c_void,
+            &mut gscale as *mut _ as *mut c_void,
+        ];
+        let threads: c_uint = 256;
+        let blocks = self.blocks.min(((items + 255) / 256).max(1) as c_uint);
+        // SAFETY: the arguments match the kernel's parameters in order and type; the pointers
+        // address `items` elements (or aligned groups of four) inside live CUDA buffers of this
+        // device; the launch goes to the legacy default stream, where libtorch queues its kernels.
+        unsafe {
+            self.api.check(
+                "cuLaunchKernel",
+                (self.api.cu_launch_kernel)(
+                    function,
+                    blocks,
+                    1,
+                    1,
+                    threads,
+                    1,
+                    1,
+                    0,
+                    std::ptr::null_mut(),
+                    args.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                ),
+            )
+        }
+    }
+}
+
+/// Splits the segment `[off, off + len)` into (start, count, wide) launches: a one-element
+/// head until the fp32 pointers reach 16-byte alignment, the largest multiple of four that
+/// the wide kernel can take, and a one-element tail. The wide part needs every fp32 pointer
+/// 16-byte aligned and the 16-bit copy (when not null) 8-byte aligned at its start; where the
+/// buffers disagree on alignment the whole segment goes element by element.
+pub fn split_for_vectors(fp32: [*mut u8; 4], half: *mut u8, off: i64, len: i64) -> Vec<(i64, i64, bool)> {
+    if len <= 0 {
+        return Vec::new();
+    }
+    let addr = |ptr: *mut u8, width: i64, i: i64| ptr as i64 + width * i;
+    // elements before the master pointer is 16-byte aligned (fp32 pointers are 4-aligned)
+    let head = ((16 - addr(fp32[0], 4, off).rem_euclid(16)) % 16 / 4).min(len);
+    let start = off + head;
+    let aligned =
+        fp32.iter().all(|&ptr| addr(ptr, 4, start) % 16 == 0) && (half.is_null() || addr(half, 2, start) % 8 == 0);
+    let body = if aligned { (len - head) / 4 * 4 } else { 0 };
+    if body == 0 {
+        return vec![(off, len, false)];
+    }
+    let mut out = Vec::with_capacity(3);
+    if head > 0 {
+        out.push((off, head, false));
+    }
+    out.push((start, body, true));
+    if start + body < off + len {
+        out.push((start + body, off + len - start - body, false));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -542,6 +649,7 @@ mod tests {
             beta2: 0.95,
             eps: 1e-8,
             weight_decay: 0.1,
+            grad_scale: 0.6,
         };
         let mut p: Vec<f32> = Vec::try_from(&opt.master).unwrap();
         let (mut m, mut v) = (vec![0f32; n as usize], vec![0f32; n as usize]);
@@ -549,10 +657,11 @@ mod tests {
             let grad = Tensor::randn([n], (Kind::Float, Device::Cpu));
             let g: Vec<f32> = Vec::try_from(&grad).unwrap();
             opt.update(&grad, h).unwrap();
-            let k = StepConsts::new(h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, step);
+            let k = StepConsts::new(&h, step);
             for i in 0..n as usize {
-                m[i] += k.w1 * (g[i] - m[i]);
-                v[i] += k.w2 * (g[i] * g[i] - v[i]);
+                let g = |i: usize| g[i] * k.grad_scale;
+                m[i] += k.w1 * (g(i) - m[i]);
+                v[i] += k.w2 * (g(i) * g(i) - v[i]);
                 p[i] = p[i] * k.decay + (m[i] * k.step_size) / (v[i].sqrt() + k.eps_hat);
             }
         }
@@ -582,12 +691,53 @@ mod tests {
         for (major, minor) in [(8, 0), (9, 0)] {
             let ptx = nvrtc.compile(major, minor).unwrap();
             let text = String::from_utf8_lossy(&ptx);
-            assert!(text.contains(".entry baichuan_adamw"), "{text}");
+            assert!(text.contains(".entry baichuan_adamw("), "{text}");
+            assert!(text.contains(".entry baichuan_adamw4("), "{text}");
             assert!(
                 text.contains(&format!(".target sm_{major}{minor}")),
                 "{}",
                 &text[..400.min(text.len())]
             );
+        }
+    }
+
+    #[test]
+    fn segments_split_into_aligned_groups_of_four_and_scalar_ends() {
+        let at = |a: usize| a as *mut u8;
+        let fp32 = [at(0x1000), at(0x2000), at(0x3000), at(0x4000)];
+        // aligned start: all wide, a scalar tail of 3
+        assert_eq!(
+            split_for_vectors(fp32, at(0x5000), 0, 11),
+            vec![(0, 8, true), (8, 3, false)]
+        );
+        // offset 35: a head of 1 reaches offset 36, whose addresses are 16-byte aligned
+        assert_eq!(
+            split_for_vectors(fp32, at(0x5000), 35, 20),
+            vec![(35, 1, false), (36, 16, true), (52, 3, false)]
+        );
+        // a 16-bit copy misaligned against the fp32 buffers (a shard starting at an odd element)
+        assert_eq!(split_for_vectors(fp32, at(0x5002), 0, 64), vec![(0, 64, false)]);
+        // one fp32 buffer on another alignment than the master
+        let skew = [at(0x1000), at(0x2004), at(0x3000), at(0x4000)];
+        assert_eq!(
+            split_for_vectors(skew, std::ptr::null_mut(), 0, 64),
+            vec![(0, 64, false)]
+        );
+        // no 16-bit copy; too short for a group
+        assert_eq!(split_for_vectors(fp32, std::ptr::null_mut(), 1, 3), vec![(1, 3, false)]);
+        assert_eq!(split_for_vectors(fp32, std::ptr::null_mut(), 5, 0), vec![]);
+        // every element is covered once, in order
+        for off in 0..9 {
+            for len in 0..23 {
+                let parts = split_for_vectors(fp32, at(0x5000), off, len);
+                let mut at_ = off;
+                for (s, n, wide) in parts {
+                    assert_eq!(s, at_);
+                    assert!(!wide || (n % 4 == 0 && (0x1000 + 4 * s) % 16 == 0));
+                    at_ += n;
+                }
+                assert_eq!(at_, off + len);
+            }
         }
     }
 

@@ -34,6 +34,9 @@ pub struct AdamWParams {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
+    /// Multiplies the gradient before the update (the clip coefficient, times 1/loss scale
+    /// under fp16), folded into the fused kernel's read; 1.0 leaves it as it is.
+    pub grad_scale: f64,
 }
 
 /// The model's parameters as views of one flat buffer, and fp32 master weights and AdamW
@@ -182,23 +185,33 @@ impl FlatAdamW {
         Ok(sq.sqrt())
     }
 
-    /// Scales the gradient so its norm is at most `max_norm` (as torch's clip_grad_norm_).
-    pub fn clip(grad: &Tensor, norm: f64, max_norm: f64) {
+    /// The factor that brings a gradient of norm `norm` to at most `max_norm` (as torch's
+    /// clip_grad_norm_): 1.0 when it is within bounds or clipping is off (`max_norm` 0).
+    pub fn clip_coef(norm: f64, max_norm: f64) -> f64 {
         if max_norm > 0.0 {
-            let coef = max_norm / (norm + 1e-6);
-            if coef < 1.0 {
-                let _ = grad.shallow_clone().f_mul_scalar_(coef);
-            }
+            (max_norm / (norm + 1e-6)).min(1.0)
+        } else {
+            1.0
         }
     }
 
-    /// One AdamW update of the shard's master weights from the shard's gradient. With the
+    /// Scales the gradient in place so its norm is at most `max_norm`.
+    pub fn clip(grad: &Tensor, norm: f64, max_norm: f64) {
+        let coef = Self::clip_coef(norm, max_norm);
+        if coef < 1.0 {
+            let _ = grad.shallow_clone().f_mul_scalar_(coef);
+        }
+    }
+
+    /// One AdamW update of the shard's master weights from the shard's gradient times
+    /// `h.grad_scale` (the tensor path scales the gradient in place; the fused kernel scales as
+    /// it reads and leaves the buffer as it was). With the
     /// fused kernel a buffer it cannot take (not contiguous fp32) falls back to the tensor
     /// operations; a failed kernel launch is an error.
     pub fn update(&mut self, grad: &Tensor, h: AdamWParams) -> Result<(), FusedError> {
         self.step += 1;
         if let Some((kernel, segments)) = &self.fused {
-            let k = StepConsts::new(h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, self.step);
+            let k = StepConsts::new(&h, self.step);
             let out = (!self.alias).then(|| self.params.narrow(0, self.shard.0 as i64, self.shard.1 as i64));
             let buffers = Buffers {
                 master: &self.master,
@@ -220,6 +233,9 @@ impl FlatAdamW {
             }
         }
         let step = self.step as i32;
+        if h.grad_scale != 1.0 {
+            let _ = grad.shallow_clone().f_mul_scalar_(h.grad_scale);
+        }
         tch::no_grad(|| {
             if h.weight_decay > 0.0 {
                 for &(off, len) in &self.decay_spans {

@@ -26,17 +26,19 @@ pub fn unit_params(model: &Baichuan, unit: Unit) -> Vec<&Tensor> {
 
 /// Sum of token cross-entropies of `h` (B, T, d) against `targets` (B, T), computed chunk
 /// by chunk of the sequence. With `grad_scale`, each chunk's loss times it is back-propagated
-/// at once (so only one chunk's logits are ever alive). Returns the loss sum.
+/// at once (so only one chunk's logits are ever alive). Returns the loss sum, a scalar on
+/// the device (reading it waits for the device, so callers read it last).
 fn chunked_cross_entropy(
     model: &Baichuan,
     h: &Tensor,
     targets: &Tensor,
     chunk_tokens: i64,
     grad_scale: Option<f64>,
-) -> f64 {
+) -> Tensor {
     let (b, t, _) = h.size3().expect("hidden is (B, T, d)");
     let chunk = (chunk_tokens / b).clamp(1, t);
-    let mut total = 0.0;
+    // summed on the device and read once, so the chunks queue without waiting for each other
+    let mut total = Tensor::zeros([], (Kind::Float, h.device()));
     let mut start = 0;
     while start < t {
         let len = chunk.min(t - start);
@@ -46,7 +48,7 @@ fn chunked_cross_entropy(
         let loss = logits
             .view([-1, v])
             .cross_entropy_loss::<Tensor>(&y, None, Reduction::Sum, -100, 0.0);
-        total += loss.double_value(&[]);
+        total += loss.detach();
         if let Some(scale) = grad_scale {
             (loss * scale).backward();
         }
@@ -148,7 +150,7 @@ pub fn backward(
     }
     (&outputs[0] * &grad).sum(Kind::Float).backward();
     done(Unit::Embed);
-    loss_sum / n_tokens
+    loss_sum.double_value(&[]) / n_tokens
 }
 
 /// Forward and backward of one micro-batch (see [`forward`] and [`backward`]).
@@ -174,7 +176,7 @@ pub fn eval_loss(model: &Baichuan, tokens: &Tensor, chunk_tokens: i64) -> f64 {
             h = model.block(i, &h);
         }
         let total = chunked_cross_entropy(model, &h, &tokens.narrow(1, 1, t), chunk_tokens, None);
-        total / (b * t) as f64
+        total.double_value(&[]) / (b * t) as f64
     })
 }
 

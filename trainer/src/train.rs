@@ -192,6 +192,7 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     };
     let kind = param_kind(t.precision);
     model.to(device, kind);
+    model.set_fused_ops(t.fused_ops);
     let params = model.named_parameters();
     let total = params.iter().map(|(_, p)| p.numel()).sum::<usize>();
     let shards = even_ranges(total, world);
@@ -396,10 +397,8 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let mut apply = !fp16 || scaler.update(all_finite(&grad, comm)?); // fp16: skip inf/NaN steps
         let mut grad_norm = f64::NAN;
         if apply {
-            if used_scale != 1.0 {
-                let _ = grad.shallow_clone().f_mul_scalar_(1.0 / used_scale);
-            }
-            grad_norm = opt.grad_norm(&grad, comm, stage >= 1)?;
+            // the fp16 unscale is folded into the update's gradient factor (no pass of its own)
+            grad_norm = opt.grad_norm(&grad, comm, stage >= 1)? / used_scale;
             // a bad step (NaN/inf loss or norm, or a loss spike) is skipped, never applied
             let spike = is_spike(&recent, loss, t.spike_zscore);
             if !loss.is_finite() || !grad_norm.is_finite() || spike {
@@ -428,13 +427,13 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             }
         }
         if apply {
-            FlatAdamW::clip(&grad, grad_norm, t.grad_clip);
             let h = AdamWParams {
                 lr,
                 beta1: t.betas[0],
                 beta2: t.betas[1],
                 eps: t.eps,
                 weight_decay: t.weight_decay,
+                grad_scale: FlatAdamW::clip_coef(grad_norm, t.grad_clip) / used_scale,
             };
             opt.update(&grad, h).context("the AdamW update")?;
             opt.write_back(comm, sharded)?; // all-gather the updated shards

@@ -60,13 +60,23 @@ fn check(device: Device, kind: Kind, name: &str) {
         beta2: 0.95,
         eps: 1e-8,
         weight_decay: 0.1,
+        grad_scale: 0.7, // a clip coefficient, applied as the gradient is read
     };
     let steps = 5;
 
     let mut files: Vec<(String, Tensor)> = init.iter().map(|(n, t)| (format!("param.{n}"), t.copy())).collect();
     files.push((
         "hparams".into(),
-        Tensor::from_slice(&[h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, steps as f64]).to_kind(Kind::Float),
+        Tensor::from_slice(&[
+            h.lr,
+            h.beta1,
+            h.beta2,
+            h.eps,
+            h.weight_decay,
+            steps as f64,
+            h.grad_scale,
+        ])
+        .to_kind(Kind::Float),
     ));
     for s in 0..steps {
         let grads: Vec<Tensor> = params
