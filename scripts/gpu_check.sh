@@ -23,6 +23,10 @@
 #   6. the fused AdamW kernel (NVRTC): equal to torch.optim.AdamW on CUDA (fp32 and bf16
 #      parameters), and the ~1.3B bf16 step with it, without it, and PyTorch eager on the same
 #      card. GPU_CHECK_ONLY=fused runs section 6 alone.
+#   7. the MFU work: parity and the optimizer oracle again, `bench --breakdown` of the ~1.3B
+#      model, fused against reference element-wise ops, 1 and 2 sequences per micro-batch, and
+#      8 accumulated micro-batches per step, with PyTorch eager at 1 and at 8 accumulated.
+#      GPU_CHECK_ONLY=mfu runs section 7 alone (with parity and the oracle first).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -56,11 +60,7 @@ declare -a ROWS
 
 row() { ROWS+=("$(printf '%-34s %-6s %s' "$1" "$2" "$3")"); }
 
-gpu="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)"
-echo "GPU: ${gpu:-none found}"
-
-if [ "${GPU_CHECK_ONLY:-all}" = "all" ]; then
-# 1. parity against transformers on CUDA
+run_parity() {  # transformers parity on CUDA, fp32 and bf16
 for dtype in fp32 bf16; do
   log="$OUT/parity-$dtype.log"
   BAICHUAN_TEST_DEVICE=cuda BAICHUAN_TEST_DTYPE=$dtype timeout 300 target/gpu/parity --nocapture >"$log" 2>&1
@@ -76,6 +76,23 @@ print("logits max|d| %.2e rel %.2e, loss rel %.2e, grad rel max %.2e%s" % (r["lo
   row "parity vs transformers ($dtype)" "$([ $rc -eq 0 ] && echo PASS || echo FAIL)" "$detail"
   [ $rc -eq 0 ] || tail -20 "$log"
 done
+}
+run_adamw_oracle() {  # the fused AdamW kernel against torch.optim.AdamW on CUDA
+  log="$OUT/adamw-cuda.log"
+  BAICHUAN_TEST_DEVICE=cuda timeout 120 target/gpu/adamw_oracle --nocapture >"$log" 2>&1
+  rc=$?
+  detail="$(grep -o 'relative difference [0-9.e+-]*' "$log" | sort -k3 -g | tail -1)"
+  row "fused AdamW vs torch (cuda)" "$([ $rc -eq 0 ] && echo PASS || echo FAIL)" "worst ${detail:-no result} over fp32 and bf16 params"
+  echo "fused AdamW vs torch: rc $rc, worst ${detail:-none}"
+  [ $rc -eq 0 ] || tail -20 "$log"
+}
+
+gpu="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)"
+echo "GPU: ${gpu:-none found}"
+
+if [ "${GPU_CHECK_ONLY:-all}" = "all" ]; then
+# 1. parity against transformers on CUDA
+run_parity
 
 # 2. init + short bf16 training of `small` on the GPU
 rm -rf /tmp/gpu-small-init /tmp/gpu-small-run
@@ -169,7 +186,7 @@ PY
   echo "$name: $line"
   row "$name" "${line%% *}" "${line#* }"
 }
-if [ "${GPU_CHECK_ONLY:-all}" != fused ]; then
+if [ "${GPU_CHECK_ONLY:-all}" = all ] || [ "${GPU_CHECK_ONLY:-all}" = speed ]; then
 speed_pair "1.3B bf16 seq $SEQ" bf16 "$SEQ" 1 none "${G13[@]}"
 speed_pair "1.3B bf16 seq $SEQ, full AC" bf16 "$SEQ" 1 full "${G13[@]}"
 speed_pair "7B block bf16 seq $SEQ" bf16 "$SEQ" 1 none "${B7[@]}"
@@ -179,13 +196,7 @@ fi
 # 6. the fused AdamW kernel: correctness against torch.optim.AdamW, then the step with and
 # without it beside eager (first, so a short lease still gets the correctness answer)
 if [ "${GPU_CHECK_ONLY:-all}" = all ] || [ "${GPU_CHECK_ONLY:-all}" = fused ]; then
-  log="$OUT/adamw-cuda.log"
-  BAICHUAN_TEST_DEVICE=cuda timeout 120 target/gpu/adamw_oracle --nocapture >"$log" 2>&1
-  rc=$?
-  detail="$(grep -o 'relative difference [0-9.e+-]*' "$log" | sort -k3 -g | tail -1)"
-  row "fused AdamW vs torch (cuda)" "$([ $rc -eq 0 ] && echo PASS || echo FAIL)" "worst ${detail:-no result} over fp32 and bf16 params"
-  echo "fused AdamW vs torch: rc $rc, worst ${detail:-none}"
-  [ $rc -eq 0 ] || tail -20 "$log"
+  run_adamw_oracle
   read -r -a sets <<<"$(as_sets "${G13[@]}")"
   for fused in true false; do
     r=$(timeout 150 "$B" bench --config config/small.toml "${sets[@]}" --set model.max_position_embeddings="$SEQ" \
@@ -208,6 +219,58 @@ except Exception: print("FAIL no result"); sys.exit()
 print("PASS %.0f tok/s, %.0f MiB" % (p["tokens_per_s"], p.get("peak_memory_mb", float("nan"))))' "$peer")
   echo "1.3B bf16, PyTorch eager: $line"
   row "1.3B bf16 PyTorch eager" "${line%% *}" "${line#* }"
+fi
+
+# 7. toward the MFU target: the fused element-wise ops and the 16-byte AdamW kernel checked
+# (parity, oracle), where a step's time goes (bench --breakdown), fused against reference ops,
+# and one micro-batch per optimizer step against eight accumulated (the optimizer's cost spread
+# as in a run with gradient accumulation), PyTorch eager beside each. GPU_CHECK_ONLY=mfu.
+ours_row() {  # LABEL MICRO GLOBAL [--set ...]: the 1.3B model, bf16, seq $SEQ
+  local label=$1 micro=$2 global=$3; shift 3
+  local -a sets; read -r -a sets <<<"$(as_sets "${G13[@]}")"
+  local r line
+  r=$(timeout 200 "$B" bench --config config/small.toml "${sets[@]}" --set model.max_position_embeddings="$SEQ" \
+    --set data.seq_len="$SEQ" --set train.precision=bf16 --set train.device="$DEV" \
+    --set train.micro_batch_size="$micro" --set train.global_batch_size="$global" "$@" \
+    --steps "$STEPS" --warmup "$WARM" --json 2>"$OUT/bench-mfu.err" | tail -1)
+  line=$("$PY" -c 'import json,sys
+try: o = json.loads(sys.argv[1])
+except Exception: print("FAIL no result"); sys.exit()
+print("PASS %.0f tok/s, MFU %.1f%%, step %.0f ms (fwd %.0f, bwd %.0f, opt %.1f), %.0f MiB" % (o["tokens_per_s"], 100*o["mfu"], 1e3*o["step_s"], 1e3*o["forward_s"], 1e3*o["backward_s"], 1e3*o["optimizer_s"], o["peak_memory_mb"]))' "$r")
+  echo "1.3B bf16 $label: $line"
+  row "1.3B $label" "${line%% *}" "${line#* }"
+  [ "${line%% *}" = PASS ] || tail -5 "$OUT/bench-mfu.err"
+}
+eager_row() {  # LABEL BATCH ACCUM
+  local r line
+  r=$(timeout 200 "$PY" scripts/reference/bench_torch.py "${G13[@]}" --vocab 64000 --seq "$SEQ" --batch "$2" \
+    --accum "$3" --dtype bf16 --device "$DEV" --steps "$STEPS" --warmup "$WARM" 2>"$OUT/torch-mfu.err" | tail -1)
+  line=$("$PY" -c 'import json,sys
+try: p = json.loads(sys.argv[1])
+except Exception: print("FAIL no result"); sys.exit()
+print("PASS %.0f tok/s, step %.0f ms, %.0f MiB" % (p["tokens_per_s"], 1e3*p["step_s"], p.get("peak_memory_mb", float("nan"))))' "$r")
+  echo "1.3B bf16 eager $1: $line"
+  row "1.3B eager $1" "${line%% *}" "${line#* }"
+  [ "${line%% *}" = PASS ] || tail -5 "$OUT/torch-mfu.err"
+}
+if [ "${GPU_CHECK_ONLY:-all}" = all ] || [ "${GPU_CHECK_ONLY:-all}" = mfu ]; then
+  if [ "${GPU_CHECK_ONLY:-all}" = mfu ] && [ -z "${GPU_CHECK_DRY:-}" ]; then
+    run_parity
+    run_adamw_oracle
+  fi
+  read -r -a sets <<<"$(as_sets "${G13[@]}")"
+  timeout 200 "$B" bench --config config/small.toml "${sets[@]}" --set model.max_position_embeddings="$SEQ" \
+    --set data.seq_len="$SEQ" --set train.precision=bf16 --set train.device="$DEV" --set train.micro_batch_size=1 \
+    --set train.global_batch_size=1 --breakdown --steps 5 >"$OUT/breakdown.txt" 2>"$OUT/breakdown.err"
+  cat "$OUT/breakdown.txt"
+  [ -s "$OUT/breakdown.txt" ] || tail -5 "$OUT/breakdown.err"
+  row "1.3B breakdown" "$([ -s "$OUT/breakdown.txt" ] && echo PASS || echo FAIL)" "$(tail -1 "$OUT/breakdown.txt")"
+  ours_row "fused ops, 1x$SEQ" 1 1
+  ours_row "reference ops, 1x$SEQ" 1 1 --set train.fused_ops=false
+  ours_row "fused ops, 2x$SEQ" 2 2
+  ours_row "fused ops, 8 x 1x$SEQ accumulated" 1 8
+  eager_row "1x$SEQ" 1 1
+  eager_row "8 x 1x$SEQ accumulated" 1 8
 fi
 
 echo

@@ -8,7 +8,8 @@ GradScaler (initial scale 2^16, growth interval 1000). Memory: on CUDA both the 
 peak and the device's used memory as nvidia-smi reports it (what `baichuan bench` reports).
 
 usage: bench_torch.py --hidden H --layers L --heads N --ffn F --vocab V --seq T --batch B
-                      --dtype fp32|bf16 --device cpu|cuda [--steps 5] [--warmup 2]
+                      --dtype fp32|bf16 --device cpu|cuda [--steps 5] [--warmup 2] [--accum 1]
+--accum N: N micro-batches of --batch sequences per optimizer step (gradient accumulation)
 """
 import argparse
 import json
@@ -27,6 +28,7 @@ ap.add_argument("--device", default="cpu")
 ap.add_argument("--steps", type=int, default=5)
 ap.add_argument("--warmup", type=int, default=2)
 ap.add_argument("--checkpointing", action="store_true")
+ap.add_argument("--accum", type=int, default=1)
 a = ap.parse_args()
 dev = torch.device(a.device)
 torch.manual_seed(0)
@@ -49,13 +51,15 @@ amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.dtype)
 scaler = torch.amp.GradScaler(dev.type, init_scale=2.0**16, growth_interval=1000, enabled=a.dtype == "fp16")
 times = []
 for s in range(a.warmup + a.steps):
-    ids = torch.randint(a.vocab, (a.batch, a.seq + 1), device=dev)
+    ids = torch.randint(a.vocab, (a.accum, a.batch, a.seq + 1), device=dev)
     sync()
     t0 = time.perf_counter()
-    with torch.autocast(dev.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-        logits = model(input_ids=ids[:, :-1]).logits  # (B, T, V), as transformers' loss path upcasts
-        loss = torch.nn.functional.cross_entropy(logits.float().view(-1, a.vocab), ids[:, 1:].reshape(-1))
-    scaler.scale(loss).backward()
+    for micro in range(a.accum):
+        with torch.autocast(dev.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            logits = model(input_ids=ids[micro, :, :-1]).logits  # (B, T, V), as transformers' loss path upcasts
+            loss = torch.nn.functional.cross_entropy(logits.float().view(-1, a.vocab), ids[micro, :, 1:].reshape(-1))
+        del logits
+        scaler.scale(loss / a.accum).backward()
     scaler.unscale_(opt)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     scaler.step(opt)
@@ -65,7 +69,7 @@ for s in range(a.warmup + a.steps):
     if s >= a.warmup:
         times.append(time.perf_counter() - t0)
 step = statistics.median(times)
-out = {"tokens_per_s": a.batch * a.seq / step, "step_s": step, "threads": torch.get_num_threads()}
+out = {"tokens_per_s": a.accum * a.batch * a.seq / step, "step_s": step, "threads": torch.get_num_threads()}
 if dev.type == "cuda":
     out["allocator_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     used = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",

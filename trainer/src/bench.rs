@@ -195,8 +195,9 @@ pub fn train_step(config: &crate::config::RunConfig, steps: usize, warmup: usize
             let state = step::forward(&model, &tokens, &recompute);
             sync();
             let t1 = Instant::now();
-            let mut hand_off = |unit| reducer.unit_done(unit, &step::unit_params(&model, unit), &Solo);
-            let hook: Option<&mut dyn FnMut(step::Unit)> = if micro + 1 == accum { Some(&mut hand_off) } else { None };
+            let mut hand_off =
+                |unit, fresh: &[Tensor]| reducer.unit_done(unit, &step::unit_params(&model, unit), fresh, &Solo);
+            let hook: Option<step::HandOff> = if micro + 1 == accum { Some(&mut hand_off) } else { None };
             step::backward(&model, state, &recompute, 1.0 / accum as f64, t.loss_chunk_tokens, hook);
             sync();
             f_s += (t1 - t0).as_secs_f64();

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod optim;
 pub mod plot;
 pub mod precision;
+pub mod profile;
 pub mod step;
 pub mod tensorboard;
 pub mod train;

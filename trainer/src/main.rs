@@ -200,6 +200,10 @@ enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Time each piece of a block (norms, GEMMs, rotary, attention, SwiGLU, residuals),
+        /// the whole block with fused and reference ops, and the head, alone; `--steps` calls each.
+        #[arg(long)]
+        breakdown: bool,
     },
     /// Write a freshly initialised model directory (a seed checkpoint).
     Init {
@@ -451,9 +455,19 @@ fn main() -> Result<()> {
             steps,
             warmup,
             json,
+            breakdown,
         } => {
             let config = config.context("bench needs --config (or the `comm` subcommand)")?;
             let cfg = RunConfig::load(&config, &overrides)?;
+            if breakdown {
+                let r = baichuan_trainer::profile::breakdown(&cfg, steps.max(1))?;
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    print!("{}", baichuan_trainer::profile::render(&r));
+                }
+                return Ok(());
+            }
             let r = bench::train_step(&cfg, steps.max(1), warmup)?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);

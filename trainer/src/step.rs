@@ -28,7 +28,7 @@ pub fn unit_params(model: &Baichuan, unit: Unit) -> Vec<&Tensor> {
 /// by chunk of the sequence. With `grad_scale`, each chunk's loss times it is back-propagated
 /// at once (so only one chunk's logits are ever alive). Returns the loss sum, a scalar on
 /// the device (reading it waits for the device, so callers read it last).
-fn chunked_cross_entropy(
+pub(crate) fn chunked_cross_entropy(
     model: &Baichuan,
     h: &Tensor,
     targets: &Tensor,
@@ -108,18 +108,26 @@ pub fn forward(model: &Baichuan, tokens: &Tensor, recompute: &[bool]) -> Forward
     }
 }
 
+/// Called as each unit's gradients become final, with that micro-batch's gradients of the
+/// unit's parameters (in [`unit_params`] order) where autograd returned them instead of
+/// accumulating them; an empty slice means they are all in the parameters' `.grad()`.
+/// Gradients of earlier micro-batches are in `.grad()` either way.
+pub type HandOff<'a> = &'a mut dyn FnMut(Unit, &[Tensor]);
+
 /// Backward of a micro-batch: the chunked loss into the top leaf and the head, then blocks
 /// from the top down (recomputing those marked), then the embedding. Gradients of the mean
-/// token loss times `grad_scale` accumulate into the parameters' `.grad()`; `on_unit`, when
-/// given, is called as each unit's gradients become final (the hand-off to the bucketed
-/// reducer on the last micro-batch). Returns the mean token loss.
+/// token loss times `grad_scale` accumulate into the parameters' `.grad()`, except with
+/// `on_unit` (the hand-off to the bucketed reducer on the last micro-batch): then each block's
+/// and the embedding's gradients are returned by autograd and given to `on_unit`, which saves
+/// writing `.grad()`, zeroing it afterwards and adding into it on the next step.
+/// Returns the mean token loss.
 pub fn backward(
     model: &Baichuan,
     fwd: Forward,
     recompute: &[bool],
     grad_scale: f64,
     chunk_tokens: i64,
-    mut on_unit: Option<&mut dyn FnMut(Unit)>,
+    mut on_unit: Option<HandOff>,
 ) -> f64 {
     let Forward {
         leaves,
@@ -129,12 +137,23 @@ pub fn backward(
     } = fwd;
     let n_tokens = targets.numel() as f64;
     let loss_sum = chunked_cross_entropy(model, &top, &targets, chunk_tokens, Some(grad_scale / n_tokens));
-    let mut done = |unit: Unit| {
+    let handing_off = on_unit.is_some();
+    let mut done = |unit: Unit, grads: &[Tensor]| {
         if let Some(f) = on_unit.as_mut() {
-            f(unit)
+            f(unit, grads)
         }
     };
-    done(Unit::Head);
+    // `(out * g).sum()` back-propagates `g` into `out`: into .grad, or returned for `inputs`
+    let back = |out: &Tensor, g: &Tensor, inputs: &[&Tensor]| -> Vec<Tensor> {
+        let seed = (out * g).sum(Kind::Float);
+        if handing_off {
+            Tensor::run_backward(&[&seed], inputs, false, false)
+        } else {
+            seed.backward();
+            Vec::new()
+        }
+    };
+    done(Unit::Head, &[]);
 
     let mut grad = top.grad();
     for i in (0..model.layers.len()).rev() {
@@ -144,12 +163,19 @@ pub fn backward(
         } else {
             out
         };
-        (out * &grad).sum(Kind::Float).backward();
-        done(Unit::Block(i));
-        grad = leaves[i].grad();
+        let mut inputs = vec![&leaves[i]];
+        inputs.extend(unit_params(model, Unit::Block(i)));
+        let mut grads = back(&out, &grad, &inputs);
+        if grads.is_empty() {
+            done(Unit::Block(i), &[]);
+            grad = leaves[i].grad();
+        } else {
+            grad = grads.remove(0);
+            done(Unit::Block(i), &grads);
+        }
     }
-    (&outputs[0] * &grad).sum(Kind::Float).backward();
-    done(Unit::Embed);
+    let grads = back(&outputs[0], &grad, &unit_params(model, Unit::Embed));
+    done(Unit::Embed, &grads);
     loss_sum.double_value(&[]) / n_tokens
 }
 
@@ -160,7 +186,7 @@ pub fn forward_backward(
     grad_scale: f64,
     chunk_tokens: i64,
     recompute: &[bool],
-    on_unit: Option<&mut dyn FnMut(Unit)>,
+    on_unit: Option<HandOff>,
 ) -> f64 {
     let fwd = forward(model, tokens, recompute);
     backward(model, fwd, recompute, grad_scale, chunk_tokens, on_unit)
@@ -228,6 +254,63 @@ mod tests {
             let diff = (a.grad() - b.grad()).abs().max().double_value(&[]);
             assert!(diff < 1e-6, "{name}: {diff}");
         }
+    }
+
+    /// The hand-off path (gradients returned by autograd, earlier micro-batches' in .grad)
+    /// gives each parameter the same total gradient as accumulating everything in .grad.
+    #[test]
+    fn handed_off_gradients_equal_accumulated_ones() {
+        let (m1, m2) = small_models();
+        let batches = [
+            Tensor::randint(97, [2, 17], (Kind::Int64, Device::Cpu)),
+            Tensor::randint(97, [2, 17], (Kind::Int64, Device::Cpu)),
+        ];
+        for tokens in &batches {
+            forward_backward(&m1, tokens, 0.5, 1 << 20, &[false, true, false], None);
+        }
+        // as the reducer does: this micro-batch's gradient plus the earlier ones in .grad
+        let mut got: Vec<(Unit, Vec<Tensor>)> = Vec::new();
+        let mut collect = |unit: Unit, fresh: &[Tensor]| {
+            let totals = unit_params(&m2, unit)
+                .iter()
+                .enumerate()
+                .map(|(j, p)| match fresh.get(j) {
+                    Some(g) if p.grad().defined() => g + p.grad(),
+                    Some(g) => g.copy(),
+                    None => p.grad().copy(),
+                })
+                .collect();
+            got.push((unit, totals));
+        };
+        forward_backward(&m2, &batches[0], 0.5, 1 << 20, &[false, true, false], None);
+        forward_backward(
+            &m2,
+            &batches[1],
+            0.5,
+            1 << 20,
+            &[false, true, false],
+            Some(&mut collect),
+        );
+        let units: Vec<Unit> = got.iter().map(|(u, _)| *u).collect();
+        assert_eq!(
+            units,
+            vec![Unit::Head, Unit::Block(2), Unit::Block(1), Unit::Block(0), Unit::Embed]
+        );
+        for (unit, totals) in &got {
+            let want = unit_params(&m1, *unit);
+            assert_eq!(totals.len(), want.len());
+            for (a, b) in totals.iter().zip(want) {
+                let diff = (a - b.grad()).abs().max().double_value(&[]);
+                assert!(diff < 1e-6, "{unit:?}: {diff}");
+            }
+        }
+        // the blocks' and the embedding's gradients were returned, so .grad holds only the
+        // first micro-batch's
+        let only_first = (m2.layers[0].mlp.down_proj.grad() - m1.layers[0].mlp.down_proj.grad())
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(only_first > 1e-6, "the second micro-batch went into .grad");
     }
 
     #[test]

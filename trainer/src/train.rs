@@ -383,8 +383,9 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 .narrow(0, micro * t.micro_batch_size, t.micro_batch_size)
                 .to_device(device);
             // the last micro-batch hands each finished unit's gradients to the reducer
-            let mut hand_off = |unit| reducer.unit_done(unit, &step::unit_params(&model, unit), comm);
-            let hook: Option<&mut dyn FnMut(step::Unit)> = if micro + 1 == accum { Some(&mut hand_off) } else { None };
+            let mut hand_off =
+                |unit, fresh: &[Tensor]| reducer.unit_done(unit, &step::unit_params(&model, unit), fresh, comm);
+            let hook: Option<step::HandOff> = if micro + 1 == accum { Some(&mut hand_off) } else { None };
             let grad_scale = scaler.scale / accum as f64; // fp16: the loss scale
             loss +=
                 step::forward_backward(&model, &x, grad_scale, t.loss_chunk_tokens, &recompute, hook) / accum as f64;

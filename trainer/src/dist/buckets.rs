@@ -141,8 +141,10 @@ impl GradReducer {
     }
 
     /// Takes the final gradients of `unit` (its parameters, in flat order) and launches its
-    /// bucket's collective when the bucket is complete.
-    pub fn unit_done(&mut self, unit: Unit, params: &[&Tensor], comm: &dyn Communicator) {
+    /// bucket's collective when the bucket is complete. Each parameter's gradient is `fresh[j]`
+    /// (this micro-batch's, returned by autograd; absent or undefined: none) plus its `.grad()`
+    /// (earlier micro-batches', summed here in fp32 and then zeroed).
+    pub fn unit_done(&mut self, unit: Unit, params: &[&Tensor], fresh: &[Tensor], comm: &dyn Communicator) {
         let u = self.unit_index(unit);
         let b = self.unit_bucket[u];
         let bucket = self.buckets[b].clone();
@@ -163,15 +165,27 @@ impl GradReducer {
         };
         tch::no_grad(|| {
             let mut offset = self.unit_ranges[u].0;
-            for p in params {
+            for (j, p) in params.iter().enumerate() {
                 let n = p.numel();
                 let mut dst = dest.narrow(0, (offset - base) as i64, n as i64);
-                let g = p.grad();
-                if g.defined() {
-                    dst.copy_(&g.view([-1]));
-                    p.shallow_clone().zero_grad();
-                } else {
-                    let _ = dst.zero_();
+                // this micro-batch's gradient (returned by autograd) and earlier ones (.grad)
+                let new = fresh.get(j).filter(|g| g.defined());
+                let earlier = p.grad();
+                match (new, earlier.defined()) {
+                    (Some(g), acc) => {
+                        dst.copy_(&g.view([-1]));
+                        if acc {
+                            let _ = dst.f_add_(&earlier.view([-1]));
+                            p.shallow_clone().zero_grad();
+                        }
+                    }
+                    (None, true) => {
+                        dst.copy_(&earlier.view([-1]));
+                        p.shallow_clone().zero_grad();
+                    }
+                    (None, false) => {
+                        let _ = dst.zero_();
+                    }
                 }
                 offset += n;
             }
