@@ -42,6 +42,8 @@ if [ "${1:-}" = "--prepare" ]; then
   cp "$(ls -t target/release/deps/parity-* | grep -v '\.d$' | head -1)" target/gpu/parity
   cargo test --release --quiet -p baichuan-trainer --test adamw_oracle --no-run 2>/dev/null
   cp "$(ls -t target/release/deps/adamw_oracle-* | grep -v '\.d$' | head -1)" target/gpu/adamw_oracle
+  cargo test --release --quiet -p baichuan-trainer --test rotary_kernel --no-run 2>/dev/null
+  cp "$(ls -t target/release/deps/rotary_kernel-* | grep -v '\.d$' | head -1)" target/gpu/rotary_kernel
   ls -la target/gpu
   exit 0
 fi
@@ -257,6 +259,24 @@ if [ "${GPU_CHECK_ONLY:-all}" = all ] || [ "${GPU_CHECK_ONLY:-all}" = mfu ]; the
   if [ "${GPU_CHECK_ONLY:-all}" = mfu ] && [ -z "${GPU_CHECK_DRY:-}" ]; then
     run_parity
     run_adamw_oracle
+  fi
+  if [ -z "${GPU_CHECK_DRY:-}" ]; then
+    # the rotary kernel alone and inside a training step, against the reference graph
+    log="$OUT/rotary-cuda.log"
+    BAICHUAN_TEST_DEVICE=cuda timeout 120 target/gpu/rotary_kernel --nocapture --test-threads 1 >"$log" 2>&1
+    rc=$?
+    grep -E "rel|rotary:" "$log"
+    row "rotary kernel + spliced step" "$([ $rc -eq 0 ] && echo PASS || echo FAIL)" \
+      "$(grep -E 'on Cuda|transposed rotation BFloat16' "$log" | tr '\n' ' ')"
+    [ $rc -eq 0 ] || tail -20 "$log"
+    # the training loop end to end on this path: small, bf16, 30 steps
+    timeout 200 "$B" train --config config/small.toml --set train.device=cuda --set train.steps=30 \
+      --set train.log_interval=10 --set train.precision=bf16 --set job.run_dir=\"/tmp/gpu-mfu-small\" \
+      >"$OUT/train-mfu.log" 2>&1
+    rc=$?
+    grep -E "optimizer:|step +(1|10|20|30) " "$OUT/train-mfu.log" | head -6
+    row "train small bf16 (30 steps)" "$([ $rc -eq 0 ] && echo PASS || echo FAIL)" \
+      "$(grep -m1 -o 'step      1 | loss [0-9.]*' "$OUT/train-mfu.log") -> $(grep -o 'step     30 | loss [0-9.]*' "$OUT/train-mfu.log" | tail -1); $(grep -o 'rotary: .*' "$OUT/train-mfu.log" | head -1)"
   fi
   read -r -a sets <<<"$(as_sets "${G13[@]}")"
   timeout 200 "$B" bench --config config/small.toml "${sets[@]}" --set model.max_position_embeddings="$SEQ" \

@@ -66,6 +66,22 @@ pub struct Rotary {
     signed_sin: Tensor,
     /// The fused element-wise ops of the whole model (see the module notes).
     pub fused: bool,
+    /// A device kernel for the spliced training block's rotation (the trainer installs one on
+    /// CUDA); without one, ATen ops compute the same thing.
+    pub kernel: Option<std::sync::Arc<dyn RotaryKernel>>,
+}
+
+/// The rotation of Q and K as an explicit operator pair outside autograd, for the training
+/// block that splices it between two autograd graphs ([`Block::train_forward`]).
+pub trait RotaryKernel: Send + Sync + std::fmt::Debug {
+    /// What runs, for logs.
+    fn describe(&self) -> String;
+    /// From `qkv` (B, T, 3, nh, hd), contiguous: Q and K rotated for positions 0..T, each
+    /// (B, T, nh, hd) contiguous. `cos`, `sin`: fp32 (positions, hd) tables.
+    fn forward(&self, qkv: &Tensor, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor);
+    /// The gradient of `qkv`, contiguous (B, T, 3, nh, hd), from those of the rotated Q and K
+    /// and of V (each (B, T, nh, hd) with any strides): Q and K rotated back, V copied.
+    fn backward(&self, dq: &Tensor, dk: &Tensor, dv: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor;
 }
 
 impl Rotary {
@@ -82,7 +98,42 @@ impl Rotary {
             sin,
             signed_sin,
             fused: true,
+            kernel: None,
         }
+    }
+
+    /// fp32 (positions, hd) tables of the rotation angles' cosines and sines.
+    pub fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+
+    /// Q and K of `qkv` (B, T, 3, nh, hd) rotated for positions 0..T, outside autograd.
+    pub fn rotate_qk(&self, qkv: &Tensor) -> (Tensor, Tensor) {
+        tch::no_grad(|| match &self.kernel {
+            Some(k) => k.forward(&qkv.contiguous(), &self.cos, &self.sin),
+            None => {
+                let qk = self.apply_bt(&qkv.narrow(2, 0, 2), 0); // (B, T, 2, nh, hd)
+                (qk.select(2, 0), qk.select(2, 1))
+            }
+        })
+    }
+
+    /// The gradient of `qkv` from those of [`Rotary::rotate_qk`]'s outputs and of V: the
+    /// transposed rotation, `dy * cos - roll(dy) * signed_sin`.
+    pub fn unrotate(&self, dq: &Tensor, dk: &Tensor, dv: &Tensor) -> Tensor {
+        tch::no_grad(|| match &self.kernel {
+            Some(k) => k.backward(dq, dk, dv, &self.cos, &self.sin),
+            None => {
+                let dy = Tensor::stack(&[dq, dk], 2); // (B, T, 2, nh, hd)
+                let size = dy.size();
+                let (t, hd) = (size[1], size[4]);
+                let cos = self.cos.narrow(0, 0, t).to_kind(dy.kind()).view([t, 1, 1, hd]);
+                let sin = self.signed_sin.narrow(0, 0, t).to_kind(dy.kind()).view([t, 1, 1, hd]);
+                let mut dx = &dy * cos;
+                let _ = dx.addcmul_(&dy.roll([hd / 2], [-1]), &(-sin));
+                Tensor::cat(&[dx, dv.unsqueeze(2)], 2)
+            }
+        })
     }
 
     fn move_to(&mut self, device: Device) {
@@ -270,6 +321,93 @@ impl Block {
         &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
     }
 
+    /// Training forward of block input `x` (a leaf that requires grad). With the fused ops the
+    /// rotation is spliced out of autograd: graph S1 runs from `x` to QKV; the rotation (a
+    /// device kernel where one is installed) makes leaves of Q and K, V is a leaf view of QKV,
+    /// and graph S2 runs from those leaves and `x` to the output. With the reference ops it is
+    /// one graph, as in [`Block::forward`].
+    pub fn train_forward(&self, x: &Tensor, rotary: &Rotary) -> BlockTape {
+        if !rotary.fused {
+            return BlockTape::Graph(self.forward(x, rotary));
+        }
+        let (b, t, d) = x.size3().expect("block input is (B, T, d)");
+        let a = &self.self_attn;
+        let qkv =
+            self.input_layernorm
+                .forward(x)
+                .linear(&a.w_pack, None::<Tensor>)
+                .view([b, t, 3, a.num_heads, a.head_dim]); // S1's output
+        let (q, k) = rotary.rotate_qk(&qkv.detach());
+        let (q, k) = (q.set_requires_grad(true), k.set_requires_grad(true));
+        let v = qkv.detach().select(2, 2).set_requires_grad(true);
+        let y = Tensor::scaled_dot_product_attention(
+            &q.transpose(1, 2),
+            &k.transpose(1, 2),
+            &v.transpose(1, 2),
+            None::<Tensor>,
+            0.0,
+            true,
+            None,
+            false,
+        ); // (B, nh, T, hd)
+        let y = y.transpose(1, 2).contiguous().view([b, t, d]);
+        let h = x + y.linear(&a.o_proj, None::<Tensor>);
+        let out = &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h));
+        BlockTape::Spliced { qkv, q, k, v, out }
+    }
+
+    /// Back-propagates `grad` (of `tape`'s output) through the block to its input leaf `x` and
+    /// its parameters. With `collect`, returns the gradient of `x` and the parameters'
+    /// (in [`Block::named_parameters`] order) without touching any `.grad()`; otherwise they
+    /// accumulate into `x.grad()` and the parameters' `.grad()` and None is returned.
+    pub fn train_backward(
+        &self,
+        tape: BlockTape,
+        x: &Tensor,
+        grad: &Tensor,
+        rotary: &Rotary,
+        collect: bool,
+    ) -> Option<(Tensor, Vec<Tensor>)> {
+        let params: Vec<&Tensor> = self.named_parameters().into_iter().map(|(_, p)| p).collect();
+        // back-propagates `g` from `y`: into .grad, or returned for `inputs`
+        let back = |y: &Tensor, g: &Tensor, inputs: &[&Tensor]| -> Vec<Tensor> {
+            let seed = (y * g).sum(Kind::Float);
+            if collect {
+                Tensor::run_backward(&[&seed], inputs, false, false)
+            } else {
+                seed.backward();
+                Vec::new()
+            }
+        };
+        match tape {
+            BlockTape::Graph(out) => {
+                let mut inputs = vec![x];
+                inputs.extend(&params);
+                let mut g = back(&out, grad, &inputs);
+                collect.then(|| (g.remove(0), g))
+            }
+            BlockTape::Spliced { qkv, q, k, v, out } => {
+                // S2: from the output to Q, K, V, x and the parameters after the rotation
+                let mut inputs = vec![&q, &k, &v, x];
+                inputs.extend(&params[2..]);
+                let g2 = back(&out, grad, &inputs);
+                drop(out);
+                let dqkv = if collect {
+                    rotary.unrotate(&g2[0], &g2[1], &g2[2])
+                } else {
+                    rotary.unrotate(&q.grad(), &k.grad(), &v.grad())
+                };
+                // S1: from QKV to x, the first norm and W_pack
+                let g1 = back(&qkv, &dqkv, &[x, params[0], params[1]]);
+                collect.then(|| {
+                    let mut grads = vec![g1[1].shallow_clone(), g1[2].shallow_clone()];
+                    grads.extend(g2[4..].iter().map(|g| g.shallow_clone()));
+                    (&g1[0] + &g2[3], grads)
+                })
+            }
+        }
+    }
+
     /// The block's parameters with their names relative to `model.layers.{i}.`.
     pub fn named_parameters(&self) -> Vec<(&'static str, &Tensor)> {
         vec![
@@ -281,6 +419,30 @@ impl Block {
             ("mlp.up_proj.weight", &self.mlp.up_proj),
             ("mlp.down_proj.weight", &self.mlp.down_proj),
         ]
+    }
+}
+
+/// What a training forward of a block leaves for its backward ([`Block::train_forward`]).
+pub enum BlockTape {
+    /// The output with one autograd graph back to the input (reference ops).
+    Graph(Tensor),
+    /// The rotation spliced out: QKV with graph S1, the Q, K, V leaves, and the output with
+    /// graph S2.
+    Spliced {
+        qkv: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        out: Tensor,
+    },
+}
+
+impl BlockTape {
+    /// The block's output.
+    pub fn output(&self) -> &Tensor {
+        match self {
+            BlockTape::Graph(out) | BlockTape::Spliced { out, .. } => out,
+        }
     }
 }
 

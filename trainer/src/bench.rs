@@ -120,6 +120,8 @@ pub struct StepBench {
     pub attention: String,
     /// Which AdamW update ran (fused kernel or tensor ops, and why).
     pub optimizer: String,
+    /// Which rotation the training block ran (kernel or ATen ops).
+    pub rotary: String,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -163,6 +165,7 @@ pub fn train_step(config: &crate::config::RunConfig, steps: usize, warmup: usize
     let mut model = baichuan_model::Baichuan::new(mc, tch::Device::Cpu)?;
     model.to(device, kind);
     model.set_fused_ops(t.fused_ops);
+    let rotary_kind = crate::kernels::install_rotary(&mut model);
     let params = model.named_parameters();
     let total = params.iter().map(|(_, p)| p.numel()).sum::<usize>();
     let mut opt = FlatAdamW::new(&params, (0, total), &Solo)?;
@@ -198,7 +201,7 @@ pub fn train_step(config: &crate::config::RunConfig, steps: usize, warmup: usize
             let mut hand_off =
                 |unit, fresh: &[Tensor]| reducer.unit_done(unit, &step::unit_params(&model, unit), fresh, &Solo);
             let hook: Option<step::HandOff> = if micro + 1 == accum { Some(&mut hand_off) } else { None };
-            step::backward(&model, state, &recompute, 1.0 / accum as f64, t.loss_chunk_tokens, hook);
+            step::backward(&model, state, 1.0 / accum as f64, t.loss_chunk_tokens, hook);
             sync();
             f_s += (t1 - t0).as_secs_f64();
             b_s += t1.elapsed().as_secs_f64();
@@ -250,6 +253,7 @@ pub fn train_step(config: &crate::config::RunConfig, steps: usize, warmup: usize
         peak_source,
         peak_memory_mb: device_memory_mb(device),
         attention: baichuan_model::baichuan::attention_backend(mc, t.micro_batch_size, seq, kind, device).to_string(),
+        rotary: rotary_kind,
         optimizer: if opt.is_fused() {
             update_kind
         } else {

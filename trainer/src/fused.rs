@@ -246,10 +246,11 @@ impl Nvrtc {
         })
     }
 
-    /// Compiles the kernel to PTX (NUL-terminated) for compute capability `major.minor`.
-    fn compile(&self, major: c_int, minor: c_int) -> Result<Vec<u8>, FusedError> {
-        let src = CString::new(SOURCE).expect("no NUL in the source");
-        let name = CString::new("baichuan_adamw.cu").expect("no NUL");
+    /// Compiles `source` (named `file` in messages) to PTX (NUL-terminated) for compute
+    /// capability `major.minor`.
+    fn compile(&self, source: &str, file: &str, major: c_int, minor: c_int) -> Result<Vec<u8>, FusedError> {
+        let src = CString::new(source).expect("no NUL in the source");
+        let name = CString::new(file).expect("no NUL");
         let arch = CString::new(format!("--gpu-architecture=compute_{major}{minor}")).expect("no NUL");
         let opts = [arch.as_ptr()];
         let mut prog: Program = std::ptr::null_mut();
@@ -280,7 +281,7 @@ impl Nvrtc {
                 let mut log = vec![0u8; n.max(1)];
                 (self.get_log)(prog, log.as_mut_ptr() as *mut c_char);
                 Err(FusedError::Cuda(format!(
-                    "NVRTC could not compile the kernel ({compiled}): {}",
+                    "NVRTC could not compile {file} ({compiled}): {}",
                     String::from_utf8_lossy(&log).trim_end_matches('\0')
                 )))
             } else {
@@ -399,31 +400,38 @@ pub struct Buffers<'a> {
 /// (offset, len, decayed) ranges of a shard.
 pub type Segments = Vec<(i64, i64, bool)>;
 
-/// The compiled kernel, for one CUDA device.
-pub struct FusedAdamW {
+/// Compiles `source` to PTX for compute capability `major.minor` with the NVRTC of the torch
+/// install (no GPU needed): what the CPU tests use to check that the kernels compile.
+pub fn compile_ptx(source: &str, file: &str, major: c_int, minor: c_int) -> Result<Vec<u8>, FusedError> {
+    Nvrtc::get()?.compile(source, file, major, minor)
+}
+
+/// Kernels compiled by NVRTC and loaded on one CUDA device, launched on the legacy default
+/// stream, where libtorch queues its own kernels (so they are ordered with them).
+pub struct Module {
     api: &'static Driver,
-    /// One element per iteration, and four (16-byte accesses).
-    function: CuFunction,
-    function4: CuFunction,
+    functions: Vec<CuFunction>,
     ctx: CuContext,
+    /// Blocks of a grid-stride launch: 8 per multiprocessor.
     blocks: c_uint,
 }
 
 // SAFETY: the function and context handles are process-wide driver objects, usable from any
-// thread once the context is made current (which `step` does).
-unsafe impl Send for FusedAdamW {}
+// thread once the context is made current (which `launch` does).
+unsafe impl Send for Module {}
+unsafe impl Sync for Module {}
 
-impl FusedAdamW {
-    /// Loads NVRTC and the driver, and compiles the kernel for `device`.
-    pub fn new(device: Device) -> Result<Self, FusedError> {
+impl Module {
+    /// Loads NVRTC and the driver, compiles `source` for `device`'s architecture and looks up
+    /// the `extern "C"` kernels `names` (in that order for [`Module::launch`]).
+    pub fn load(device: Device, source: &str, file: &str, names: &[&str]) -> Result<Self, FusedError> {
         let Device::Cuda(index) = device else {
             return Err(FusedError::Unavailable(format!("{device:?} is not a CUDA device")));
         };
         let api = Driver::get()?;
         let mut ctx: CuContext = std::ptr::null_mut();
         let mut module: CuModule = std::ptr::null_mut();
-        let mut function: CuFunction = std::ptr::null_mut();
-        let mut function4: CuFunction = std::ptr::null_mut();
+        let mut functions = Vec::with_capacity(names.len());
         let (mut major, mut minor, mut sms) = (0, 0, 0);
         // SAFETY: plain driver calls with valid out-pointers; the PTX is NUL-terminated.
         unsafe {
@@ -442,28 +450,74 @@ impl FusedAdamW {
             api.check("cuDeviceGetAttribute", (api.cu_device_get_attribute)(&mut sms, 16, dev))?;
             api.check("cuDevicePrimaryCtxRetain", (api.cu_primary_ctx_retain)(&mut ctx, dev))?;
             api.check("cuCtxSetCurrent", (api.cu_ctx_set_current)(ctx))?;
-            let ptx = Nvrtc::get()?.compile(major, minor)?;
+            let ptx = Nvrtc::get()?.compile(source, file, major, minor)?;
             api.check(
                 "cuModuleLoadData",
                 (api.cu_module_load_data)(&mut module, ptx.as_ptr() as *const c_void),
             )?;
-            let name = CString::new("baichuan_adamw").expect("no NUL");
-            api.check(
-                "cuModuleGetFunction",
-                (api.cu_module_get_function)(&mut function, module, name.as_ptr()),
-            )?;
-            let name = CString::new("baichuan_adamw4").expect("no NUL");
-            api.check(
-                "cuModuleGetFunction",
-                (api.cu_module_get_function)(&mut function4, module, name.as_ptr()),
-            )?;
+            for name in names {
+                let mut function: CuFunction = std::ptr::null_mut();
+                let cname = CString::new(*name).expect("no NUL");
+                api.check(
+                    &format!("cuModuleGetFunction({name})"),
+                    (api.cu_module_get_function)(&mut function, module, cname.as_ptr()),
+                )?;
+                functions.push(function);
+            }
         }
-        Ok(FusedAdamW {
+        Ok(Module {
             api,
-            function,
-            function4,
+            functions,
             ctx,
             blocks: (sms.max(1) as c_uint) * 8,
+        })
+    }
+
+    /// Launches kernel `which` as a grid-stride loop over `items` with 256 threads a block.
+    ///
+    /// # Safety
+    /// `args` must point at values matching the kernel's parameters in order and type, and
+    /// every pointer among them must address live memory of this device large enough for
+    /// `items`.
+    pub unsafe fn launch(&self, which: usize, items: i64, args: &mut [*mut c_void]) -> Result<(), FusedError> {
+        let threads: c_uint = 256;
+        let blocks = self.blocks.min(((items + 255) / 256).max(1) as c_uint);
+        self.api
+            .check("cuCtxSetCurrent", (self.api.cu_ctx_set_current)(self.ctx))?;
+        self.api.check(
+            "cuLaunchKernel",
+            (self.api.cu_launch_kernel)(
+                self.functions[which],
+                blocks,
+                1,
+                1,
+                threads,
+                1,
+                1,
+                0,
+                std::ptr::null_mut(),
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            ),
+        )
+    }
+}
+
+/// The compiled AdamW kernels, for one CUDA device.
+pub struct FusedAdamW {
+    module: Module,
+}
+
+impl FusedAdamW {
+    /// Loads NVRTC and the driver, and compiles the kernel for `device`.
+    pub fn new(device: Device) -> Result<Self, FusedError> {
+        Ok(FusedAdamW {
+            module: Module::load(
+                device,
+                SOURCE,
+                "baichuan_adamw.cu",
+                &["baichuan_adamw", "baichuan_adamw4"],
+            )?,
         })
     }
 
@@ -500,11 +554,6 @@ impl FusedAdamW {
                 ))
             }
         };
-        // SAFETY: the context is this device's primary context, made current for this thread.
-        unsafe {
-            self.api
-                .check("cuCtxSetCurrent", (self.api.cu_ctx_set_current)(self.ctx))?;
-        }
         let base = |t: &Tensor| t.data_ptr() as *mut u8;
         let (p, g, m, v) = (base(master), base(grad), base(exp_avg), base(exp_avg_sq));
         let o = out.map_or(std::ptr::null_mut(), base);
@@ -520,22 +569,18 @@ impl FusedAdamW {
                     }
                 };
                 let ptrs = [at(p, 4), at(g, 4), at(m, 4), at(v, 4), at(o, 2)];
-                let (function, items) = if wide {
-                    (self.function4, count / 4)
-                } else {
-                    (self.function, count)
-                };
+                let (function, items) = if wide { (1, count / 4) } else { (0, count) };
                 self.launch(function, ptrs, out_kind, items, decay, &k)?;
             }
         }
         Ok(())
     }
 
-    /// Launches `function` over `items` (elements, or groups of four) from `ptrs` (master,
-    /// grad, exp_avg, exp_avg_sq, 16-bit copy or null).
+    /// Launches kernel `which` (0: one element, 1: four) over `items` (elements, or groups of
+    /// four) from `ptrs` (master, grad, exp_avg, exp_avg_sq, 16-bit copy or null).
     fn launch(
         &self,
-        function: CuFunction,
+        which: usize,
         ptrs: [*mut u8; 5],
         out_kind: c_int,
         items: i64,
@@ -561,29 +606,10 @@ impl FusedAdamW {
             &mut eps_hat as *mut _ as *mut c_void,
             &mut gscale as *mut _ as *mut c_void,
         ];
-        let threads: c_uint = 256;
-        let blocks = self.blocks.min(((items + 255) / 256).max(1) as c_uint);
         // SAFETY: the arguments match the kernel's parameters in order and type; the pointers
         // address `items` elements (or aligned groups of four) inside live CUDA buffers of this
-        // device; the launch goes to the legacy default stream, where libtorch queues its kernels.
-        unsafe {
-            self.api.check(
-                "cuLaunchKernel",
-                (self.api.cu_launch_kernel)(
-                    function,
-                    blocks,
-                    1,
-                    1,
-                    threads,
-                    1,
-                    1,
-                    0,
-                    std::ptr::null_mut(),
-                    args.as_mut_ptr(),
-                    std::ptr::null_mut(),
-                ),
-            )
-        }
+        // device.
+        unsafe { self.module.launch(which, items, &mut args) }
     }
 }
 
@@ -689,7 +715,7 @@ mod tests {
             }
         };
         for (major, minor) in [(8, 0), (9, 0)] {
-            let ptx = nvrtc.compile(major, minor).unwrap();
+            let ptx = nvrtc.compile(SOURCE, "baichuan_adamw.cu", major, minor).unwrap();
             let text = String::from_utf8_lossy(&ptx);
             assert!(text.contains(".entry baichuan_adamw("), "{text}");
             assert!(text.contains(".entry baichuan_adamw4("), "{text}");

@@ -11,6 +11,7 @@ pub mod eval;
 pub mod fused;
 pub mod host_alloc;
 pub mod info;
+pub mod kernels;
 pub mod launch;
 pub mod metrics;
 pub mod optim;

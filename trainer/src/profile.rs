@@ -111,6 +111,7 @@ pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
     tch::manual_seed(config.job.seed as i64);
     let mut model = Baichuan::new(&mc, Device::Cpu)?;
     model.to(device, kind);
+    let rotary_kind = crate::kernels::install_rotary(&mut model);
     let (b, s) = (t.micro_batch_size, config.data.seq_len);
     let (d, f, v) = (mc.hidden_size, mc.intermediate_size, mc.vocab_size);
     let (nh, hd) = (mc.num_attention_heads, mc.head_dim());
@@ -151,27 +152,41 @@ pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
         &|| x.linear(blk_w, None::<Tensor>),
     ));
     let qkv = leaf(&[b, s, 3, nh, hd]);
-    for fused in [true, false] {
-        model.set_fused_ops(fused);
-        let rotary = &model.rotary;
-        let label = if fused { "fused" } else { "reference" };
-        rows.push(measure(
-            &format!("rotary on Q, K ({label})"),
-            layers,
-            0.0,
-            reps,
-            &[&qkv],
-            &|| {
-                if fused {
-                    let parts = qkv.split_with_sizes([2, 1], 2);
-                    Tensor::cat(&[rotary.apply_bt(&parts[0], 0), parts[1].shallow_clone()], 2)
-                } else {
-                    let p = qkv.permute([2, 0, 3, 1, 4]);
-                    Tensor::stack(&[rotary.apply(&p.get(0), 0), rotary.apply(&p.get(1), 0), p.get(2)], 0)
-                }
-            },
-        ));
-    }
+    // the training block's rotation: outside autograd, forward and the transposed rotation
+    model.set_fused_ops(true);
+    let grads: Vec<Tensor> = (0..3).map(|_| Tensor::randn([b, s, nh, hd], (kind, device))).collect();
+    let rotary = &model.rotary;
+    let (forward_ms, _) = time(device, reps, &mut || {
+        let _ = rotary.rotate_qk(&qkv);
+    });
+    let (train_ms, host_ms) = time(device, reps, &mut || {
+        let _ = rotary.rotate_qk(&qkv);
+        let _ = rotary.unrotate(&grads[0], &grads[1], &grads[2]);
+    });
+    rows.push(OpRow {
+        name: format!(
+            "rotary on Q, K (spliced, {})",
+            rotary_kind.trim_start_matches("rotary: ")
+        ),
+        count: layers,
+        forward_ms,
+        train_ms,
+        host_ms,
+        flops: 0.0,
+    });
+    model.set_fused_ops(false);
+    let rotary = &model.rotary;
+    rows.push(measure(
+        "rotary on Q, K (reference)",
+        layers,
+        0.0,
+        reps,
+        &[&qkv],
+        &|| {
+            let p = qkv.permute([2, 0, 3, 1, 4]);
+            Tensor::stack(&[rotary.apply(&p.get(0), 0), rotary.apply(&p.get(1), 0), p.get(2)], 0)
+        },
+    ));
     model.set_fused_ops(t.fused_ops);
     let (q, k, vv) = (leaf(&[b, nh, s, hd]), leaf(&[b, nh, s, hd]), leaf(&[b, nh, s, hd]));
     let attention = baichuan_model::baichuan::attention_backend(&mc, b, s, kind, device).to_string();
@@ -196,6 +211,14 @@ pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
         &[&x, gate, up],
         &|| Tensor::cat(&[x.linear(gate, None::<Tensor>), x.linear(up, None::<Tensor>)], -1),
     ));
+    rows.push(measure(
+        "gate+up as one GEMM (weights concatenated)",
+        0.0,
+        2.0 * gemm(d, f),
+        reps,
+        &[&x, gate, up],
+        &|| x.linear(&Tensor::cat(&[gate, up], 0), None::<Tensor>),
+    ));
     let (a, c) = (leaf(&[b, s, f]), leaf(&[b, s, f]));
     rows.push(measure("silu(gate) * up", layers, 0.0, reps, &[&a, &c], &|| {
         a.silu() * &c
@@ -207,20 +230,28 @@ pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
     let y = leaf(&[b, s, d]);
     rows.push(measure("residual add", 2.0 * layers, 0.0, reps, &[&x, &y], &|| &x + &y));
     let block_flops = gemm(d, 3 * d) + gemm(d, d) + 2.0 * gemm(d, f) + gemm(f, d) + attn_flops;
-    let mut block_inputs = vec![&x];
-    block_inputs.extend(weights.iter());
+    // the whole block as training runs it: train_forward, then train_backward returning the
+    // gradients of the input and the parameters
+    let g = x.randn_like();
     for fused in [true, false] {
         model.set_fused_ops(fused);
         let label = if fused { "fused" } else { "reference" };
-        let row = measure(
-            &format!("whole block ({label} ops)"),
-            if fused == t.fused_ops { layers } else { 0.0 },
-            block_flops,
-            reps,
-            &block_inputs,
-            &|| model.block(0, &x),
-        );
-        rows.push(row);
+        let blk = &model.layers[0];
+        let (forward_ms, _) = time(device, reps, &mut || {
+            let _ = blk.train_forward(&x, &model.rotary);
+        });
+        let (train_ms, host_ms) = time(device, reps, &mut || {
+            let tape = blk.train_forward(&x, &model.rotary);
+            let _ = blk.train_backward(tape, &x, &g, &model.rotary, true);
+        });
+        rows.push(OpRow {
+            name: format!("whole block ({label} ops)"),
+            count: if fused == t.fused_ops { layers } else { 0.0 },
+            forward_ms,
+            train_ms,
+            host_ms,
+            flops: block_flops,
+        });
     }
     model.set_fused_ops(t.fused_ops);
     // the head: final norm, the V-wide GEMM and the chunked fp32 loss, as training runs it

@@ -10,6 +10,7 @@
 //! The loss is the mean token cross-entropy in fp32, computed in chunks of the sequence so
 //! the full (B, T, V) fp32 logits never exist at once; each chunk is back-propagated at once.
 
+use baichuan_model::baichuan::BlockTape;
 use baichuan_model::Baichuan;
 use tch::{Kind, Reduction, Tensor};
 
@@ -70,11 +71,12 @@ pub fn recompute_plan(layers: usize, mode: crate::config::Checkpointing, every: 
         .collect()
 }
 
-/// What forward leaves for backward: each block's detached input (a leaf), each block's
-/// output with its graph (or without, for recomputed blocks), and the top leaf.
+/// What forward leaves for backward: the embedding's output, each block's detached input (a
+/// leaf), each block's tape (None for recomputed blocks), and the top leaf.
 pub struct Forward {
+    embedded: Tensor,
     leaves: Vec<Tensor>,
-    outputs: Vec<Tensor>,
+    tapes: Vec<Option<BlockTape>>,
     top: Tensor,
     targets: Tensor,
 }
@@ -87,23 +89,25 @@ pub fn forward(model: &Baichuan, tokens: &Tensor, recompute: &[bool]) -> Forward
     let embedded = model.embed(&tokens.narrow(1, 0, t)); // (B, T, d)
     let layers = model.layers.len();
     let mut leaves = Vec::with_capacity(layers);
-    let mut outputs = Vec::with_capacity(layers + 1);
-    outputs.push(embedded);
+    let mut tapes = Vec::with_capacity(layers);
+    let mut h = embedded.detach();
     for i in 0..layers {
-        let x = outputs[i].detach().set_requires_grad(true);
-        let out = if recompute.get(i).copied().unwrap_or(false) {
-            tch::no_grad(|| model.block(i, &x)) // only the input is kept
+        let x = h.set_requires_grad(true);
+        if recompute.get(i).copied().unwrap_or(false) {
+            h = tch::no_grad(|| model.block(i, &x)); // only the input is kept
+            tapes.push(None);
         } else {
-            model.block(i, &x)
-        };
-        outputs.push(out);
+            let tape = model.layers[i].train_forward(&x, &model.rotary);
+            h = tape.output().detach();
+            tapes.push(Some(tape));
+        }
         leaves.push(x);
     }
-    let top = outputs[layers].detach().set_requires_grad(true);
     Forward {
+        embedded,
         leaves,
-        outputs,
-        top,
+        tapes,
+        top: h.set_requires_grad(true),
         targets: tokens.narrow(1, 1, t),
     }
 }
@@ -124,14 +128,14 @@ pub type HandOff<'a> = &'a mut dyn FnMut(Unit, &[Tensor]);
 pub fn backward(
     model: &Baichuan,
     fwd: Forward,
-    recompute: &[bool],
     grad_scale: f64,
     chunk_tokens: i64,
     mut on_unit: Option<HandOff>,
 ) -> f64 {
     let Forward {
+        embedded,
         leaves,
-        mut outputs,
+        mut tapes,
         top,
         targets,
     } = fwd;
@@ -143,39 +147,35 @@ pub fn backward(
             f(unit, grads)
         }
     };
-    // `(out * g).sum()` back-propagates `g` into `out`: into .grad, or returned for `inputs`
-    let back = |out: &Tensor, g: &Tensor, inputs: &[&Tensor]| -> Vec<Tensor> {
-        let seed = (out * g).sum(Kind::Float);
-        if handing_off {
-            Tensor::run_backward(&[&seed], inputs, false, false)
-        } else {
-            seed.backward();
-            Vec::new()
-        }
-    };
     done(Unit::Head, &[]);
 
     let mut grad = top.grad();
     for i in (0..model.layers.len()).rev() {
-        let out = std::mem::replace(&mut outputs[i + 1], Tensor::new());
-        let out = if recompute.get(i).copied().unwrap_or(false) {
-            model.block(i, &leaves[i])
-        } else {
-            out
+        let block = &model.layers[i];
+        let tape = match tapes[i].take() {
+            Some(tape) => tape,
+            None => block.train_forward(&leaves[i], &model.rotary), // recomputed
         };
-        let mut inputs = vec![&leaves[i]];
-        inputs.extend(unit_params(model, Unit::Block(i)));
-        let mut grads = back(&out, &grad, &inputs);
-        if grads.is_empty() {
-            done(Unit::Block(i), &[]);
-            grad = leaves[i].grad();
-        } else {
-            grad = grads.remove(0);
-            done(Unit::Block(i), &grads);
+        match block.train_backward(tape, &leaves[i], &grad, &model.rotary, handing_off) {
+            Some((dx, grads)) => {
+                done(Unit::Block(i), &grads);
+                grad = dx;
+            }
+            None => {
+                done(Unit::Block(i), &[]);
+                grad = leaves[i].grad();
+            }
         }
     }
-    let grads = back(&outputs[0], &grad, &unit_params(model, Unit::Embed));
-    done(Unit::Embed, &grads);
+    // `(out * g).sum()` back-propagates `g` into the embedding: into .grad, or returned
+    let seed = (&embedded * &grad).sum(Kind::Float);
+    if handing_off {
+        let grads = Tensor::run_backward(&[&seed], &unit_params(model, Unit::Embed), false, false);
+        done(Unit::Embed, &grads);
+    } else {
+        seed.backward();
+        done(Unit::Embed, &[]);
+    }
     loss_sum.double_value(&[]) / n_tokens
 }
 
@@ -189,7 +189,7 @@ pub fn forward_backward(
     on_unit: Option<HandOff>,
 ) -> f64 {
     let fwd = forward(model, tokens, recompute);
-    backward(model, fwd, recompute, grad_scale, chunk_tokens, on_unit)
+    backward(model, fwd, grad_scale, chunk_tokens, on_unit)
 }
 
 /// Mean token loss of a batch without gradients (evaluation), chunked like training.
@@ -235,24 +235,30 @@ mod tests {
     }
 
     #[test]
-    fn layer_wise_backward_equals_the_full_graph_bit_for_bit() {
+    fn layer_wise_backward_equals_the_full_graph() {
         let tokens = Tensor::randint(97, [2, 17], (Kind::Int64, Device::Cpu));
-        // the whole chunked loss in one chunk, so the reduction order matches exactly
-        let (m1, m2) = small_models();
-        let loss1 = forward_backward(&m1, &tokens, 1.0, 1 << 20, &[], None);
-        let logits = m2.forward(&tokens.narrow(1, 0, 16)).to_kind(Kind::Float);
-        let loss2 = logits.view([-1, 97]).cross_entropy_loss::<Tensor>(
-            &tokens.narrow(1, 1, 16).reshape([-1]),
-            None,
-            Reduction::Sum,
-            -100,
-            0.0,
-        );
-        (&loss2 / 32.0).backward();
-        assert!((loss1 - loss2.double_value(&[]) / 32.0).abs() < 1e-6);
-        for ((name, a), (_, b)) in m1.named_parameters().iter().zip(m2.named_parameters()) {
-            let diff = (a.grad() - b.grad()).abs().max().double_value(&[]);
-            assert!(diff < 1e-6, "{name}: {diff}");
+        // layer-wise with the rotation spliced out of autograd (fused ops) or not (reference),
+        // against one autograd graph of the whole model with the reference ops
+        for (layer_wise_fused, graph_fused) in [(true, false), (false, false), (true, true)] {
+            // the whole chunked loss in one chunk, so the reduction order matches
+            let (mut m1, mut m2) = small_models();
+            m1.set_fused_ops(layer_wise_fused);
+            m2.set_fused_ops(graph_fused);
+            let loss1 = forward_backward(&m1, &tokens, 1.0, 1 << 20, &[], None);
+            let logits = m2.forward(&tokens.narrow(1, 0, 16)).to_kind(Kind::Float);
+            let loss2 = logits.view([-1, 97]).cross_entropy_loss::<Tensor>(
+                &tokens.narrow(1, 1, 16).reshape([-1]),
+                None,
+                Reduction::Sum,
+                -100,
+                0.0,
+            );
+            (&loss2 / 32.0).backward();
+            assert!((loss1 - loss2.double_value(&[]) / 32.0).abs() < 1e-6);
+            for ((name, a), (_, b)) in m1.named_parameters().iter().zip(m2.named_parameters()) {
+                let diff = (a.grad() - b.grad()).abs().max().double_value(&[]);
+                assert!(diff < 1e-6, "{layer_wise_fused} vs {graph_fused}: {name}: {diff}");
+            }
         }
     }
 

@@ -1,0 +1,137 @@
+//! The training block with its rotation spliced out of autograd, against one autograd graph
+//! of the whole model with the reference (Hugging Face) ops. With BAICHUAN_TEST_DEVICE=cuda
+//! (scripts/gpu_check.sh) the rotation is the NVRTC kernel of trainer/src/kernels.rs, checked
+//! first on its own against the reference rotation by ATen ops (fp32, bf16 and fp16, and a
+//! gradient with transposed strides as attention's backward returns), then inside a whole
+//! training step (fp32 and bf16); on the CPU the step runs with the ATen rotation.
+
+use baichuan_model::{Baichuan, ModelConfig};
+use baichuan_trainer::{kernels, step};
+use tch::{Device, Kind, Tensor};
+
+fn device() -> Device {
+    match std::env::var("BAICHUAN_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::Cuda(0),
+        _ => Device::Cpu,
+    }
+}
+
+fn rel(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
+    (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-30)
+}
+
+fn config() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 301,
+        hidden_size: 96,
+        intermediate_size: 160,
+        num_hidden_layers: 3,
+        num_attention_heads: 6,
+        max_position_embeddings: 64,
+        ..ModelConfig::tiny()
+    }
+}
+
+#[test]
+fn the_rotation_kernel_equals_the_reference_rotation() {
+    let dev = device();
+    if !dev.is_cuda() {
+        println!("skipped on the CPU: the kernel needs CUDA (BAICHUAN_TEST_DEVICE=cuda)");
+        return;
+    }
+    tch::manual_seed(5);
+    let mut with_kernel = Baichuan::new(&config(), Device::Cpu).unwrap();
+    with_kernel.to(dev, Kind::Float);
+    let said = kernels::install_rotary(&mut with_kernel);
+    assert!(with_kernel.rotary.kernel.is_some(), "{said}");
+    let mut aten = Baichuan::new(&config(), Device::Cpu).unwrap();
+    aten.to(dev, Kind::Float);
+    let (b, t, nh, hd) = (2, 37, 6, 16);
+    for (kind, tol) in [(Kind::Float, 1e-6), (Kind::BFloat16, 1e-2), (Kind::Half, 2e-3)] {
+        let qkv = Tensor::randn([b, t, 3, nh, hd], (Kind::Float, dev)).to_kind(kind);
+        let (q1, k1) = with_kernel.rotary.rotate_qk(&qkv);
+        // the reference: Hugging Face's rotation on (B, nh, T, hd) in fp32
+        let p = qkv.to_kind(Kind::Float).permute([2, 0, 3, 1, 4]);
+        let q2 = aten.rotary.apply(&p.get(0), 0).transpose(1, 2);
+        let k2 = aten.rotary.apply(&p.get(1), 0).transpose(1, 2);
+        let (eq, ek) = (rel(&q1, &q2), rel(&k1, &k2));
+        println!("rotation {kind:?}: q rel {eq:.2e}, k rel {ek:.2e}");
+        assert!(eq < tol && ek < tol, "{kind:?}: q {eq}, k {ek}");
+        // gradients with attention's strides: (B, nh, T, hd) buffers seen as (B, T, nh, hd)
+        let g: Vec<Tensor> = (0..3)
+            .map(|_| {
+                Tensor::randn([b, nh, t, hd], (Kind::Float, dev))
+                    .to_kind(kind)
+                    .transpose(1, 2)
+            })
+            .collect();
+        let d1 = with_kernel.rotary.unrotate(&g[0], &g[1], &g[2]);
+        // the reference: autograd through the fp32 rotation
+        let x = qkv.to_kind(Kind::Float).set_requires_grad(true);
+        let p = x.permute([2, 0, 3, 1, 4]);
+        let y = Tensor::stack(
+            &[
+                aten.rotary.apply(&p.get(0), 0).transpose(1, 2),
+                aten.rotary.apply(&p.get(1), 0).transpose(1, 2),
+                p.get(2).transpose(1, 2),
+            ],
+            2,
+        );
+        let seed = (&y * Tensor::stack(&g, 2).to_kind(Kind::Float)).sum(Kind::Float);
+        let d2 = Tensor::run_backward(&[&seed], &[&x], false, false).remove(0);
+        let ed = rel(&d1, &d2);
+        println!("transposed rotation {kind:?}: rel {ed:.2e}");
+        assert!(ed < tol, "{kind:?}: gradient {ed}");
+    }
+}
+
+#[test]
+fn a_spliced_training_step_equals_the_reference_graph() {
+    let dev = device();
+    for (kind, tol) in [(Kind::Float, 1e-5), (Kind::BFloat16, 6e-2)] {
+        if kind == Kind::BFloat16 && !dev.is_cuda() {
+            continue; // bf16 on the CPU is covered by the model's unit tests
+        }
+        tch::manual_seed(9);
+        let mut spliced = Baichuan::new(&config(), Device::Cpu).unwrap();
+        tch::manual_seed(9);
+        let mut reference = Baichuan::new(&config(), Device::Cpu).unwrap();
+        spliced.to(dev, kind);
+        // the reference graph in fp32 (the oracle), Hugging Face's ops
+        reference.to(dev, Kind::Float);
+        reference.set_fused_ops(false);
+        let said = kernels::install_rotary(&mut spliced);
+        println!("{kind:?}: {said}");
+        let tokens = Tensor::randint(301, [2, 41], (Kind::Int64, dev));
+        let mut got = Vec::new();
+        let mut take = |unit: step::Unit, fresh: &[Tensor]| {
+            got.push((unit, fresh.iter().map(|g| g.to_kind(Kind::Float)).collect::<Vec<_>>()));
+        };
+        let loss1 = step::forward_backward(&spliced, &tokens, 1.0, 1 << 20, &[false, true, false], Some(&mut take));
+        let logits = reference.forward(&tokens.narrow(1, 0, 40));
+        let loss2 = logits.view([-1, 301]).cross_entropy_loss::<Tensor>(
+            &tokens.narrow(1, 1, 40).reshape([-1]),
+            None,
+            tch::Reduction::Mean,
+            -100,
+            0.0,
+        );
+        loss2.backward();
+        let el = (loss1 - loss2.double_value(&[])).abs() / loss2.double_value(&[]);
+        let mut worst = 0f64;
+        for (unit, grads) in &got {
+            let want = step::unit_params(&reference, *unit);
+            let have = step::unit_params(&spliced, *unit);
+            for (j, (w, h)) in want.iter().zip(&have).enumerate() {
+                // the head's gradients stay in .grad; the blocks' and the embedding's come back
+                let g = grads
+                    .get(j)
+                    .map_or_else(|| h.grad().to_kind(Kind::Float), |g| g.shallow_clone());
+                worst = worst.max(rel(&g, &w.grad()));
+            }
+        }
+        println!("{kind:?} on {dev:?}: loss rel {el:.2e}, worst gradient rel {worst:.2e}");
+        assert!(el < tol && worst < tol, "{kind:?}: loss {el}, gradient {worst}");
+    }
+}
