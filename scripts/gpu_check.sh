@@ -256,11 +256,13 @@ print("PASS %.0f tok/s, step %.0f ms, %.0f MiB" % (p["tokens_per_s"], 1e3*p["ste
   [ "${line%% *}" = PASS ] || tail -5 "$OUT/torch-mfu.err"
 }
 if [ "${GPU_CHECK_ONLY:-all}" = all ] || [ "${GPU_CHECK_ONLY:-all}" = mfu ]; then
-  if [ "${GPU_CHECK_ONLY:-all}" = mfu ] && [ -z "${GPU_CHECK_DRY:-}" ]; then
+  # GPU_CHECK_BENCH_ONLY=1: the speed rows of the default configurations alone (a short lease)
+  ONLY_BENCH="${GPU_CHECK_BENCH_ONLY:-}"
+  if [ "${GPU_CHECK_ONLY:-all}" = mfu ] && [ -z "${GPU_CHECK_DRY:-}" ] && [ -z "$ONLY_BENCH" ]; then
     run_parity
     run_adamw_oracle
   fi
-  if [ -z "${GPU_CHECK_DRY:-}" ]; then
+  if [ -z "${GPU_CHECK_DRY:-}" ] && [ -z "$ONLY_BENCH" ]; then
     # the rotary kernel alone and inside a training step, against the reference graph
     log="$OUT/rotary-cuda.log"
     BAICHUAN_TEST_DEVICE=cuda timeout 120 target/gpu/rotary_kernel --nocapture --test-threads 1 >"$log" 2>&1
@@ -279,18 +281,25 @@ if [ "${GPU_CHECK_ONLY:-all}" = all ] || [ "${GPU_CHECK_ONLY:-all}" = mfu ]; the
       "$(grep -m1 -o 'step      1 | loss [0-9.]*' "$OUT/train-mfu.log") -> $(grep -o 'step     30 | loss [0-9.]*' "$OUT/train-mfu.log" | tail -1); $(grep -o 'rotary: .*' "$OUT/train-mfu.log" | head -1)"
   fi
   read -r -a sets <<<"$(as_sets "${G13[@]}")"
-  timeout 200 "$B" bench --config config/small.toml "${sets[@]}" --set model.max_position_embeddings="$SEQ" \
+  [ -n "$ONLY_BENCH" ] || timeout 200 "$B" bench --config config/small.toml "${sets[@]}" --set model.max_position_embeddings="$SEQ" \
     --set data.seq_len="$SEQ" --set train.precision=bf16 --set train.device="$DEV" --set train.micro_batch_size=1 \
     --set train.global_batch_size=1 --breakdown --steps 5 >"$OUT/breakdown.txt" 2>"$OUT/breakdown.err"
-  cat "$OUT/breakdown.txt"
-  [ -s "$OUT/breakdown.txt" ] || tail -5 "$OUT/breakdown.err"
-  row "1.3B breakdown" "$([ -s "$OUT/breakdown.txt" ] && echo PASS || echo FAIL)" "$(tail -1 "$OUT/breakdown.txt")"
+  if [ -z "$ONLY_BENCH" ]; then
+    cat "$OUT/breakdown.txt"
+    [ -s "$OUT/breakdown.txt" ] || tail -5 "$OUT/breakdown.err"
+    row "1.3B breakdown" "$([ -s "$OUT/breakdown.txt" ] && echo PASS || echo FAIL)" "$(tail -1 "$OUT/breakdown.txt")"
+  fi
+  # one micro-batch per optimizer step (the whole optimizer every 4096 tokens), and the
+  # accumulated configurations a run uses (micro-batches of 1 and 2 sequences)
   ours_row "fused ops, 1x$SEQ" 1 1
-  ours_row "reference ops, 1x$SEQ" 1 1 --set train.fused_ops=false
+  [ -n "$ONLY_BENCH" ] || ours_row "reference ops, 1x$SEQ" 1 1 --set train.fused_ops=false
   ours_row "fused ops, 2x$SEQ" 2 2
-  ours_row "fused ops, 8 x 1x$SEQ accumulated" 1 8
+  [ -n "$ONLY_BENCH" ] || ours_row "fused ops, 8 x 1x$SEQ accumulated" 1 8
+  ours_row "fused ops, 4 x 2x$SEQ accumulated" 2 8
+  ours_row "fused ops, 8 x 2x$SEQ accumulated" 2 16
   eager_row "1x$SEQ" 1 1
-  eager_row "8 x 1x$SEQ accumulated" 1 8
+  [ -n "$ONLY_BENCH" ] || eager_row "8 x 1x$SEQ accumulated" 1 8
+  eager_row "4 x 2x$SEQ accumulated" 2 4
 fi
 
 echo
