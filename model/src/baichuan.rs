@@ -15,6 +15,14 @@
 //! kernels, and Q/K/V split with `split`/`unbind`, whose backward is one concatenation instead
 //! of a zero-filled buffer per slice. `Baichuan::set_fused_ops` switches between them.
 //!
+//! For training, `Block::train_forward`/`train_backward` splice the rotation out of autograd
+//! (tch cannot define autograd functions): graph S1 runs from the block input to QKV, the
+//! rotation makes leaves of Q and K (V is a leaf view of QKV), graph S2 runs from those leaves
+//! to the output; backward runs S2, rotates Q's and K's gradients back, then runs S1. The
+//! rotation is a `RotaryKernel` (the trainer installs CUDA kernels) or the same rotation in ATen
+//! ops. The spliced block's gradients equal one graph's (tests in trainer/src/step.rs and
+//! trainer/tests/rotary_kernel.rs).
+//!
 //! Parameters are plain tensors named by their Hugging Face keys. The model exposes its
 //! pieces (`embed`, `layers[i].forward`, `head`) so that the trainer can run the layer-wise
 //! schedule (detached block inputs, recomputation, per-block gradient hand-off); the model

@@ -182,6 +182,7 @@ pub fn train_step(config: &crate::config::RunConfig, steps: usize, warmup: usize
     let recompute = step::recompute_plan(model.layers.len(), t.activation_checkpointing, t.checkpoint_every);
     let seq = config.data.seq_len;
     let accum = resolved.grad_accum;
+    let fp32_accum = t.grad_accum_dtype == crate::config::GradAccumDtype::Fp32;
     let sync = || {
         if let tch::Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);
@@ -198,9 +199,10 @@ pub fn train_step(config: &crate::config::RunConfig, steps: usize, warmup: usize
             let state = step::forward(&model, &tokens, &recompute);
             sync();
             let t1 = Instant::now();
-            let mut hand_off =
-                |unit, fresh: &[Tensor]| reducer.unit_done(unit, &step::unit_params(&model, unit), fresh, &Solo);
-            let hook: Option<step::HandOff> = if micro + 1 == accum { Some(&mut hand_off) } else { None };
+            let mut to = step::MicroBatchHandOff::new(&mut reducer, &model, &Solo, micro, accum, fp32_accum);
+            let active = to.active();
+            let mut hand_off = |unit, fresh: &[Tensor]| to.unit(unit, fresh);
+            let hook: Option<step::HandOff> = if active { Some(&mut hand_off) } else { None };
             step::backward(&model, state, 1.0 / accum as f64, t.loss_chunk_tokens, hook);
             sync();
             f_s += (t1 - t0).as_secs_f64();

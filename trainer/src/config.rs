@@ -191,6 +191,17 @@ pub enum Checkpointing {
     EveryN,
 }
 
+/// Where a step's micro-batch gradients are summed.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GradAccumDtype {
+    /// In the reducer's fp32 buffer (ZeRO stages 0 and 1; stage 2 keeps none and sums in
+    /// the parameters' dtype).
+    Fp32,
+    /// In the parameters' `.grad`, in their dtype (bf16/fp16 lose bits with each addition).
+    Param,
+}
+
 /// Where to compute.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -248,6 +259,8 @@ pub struct TrainConfig {
     /// The model's fused element-wise ops (RMSNorm kernel, joint rotary, one-concat QKV split);
     /// false runs the reference ops, which compute the same function.
     pub fused_ops: bool,
+    /// Where the micro-batches of a step are summed.
+    pub grad_accum_dtype: GradAccumDtype,
 }
 
 impl Default for TrainConfig {
@@ -276,6 +289,7 @@ impl Default for TrainConfig {
             max_bad_steps: 20,
             fused_optimizer: true,
             fused_ops: true,
+            grad_accum_dtype: GradAccumDtype::Fp32,
         }
     }
 }

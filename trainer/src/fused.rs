@@ -42,7 +42,7 @@ __device__ __forceinline__ void adamw1(
     float& p, float g, float& m, float& v,
     float gscale, float decay, float w1, float w2, float step_size, float eps_hat)
 {
-    g = g * gscale;                 // the clip coefficient (and fp16 unscale), as grad.mul_(c)
+    g = g * gscale;                 // the clip coefficient, as grad.mul_(c)
     m = m + w1 * (g - m);           // torch.lerp(m, g, w1), w1 < 0.5
     v = v + w2 * (g * g - v);       // torch.lerp(v, g*g, w2)
     p = p * decay;

@@ -34,8 +34,8 @@ pub struct AdamWParams {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
-    /// Multiplies the gradient before the update (the clip coefficient, times 1/loss scale
-    /// under fp16), folded into the fused kernel's read; 1.0 leaves it as it is.
+    /// Multiplies the gradient before the update (the clip coefficient), folded into the
+    /// fused kernel's read; 1.0 leaves it as it is.
     pub grad_scale: f64,
 }
 

@@ -2,10 +2,12 @@
 //!
 //! Each block's input is a detached leaf, so backward runs block by block from the top:
 //! the head's chunked cross-entropy yields the gradient of the last hidden state, then each
-//! block is back-propagated with the gradient of its output (`(out * g).sum().backward()`,
-//! exact to the bit against the full graph). That one mechanism is where activation
-//! recomputation and per-block gradient hand-off (for bucketed all-reduce) slot in, without
-//! autograd hooks, which tch does not have.
+//! block is back-propagated with the gradient of its output (`Block::train_backward`, which
+//! seeds autograd with `(out * g).sum()`; equal to the full graph to 1e-6 in fp32). That one
+//! mechanism is where activation recomputation and per-block gradient hand-off (for bucketed
+//! all-reduce) slot in, without autograd hooks, which tch does not have. On the micro-batch
+//! that hands gradients off, autograd returns each block's and the embedding's gradients
+//! instead of accumulating them into `.grad`.
 //!
 //! The loss is the mean token cross-entropy in fp32, computed in chunks of the sequence so
 //! the full (B, T, V) fp32 logits never exist at once; each chunk is back-propagated at once.
@@ -117,6 +119,53 @@ pub fn forward(model: &Baichuan, tokens: &Tensor, recompute: &[bool]) -> Forward
 /// accumulating them; an empty slice means they are all in the parameters' `.grad()`.
 /// Gradients of earlier micro-batches are in `.grad()` either way.
 pub type HandOff<'a> = &'a mut dyn FnMut(Unit, &[Tensor]);
+
+/// Where micro-batch `micro` of a step's `accum` sends each finished unit's gradients: the
+/// last hands them to the reducer (which launches bucket collectives); earlier ones sum into
+/// the reducer's fp32 buffer where it keeps one (ZeRO 0 and 1) and `fp32` asks for it
+/// (`train.grad_accum_dtype`), else stay in `.grad()`.
+pub struct MicroBatchHandOff<'a> {
+    reducer: &'a mut crate::dist::buckets::GradReducer,
+    model: &'a Baichuan,
+    comm: &'a dyn crate::dist::comm::Communicator,
+    first: bool,
+    last: bool,
+    fp32: bool,
+}
+
+impl<'a> MicroBatchHandOff<'a> {
+    pub fn new(
+        reducer: &'a mut crate::dist::buckets::GradReducer,
+        model: &'a Baichuan,
+        comm: &'a dyn crate::dist::comm::Communicator,
+        micro: i64,
+        accum: i64,
+        fp32: bool,
+    ) -> Self {
+        MicroBatchHandOff {
+            reducer,
+            model,
+            comm,
+            first: micro == 0,
+            last: micro + 1 == accum,
+            fp32,
+        }
+    }
+
+    /// Whether this micro-batch hands anything off (else gradients accumulate in `.grad()`).
+    pub fn active(&self) -> bool {
+        self.last || (self.fp32 && self.reducer.accumulates())
+    }
+
+    pub fn unit(&mut self, unit: Unit, fresh: &[Tensor]) {
+        let params = unit_params(self.model, unit);
+        if self.last {
+            self.reducer.unit_done(unit, &params, fresh, self.comm);
+        } else {
+            self.reducer.accumulate(unit, &params, fresh, self.first);
+        }
+    }
+}
 
 /// Backward of a micro-batch: the chunked loss into the top leaf and the head, then blocks
 /// from the top down (recomputing those marked), then the embedding. Gradients of the mean
@@ -317,6 +366,67 @@ mod tests {
             .max()
             .double_value(&[]);
         assert!(only_first > 1e-6, "the second micro-batch went into .grad");
+    }
+
+    /// Below ZeRO stage 2 the micro-batches of a step are summed in the reducer's fp32 buffer:
+    /// with bf16 parameters the result is the fp32 sum of each micro-batch's bf16 gradient,
+    /// which summing in bf16 `.grad` would round after every addition.
+    #[test]
+    fn micro_batches_are_summed_in_fp32() {
+        use crate::dist::buckets::GradReducer;
+        use crate::dist::comm::Solo;
+        let (mut m, _) = small_models();
+        m.to(Device::Cpu, Kind::BFloat16);
+        let batches: Vec<Tensor> = (0..4)
+            .map(|_| Tensor::randint(97, [2, 17], (Kind::Int64, Device::Cpu)))
+            .collect();
+        let named = m.named_parameters();
+        let slots = crate::optim::layout(&named);
+        let total: i64 = named.iter().map(|(_, p)| p.numel() as i64).sum();
+        // each micro-batch's gradient alone, flattened in fp32, summed in fp32
+        let mut want = Tensor::zeros([total], (Kind::Float, Device::Cpu));
+        for tokens in &batches {
+            forward_backward(&m, tokens, 0.25, 1 << 20, &[], None);
+            let flat: Vec<Tensor> = m
+                .parameters()
+                .iter()
+                .map(|p| p.grad().to_kind(Kind::Float).view([-1]))
+                .collect();
+            want += Tensor::cat(&flat, 0);
+            for p in m.parameters() {
+                p.shallow_clone().zero_grad();
+            }
+        }
+        let mut reducer = GradReducer::new(&slots, 3, 1 << 10, 0, vec![(0, total as usize)], 0, Device::Cpu);
+        for (micro, tokens) in batches.iter().enumerate() {
+            let mut to = MicroBatchHandOff::new(&mut reducer, &m, &Solo, micro as i64, 4, true);
+            assert!(to.active(), "stage 0 sums every micro-batch in the buffer");
+            let mut f = |unit, fresh: &[Tensor]| to.unit(unit, fresh);
+            forward_backward(&m, tokens, 0.25, 1 << 20, &[true, false, false], Some(&mut f));
+        }
+        reducer.finish().unwrap();
+        let got = reducer.grad_shard();
+        let rel = (&got - &want).norm().double_value(&[]) / want.norm().double_value(&[]);
+        assert!(rel < 1e-6, "fp32 sum of the micro-batches differs by {rel}");
+        // against summing the first three in bf16 .grad (what ZeRO stage 2 still does)
+        let mut bf16_sum = GradReducer::new(&slots, 3, 1 << 10, 0, vec![(0, total as usize)], 0, Device::Cpu);
+        for (micro, tokens) in batches.iter().enumerate() {
+            if micro < 3 {
+                forward_backward(&m, tokens, 0.25, 1 << 20, &[], None);
+            } else {
+                let mut to = MicroBatchHandOff::new(&mut bf16_sum, &m, &Solo, 3, 4, true);
+                let mut f = |unit, fresh: &[Tensor]| to.unit(unit, fresh);
+                forward_backward(&m, tokens, 0.25, 1 << 20, &[], Some(&mut f));
+            }
+        }
+        bf16_sum.finish().unwrap();
+        let rel_bf16 = (bf16_sum.grad_shard() - &want).norm().double_value(&[]) / want.norm().double_value(&[]);
+        assert!(rel_bf16 > 10.0 * rel.max(1e-9), "bf16 sums {rel_bf16} vs fp32 {rel}");
+        // nothing was left behind in .grad
+        for (name, p) in m.named_parameters() {
+            let g = p.grad();
+            assert!(!g.defined() || g.abs().max().double_value(&[]) == 0.0, "{name}");
+        }
     }
 
     #[test]

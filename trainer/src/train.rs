@@ -353,6 +353,7 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let mut losses = Vec::with_capacity(t.steps as usize);
     let row = d.seq_len + 1;
     let accum = resolved.grad_accum;
+    let fp32_accum = t.grad_accum_dtype == crate::config::GradAccumDtype::Fp32;
     let recompute = step::recompute_plan(model.layers.len(), t.activation_checkpointing, t.checkpoint_every);
     let mut recent: std::collections::VecDeque<f64> = std::collections::VecDeque::new();
     let mut bad_in_a_row = 0u64;
@@ -383,10 +384,12 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             let x = all
                 .narrow(0, micro * t.micro_batch_size, t.micro_batch_size)
                 .to_device(device);
-            // the last micro-batch hands each finished unit's gradients to the reducer
-            let mut hand_off =
-                |unit, fresh: &[Tensor]| reducer.unit_done(unit, &step::unit_params(&model, unit), fresh, comm);
-            let hook: Option<step::HandOff> = if micro + 1 == accum { Some(&mut hand_off) } else { None };
+            // each finished unit's gradients go to the reducer: summed in fp32, and on the last
+            // micro-batch handed to the bucket collectives
+            let mut to = step::MicroBatchHandOff::new(&mut reducer, &model, comm, micro, accum, fp32_accum);
+            let active = to.active();
+            let mut hand_off = |unit, fresh: &[Tensor]| to.unit(unit, fresh);
+            let hook: Option<step::HandOff> = if active { Some(&mut hand_off) } else { None };
             let grad_scale = scaler.scale / accum as f64; // fp16: the loss scale
             loss +=
                 step::forward_backward(&model, &x, grad_scale, t.loss_chunk_tokens, &recompute, hook) / accum as f64;
@@ -399,8 +402,11 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let mut apply = !fp16 || scaler.update(all_finite(&grad, comm)?); // fp16: skip inf/NaN steps
         let mut grad_norm = f64::NAN;
         if apply {
-            // the fp16 unscale is folded into the update's gradient factor (no pass of its own)
-            grad_norm = opt.grad_norm(&grad, comm, stage >= 1)? / used_scale;
+            if used_scale != 1.0 {
+                // fp16: unscaled first, so the norm of large scaled gradients cannot overflow
+                let _ = grad.shallow_clone().f_mul_scalar_(1.0 / used_scale);
+            }
+            grad_norm = opt.grad_norm(&grad, comm, stage >= 1)?;
             // a bad step (NaN/inf loss or norm, or a loss spike) is skipped, never applied
             let spike = is_spike(&recent, loss, t.spike_zscore);
             if !loss.is_finite() || !grad_norm.is_finite() || spike {
@@ -435,7 +441,7 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 beta2: t.betas[1],
                 eps: t.eps,
                 weight_decay: t.weight_decay,
-                grad_scale: FlatAdamW::clip_coef(grad_norm, t.grad_clip) / used_scale,
+                grad_scale: FlatAdamW::clip_coef(grad_norm, t.grad_clip),
             };
             opt.update(&grad, h).context("the AdamW update")?;
             opt.write_back(comm, sharded)?; // all-gather the updated shards

@@ -7,7 +7,9 @@
 //! arrives, while the blocks below are still computing (PyTorch DDP's bucketing, Li et al.
 //! 2020, driven by the schedule instead of autograd hooks).
 //!
-//! ZeRO stages 0 and 1 all-reduce each bucket in place in one full fp32 gradient buffer.
+//! ZeRO stages 0 and 1 all-reduce each bucket in place in one full fp32 gradient buffer, in
+//! which the micro-batches of a step are also summed (in fp32, as Megatron-LM's `main_grad`;
+//! bf16 `.grad` would lose bits with every micro-batch added).
 //! Stage 2 reduce-scatters each bucket so that every rank receives only the part that falls
 //! in its shard of the flat parameter order; no rank ever holds the whole fp32 gradient.
 
@@ -54,6 +56,30 @@ pub struct GradReducer {
     /// When each bucket's collective was issued in the current step.
     pub issued: Vec<Instant>,
     num_layers: usize,
+    /// Earlier micro-batches of this step were summed into `grad` ([`GradReducer::accumulate`]).
+    accumulated: bool,
+}
+
+/// Writes parameter `p`'s gradient into `dst` (fp32): this micro-batch's `new` (returned by
+/// autograd) plus whatever is in `p.grad()` (then zeroed), added onto `dst`'s content when
+/// `add`, else replacing it.
+fn gather(dst: &mut Tensor, p: &Tensor, new: Option<&Tensor>, add: bool) {
+    let earlier = p.grad();
+    let mut holds = add;
+    for g in new.into_iter().chain(earlier.defined().then_some(&earlier)) {
+        if holds {
+            let _ = dst.f_add_(&g.view([-1]));
+        } else {
+            dst.copy_(&g.view([-1]));
+            holds = true;
+        }
+    }
+    if earlier.defined() {
+        p.shallow_clone().zero_grad();
+    }
+    if !holds {
+        let _ = dst.zero_();
+    }
 }
 
 impl GradReducer {
@@ -116,6 +142,7 @@ impl GradReducer {
             wait: Duration::ZERO,
             issued: Vec::new(),
             num_layers,
+            accumulated: false,
         }
     }
 
@@ -140,10 +167,35 @@ impl GradReducer {
         }
     }
 
+    /// Below ZeRO stage 2, on a micro-batch before a step's last: sums `unit`'s gradients
+    /// (`fresh`, as in [`GradReducer::unit_done`], plus any `.grad()`) into the fp32 buffer,
+    /// replacing its content on the step's `first` micro-batch. No collective is issued.
+    pub fn accumulate(&mut self, unit: Unit, params: &[&Tensor], fresh: &[Tensor], first: bool) {
+        assert!(
+            self.stage < 2,
+            "ZeRO stage 2 keeps no full gradient buffer to accumulate in"
+        );
+        let mut offset = self.unit_ranges[self.unit_index(unit)].0 as i64;
+        tch::no_grad(|| {
+            for (j, p) in params.iter().enumerate() {
+                let n = p.numel() as i64;
+                let mut dst = self.grad.narrow(0, offset, n);
+                gather(&mut dst, p, fresh.get(j).filter(|g| g.defined()), !first);
+                offset += n;
+            }
+        });
+        self.accumulated = true;
+    }
+
+    /// Whether micro-batches before the last can be summed in the fp32 buffer (stages 0, 1).
+    pub fn accumulates(&self) -> bool {
+        self.stage < 2
+    }
+
     /// Takes the final gradients of `unit` (its parameters, in flat order) and launches its
     /// bucket's collective when the bucket is complete. Each parameter's gradient is `fresh[j]`
     /// (this micro-batch's, returned by autograd; absent or undefined: none) plus its `.grad()`
-    /// (earlier micro-batches', summed here in fp32 and then zeroed).
+    /// (then zeroed) plus, below stage 2, what [`GradReducer::accumulate`] summed this step.
     pub fn unit_done(&mut self, unit: Unit, params: &[&Tensor], fresh: &[Tensor], comm: &dyn Communicator) {
         let u = self.unit_index(unit);
         let b = self.unit_bucket[u];
@@ -168,25 +220,9 @@ impl GradReducer {
             for (j, p) in params.iter().enumerate() {
                 let n = p.numel();
                 let mut dst = dest.narrow(0, (offset - base) as i64, n as i64);
-                // this micro-batch's gradient (returned by autograd) and earlier ones (.grad)
-                let new = fresh.get(j).filter(|g| g.defined());
-                let earlier = p.grad();
-                match (new, earlier.defined()) {
-                    (Some(g), acc) => {
-                        dst.copy_(&g.view([-1]));
-                        if acc {
-                            let _ = dst.f_add_(&earlier.view([-1]));
-                            p.shallow_clone().zero_grad();
-                        }
-                    }
-                    (None, true) => {
-                        dst.copy_(&earlier.view([-1]));
-                        p.shallow_clone().zero_grad();
-                    }
-                    (None, false) => {
-                        let _ = dst.zero_();
-                    }
-                }
+                // this micro-batch's gradient (returned by autograd), earlier ones (.grad or,
+                // below stage 2, already summed in the buffer)
+                gather(&mut dst, p, fresh.get(j).filter(|g| g.defined()), self.accumulated);
                 offset += n;
             }
         });
@@ -238,6 +274,7 @@ impl GradReducer {
             }
         }
         self.wait = started.elapsed();
+        self.accumulated = false;
         for (r, b) in self.remaining.iter_mut().zip(&self.buckets) {
             *r = b.units;
         }
