@@ -23,9 +23,10 @@
 #   6. the fused AdamW kernel (NVRTC): equal to torch.optim.AdamW on CUDA (fp32 and bf16
 #      parameters), and the ~1.3B bf16 step with it, without it, and PyTorch eager on the same
 #      card. GPU_CHECK_ONLY=fused runs section 6 alone.
-#   7. the MFU work: parity and the optimizer oracle again, `bench --breakdown` of the ~1.3B
-#      model, fused against reference element-wise ops, 1 and 2 sequences per micro-batch, and
-#      8 accumulated micro-batches per step, with PyTorch eager at 1 and at 8 accumulated.
+#   7. the MFU work: parity and the optimizer oracle again, the rotary kernel alone and in a
+#      training step, a 30-step `train` of small, `bench --breakdown` of the ~1.3B model,
+#      fused against reference element-wise ops, 1 and 2 sequences per micro-batch, 8 x 1 and
+#      4 and 8 x 2 accumulated micro-batches per step, PyTorch eager at 1, 8 x 1 and 4 x 2.
 #      GPU_CHECK_ONLY=mfu runs section 7 alone (with parity and the oracle first).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -272,6 +273,7 @@ if [ "${GPU_CHECK_ONLY:-all}" = all ] || [ "${GPU_CHECK_ONLY:-all}" = mfu ]; the
       "$(grep -E 'on Cuda|transposed rotation BFloat16' "$log" | tr '\n' ' ')"
     [ $rc -eq 0 ] || tail -20 "$log"
     # the training loop end to end on this path: small, bf16, 30 steps
+    rm -rf /tmp/gpu-mfu-small
     timeout 200 "$B" train --config config/small.toml --set train.device=cuda --set train.steps=30 \
       --set train.log_interval=10 --set train.precision=bf16 --set job.run_dir=\"/tmp/gpu-mfu-small\" \
       >"$OUT/train-mfu.log" 2>&1

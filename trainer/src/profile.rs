@@ -8,7 +8,9 @@
 //! instead of accumulating them), seeded by `(y * g).sum()`; the seed's own cost, measured on a
 //! leaf of y's shape, is subtracted. Each timing is the mean of `reps` calls after two warm-up
 //! calls, between device synchronisations; `host` is the time the CPU took to queue those calls,
-//! so a host time close to the device time means the op is launch-bound, not GPU-bound. This
+//! so a host time close to the device time means the op is launch-bound, not GPU-bound (the
+//! host time includes the seed). The per-micro-batch sum leaves out the embedding's seed and,
+//! with activation checkpointing, the recomputed forwards. This
 //! is how Megatron-LM and llm.c papers account a step: per-op times scaled by their count.
 
 use std::time::Instant;
@@ -68,27 +70,46 @@ fn time(device: Device, reps: usize, f: &mut dyn FnMut()) -> (f64, f64) {
     (1e3 * total / reps as f64, 1e3 * host / reps as f64)
 }
 
-/// Gradients of `sum(op(inputs) * g)` with respect to `inputs`, not accumulated anywhere.
-fn backward(y: &Tensor, g: &Tensor, inputs: &[&Tensor]) {
-    let loss = (y * g).sum(Kind::Float);
+/// Gradients of `sum_i sum(y_i * g_i)` with respect to `inputs`, not accumulated anywhere.
+fn backward(ys: &[Tensor], gs: &[Tensor], inputs: &[&Tensor]) {
+    let loss = ys
+        .iter()
+        .zip(gs)
+        .map(|(y, g)| (y * g).sum(Kind::Float))
+        .reduce(|a, b| a + b)
+        .expect("an op has an output");
     let _ = Tensor::run_backward(&[&loss], inputs, false, false);
 }
 
-/// Times `op` on `inputs` (leaves that require grad): forward, forward + backward minus the
-/// seed's cost, and the host's queueing time.
+/// Times `op` (one output) on `inputs` (leaves that require grad); see [`measure_many`].
 fn measure(name: &str, count: f64, flops: f64, reps: usize, inputs: &[&Tensor], op: &dyn Fn() -> Tensor) -> OpRow {
+    measure_many(name, count, flops, reps, inputs, &|| vec![op()])
+}
+
+/// Times `op` on `inputs` (leaves that require grad): forward, forward + backward minus the
+/// cost of seeding its outputs' gradients (measured on leaves of their shapes), and the host's
+/// queueing time of forward + backward (seed included).
+fn measure_many(
+    name: &str,
+    count: f64,
+    flops: f64,
+    reps: usize,
+    inputs: &[&Tensor],
+    op: &dyn Fn() -> Vec<Tensor>,
+) -> OpRow {
     let device = inputs[0].device();
     let y0 = op();
-    let g = y0.randn_like();
+    let gs: Vec<Tensor> = y0.iter().map(|y| y.randn_like()).collect();
     let (forward_ms, _) = time(device, reps, &mut || {
         let _ = op();
     });
-    let (train_ms, host_ms) = time(device, reps, &mut || {
-        let y = op();
-        backward(&y, &g, inputs);
+    let (train_ms, host_ms) = time(device, reps, &mut || backward(&op(), &gs, inputs));
+    let leaves: Vec<Tensor> = y0.iter().map(|y| y.detach().set_requires_grad(true)).collect();
+    let leaf_refs: Vec<&Tensor> = leaves.iter().collect();
+    let (seed_ms, _) = time(device, reps, &mut || {
+        let ys: Vec<Tensor> = leaves.iter().map(|l| l.shallow_clone()).collect();
+        backward(&ys, &gs, &leaf_refs)
     });
-    let leaf = y0.detach().set_requires_grad(true);
-    let (seed_ms, _) = time(device, reps, &mut || backward(&leaf, &g, &[&leaf]));
     OpRow {
         name: name.to_string(),
         count,
@@ -154,7 +175,10 @@ pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
     let qkv = leaf(&[b, s, 3, nh, hd]);
     // the training block's rotation: outside autograd, forward and the transposed rotation
     model.set_fused_ops(true);
-    let grads: Vec<Tensor> = (0..3).map(|_| Tensor::randn([b, s, nh, hd], (kind, device))).collect();
+    // gradients laid out as attention's backward returns them: (B, nh, T, hd) seen as (B, T, nh, hd)
+    let grads: Vec<Tensor> = (0..3)
+        .map(|_| Tensor::randn([b, nh, s, hd], (kind, device)).transpose(1, 2))
+        .collect();
     let rotary = &model.rotary;
     let (forward_ms, _) = time(device, reps, &mut || {
         let _ = rotary.rotate_qk(&qkv);
@@ -165,7 +189,8 @@ pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
     });
     rows.push(OpRow {
         name: format!(
-            "rotary on Q, K (spliced, {})",
+            // the splice's extra seed and engine run show in the whole-block rows, not here
+            "rotary on Q, K (spliced, {} only)",
             rotary_kind.trim_start_matches("rotary: ")
         ),
         count: layers,
@@ -176,7 +201,7 @@ pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
     });
     model.set_fused_ops(false);
     let rotary = &model.rotary;
-    rows.push(measure(
+    rows.push(measure_many(
         "rotary on Q, K (reference)",
         layers,
         0.0,
@@ -184,7 +209,7 @@ pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
         &[&qkv],
         &|| {
             let p = qkv.permute([2, 0, 3, 1, 4]);
-            Tensor::stack(&[rotary.apply(&p.get(0), 0), rotary.apply(&p.get(1), 0), p.get(2)], 0)
+            vec![rotary.apply(&p.get(0), 0), rotary.apply(&p.get(1), 0)]
         },
     ));
     model.set_fused_ops(t.fused_ops);
@@ -203,21 +228,22 @@ pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
     rows.push(measure("o_proj GEMM", layers, gemm(d, d), reps, &[&x, o], &|| {
         x.linear(o, None::<Tensor>)
     }));
-    rows.push(measure(
+    rows.push(measure_many(
         "gate, up GEMMs",
         layers,
         2.0 * gemm(d, f),
         reps,
         &[&x, gate, up],
-        &|| Tensor::cat(&[x.linear(gate, None::<Tensor>), x.linear(up, None::<Tensor>)], -1),
+        &|| vec![x.linear(gate, None::<Tensor>), x.linear(up, None::<Tensor>)],
     ));
+    let gate_up = Tensor::cat(&[gate, up], 0).detach().set_requires_grad(true);
     rows.push(measure(
-        "gate+up as one GEMM (weights concatenated)",
+        "gate+up as one GEMM (weights stored concatenated)",
         0.0,
         2.0 * gemm(d, f),
         reps,
-        &[&x, gate, up],
-        &|| x.linear(&Tensor::cat(&[gate, up], 0), None::<Tensor>),
+        &[&x, &gate_up],
+        &|| x.linear(&gate_up, None::<Tensor>),
     ));
     let (a, c) = (leaf(&[b, s, f]), leaf(&[b, s, f]));
     rows.push(measure("silu(gate) * up", layers, 0.0, reps, &[&a, &c], &|| {

@@ -96,7 +96,8 @@ pub fn forward(model: &Baichuan, tokens: &Tensor, recompute: &[bool]) -> Forward
     for i in 0..layers {
         let x = h.set_requires_grad(true);
         if recompute.get(i).copied().unwrap_or(false) {
-            h = tch::no_grad(|| model.block(i, &x)); // only the input is kept
+            // only the input is kept; the same ops as the recomputation in backward
+            h = tch::no_grad(|| model.layers[i].train_forward(&x, &model.rotary).output().detach());
             tapes.push(None);
         } else {
             let tape = model.layers[i].train_forward(&x, &model.rotary);
@@ -114,10 +115,10 @@ pub fn forward(model: &Baichuan, tokens: &Tensor, recompute: &[bool]) -> Forward
     }
 }
 
-/// Called as each unit's gradients become final, with that micro-batch's gradients of the
+/// Called as each unit's gradients of a micro-batch are complete, with the gradients of the
 /// unit's parameters (in [`unit_params`] order) where autograd returned them instead of
-/// accumulating them; an empty slice means they are all in the parameters' `.grad()`.
-/// Gradients of earlier micro-batches are in `.grad()` either way.
+/// accumulating them; an empty slice means they are in the parameters' `.grad()` (the head's
+/// always are). See [`MicroBatchHandOff`] for where they go.
 pub type HandOff<'a> = &'a mut dyn FnMut(Unit, &[Tensor]);
 
 /// Where micro-batch `micro` of a step's `accum` sends each finished unit's gradients: the
@@ -170,9 +171,10 @@ impl<'a> MicroBatchHandOff<'a> {
 /// Backward of a micro-batch: the chunked loss into the top leaf and the head, then blocks
 /// from the top down (recomputing those marked), then the embedding. Gradients of the mean
 /// token loss times `grad_scale` accumulate into the parameters' `.grad()`, except with
-/// `on_unit` (the hand-off to the bucketed reducer on the last micro-batch): then each block's
-/// and the embedding's gradients are returned by autograd and given to `on_unit`, which saves
-/// writing `.grad()`, zeroing it afterwards and adding into it on the next step.
+/// `on_unit` (the hand-off to the reducer: its fp32 sum of the micro-batches, or on the last
+/// micro-batch the bucketed collectives): then each block's and the embedding's gradients are
+/// returned by autograd and given to `on_unit`, which saves writing `.grad()`, zeroing it
+/// afterwards and adding into it on the next step.
 /// Returns the mean token loss.
 pub fn backward(
     model: &Baichuan,

@@ -67,10 +67,11 @@ fn gather(dst: &mut Tensor, p: &Tensor, new: Option<&Tensor>, add: bool) {
     let earlier = p.grad();
     let mut holds = add;
     for g in new.into_iter().chain(earlier.defined().then_some(&earlier)) {
+        // reshape: a view when contiguous, whatever layout autograd returned otherwise
         if holds {
-            let _ = dst.f_add_(&g.view([-1]));
+            let _ = dst.f_add_(&g.reshape([-1]));
         } else {
-            dst.copy_(&g.view([-1]));
+            dst.copy_(&g.reshape([-1]));
             holds = true;
         }
     }
