@@ -23,6 +23,12 @@
 //! ops. The spliced block's gradients equal one graph's (tests in trainer/src/step.rs and
 //! trainer/tests/rotary_kernel.rs).
 //!
+//! The training loss likewise has an explicit operator, `LossKernel`: per-row token
+//! cross-entropy of the logits that, asked for the gradient, writes it over the logits, so the
+//! trainer can run the head's GEMMs by hand and never hand autograd the (N, V) logits (the
+//! trainer installs a CUDA kernel; `cross_entropy_aten` is the same in ATen ops, tested
+//! against ATen's `cross_entropy` with autograd).
+//!
 //! Parameters are plain tensors named by their Hugging Face keys. The model exposes its
 //! pieces (`embed`, `layers[i].forward`, `head`) so that the trainer can run the layer-wise
 //! schedule (detached block inputs, recomputation, per-block gradient hand-off); the model
@@ -463,6 +469,50 @@ pub struct Baichuan {
     pub norm: RmsNorm,
     pub lm_head: Tensor, // (V, d)
     pub rotary: Rotary,
+    /// A device kernel for the token cross-entropy (the trainer installs one on CUDA); without
+    /// one, [`cross_entropy_aten`] computes the same thing.
+    pub loss_kernel: Option<std::sync::Arc<dyn LossKernel>>,
+}
+
+/// Targets equal to this are ignored: no loss, no gradient (ATen's and Hugging Face's
+/// convention).
+pub const IGNORE_INDEX: i64 = -100;
+
+/// The token cross-entropy as one explicit operator outside autograd, for the trainer's head
+/// (see the module notes).
+pub trait LossKernel: Send + Sync + std::fmt::Debug {
+    /// What runs, for logs.
+    fn describe(&self) -> String;
+    /// Per-row losses `logsumexp(x) - x[target]` in fp32, shape (N,), of `logits` (N, V)
+    /// contiguous against `targets` (N,) int64; rows whose target is [`IGNORE_INDEX`] give 0.
+    /// Arithmetic in fp32 whatever the logits' dtype. With `grad_scale`, the logits are
+    /// overwritten with `grad_scale` times the gradient of the losses' sum,
+    /// `softmax(x) - onehot(target)` (zero on ignored rows), rounded once to their dtype.
+    fn cross_entropy(&self, logits: &Tensor, targets: &Tensor, grad_scale: Option<f64>) -> Tensor;
+}
+
+/// [`LossKernel::cross_entropy`] in ATen ops: fp32 log-softmax, the target's entry gathered,
+/// the gradient as the exponentiated log-softmax with one subtracted at the target.
+pub fn cross_entropy_aten(logits: &Tensor, targets: &Tensor, grad_scale: Option<f64>) -> Tensor {
+    tch::no_grad(|| {
+        let mut logp = logits.log_softmax(-1, Kind::Float); // (N, V)
+        let ignored = targets.eq(IGNORE_INDEX);
+        let index = targets.masked_fill(&ignored, 0).unsqueeze(1); // (N, 1)
+        let losses = logp
+            .gather(1, &index, false)
+            .squeeze_dim(1)
+            .neg()
+            .masked_fill(&ignored, 0.0);
+        if let Some(scale) = grad_scale {
+            let mut grad = logp.exp_(); // softmax, in place
+            let minus_one = Tensor::full([index.size()[0], 1], -1.0, (Kind::Float, logits.device()));
+            let _ = grad.scatter_add_(1, &index, &minus_one);
+            // the scale and the ignored rows' zeros in one pass that writes the logits' dtype
+            let row_scale = ignored.logical_not().to_kind(Kind::Float).unsqueeze(1) * scale;
+            let _ = grad.mul_out(logits, &row_scale);
+        }
+        losses
+    })
 }
 
 fn param(shape: &[i64], std: f64, device: Device) -> Tensor {
@@ -514,6 +564,7 @@ impl Baichuan {
                 config.rope_theta,
                 device,
             ),
+            loss_kernel: None,
         })
     }
 
@@ -576,6 +627,16 @@ impl Baichuan {
     /// Final norm and head: (B, T, d) -> logits (B, T, V) in the parameter dtype.
     pub fn head(&self, h: &Tensor) -> Tensor {
         self.norm.forward(h).linear(&self.lm_head, None::<Tensor>)
+    }
+
+    /// Per-row token cross-entropy of `logits` (N, V) against `targets` (N,), through the
+    /// installed [`LossKernel`] or [`cross_entropy_aten`]; see [`LossKernel::cross_entropy`]
+    /// (with `grad_scale`, the logits are overwritten with the gradient).
+    pub fn token_losses(&self, logits: &Tensor, targets: &Tensor, grad_scale: Option<f64>) -> Tensor {
+        match &self.loss_kernel {
+            Some(k) => k.cross_entropy(logits, targets, grad_scale),
+            None => cross_entropy_aten(logits, targets, grad_scale),
+        }
     }
 
     /// Runs block `i` on (B, T, d).
@@ -714,6 +775,38 @@ mod tests {
             let a = r.apply(&x, 4);
             let b = r.apply_bt(&x.transpose(1, 2), 4).transpose(1, 2);
             assert!((a - b).abs().max().double_value(&[]) < 1e-6);
+        }
+    }
+
+    /// The explicit loss operator against ATen's `cross_entropy` and its autograd gradient,
+    /// with an ignored row; in bf16 the logits' values are the same, so only the gradient's
+    /// final rounding differs.
+    #[test]
+    fn the_aten_loss_operator_equals_cross_entropy_and_its_gradient() {
+        let targets = Tensor::from_slice(&[3i64, 0, IGNORE_INDEX, 36, 9]);
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let x = (Tensor::randn([5, 37], (Kind::Float, Device::Cpu)) * 4.0).to_kind(kind);
+            let leaf = x.to_kind(Kind::Float).set_requires_grad(true);
+            let want = leaf.cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::Sum, IGNORE_INDEX, 0.0);
+            (&want * 0.25).backward();
+            let logits = x.copy();
+            let losses = cross_entropy_aten(&logits, &targets, Some(0.25));
+            assert_eq!(losses.size(), vec![5]);
+            assert_eq!(losses.double_value(&[2]), 0.0, "ignored row");
+            let diff = (losses.sum(Kind::Float) - &want).abs().double_value(&[]);
+            assert!(diff < 1e-5, "{kind:?}: loss off by {diff}");
+            let tol = if kind == Kind::Float { 1e-6 } else { 2e-3 };
+            let diff = (logits.to_kind(Kind::Float) - leaf.grad())
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(diff < tol, "{kind:?}: gradient off by {diff}");
+            assert_eq!(logits.get(2).abs().sum(Kind::Float).double_value(&[]), 0.0);
+            // without a gradient the logits are left alone
+            let kept = x.copy();
+            let again = cross_entropy_aten(&kept, &targets, None);
+            assert!(again.equal(&losses));
+            assert!(kept.equal(&x));
         }
     }
 

@@ -122,6 +122,8 @@ pub struct StepBench {
     pub optimizer: String,
     /// Which rotation the training block ran (kernel or ATen ops).
     pub rotary: String,
+    /// Which cross-entropy ran (kernel or ATen ops, and the kernel's check).
+    pub loss: String,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -166,6 +168,7 @@ pub fn train_step(config: &crate::config::RunConfig, steps: usize, warmup: usize
     model.to(device, kind);
     model.set_fused_ops(t.fused_ops);
     let rotary_kind = crate::kernels::install_rotary(&mut model);
+    let loss_kind = crate::kernels::install_loss(&mut model);
     let params = model.named_parameters();
     let total = params.iter().map(|(_, p)| p.numel()).sum::<usize>();
     let mut opt = FlatAdamW::new(&params, (0, total), &Solo)?;
@@ -256,6 +259,7 @@ pub fn train_step(config: &crate::config::RunConfig, steps: usize, warmup: usize
         peak_memory_mb: device_memory_mb(device),
         attention: baichuan_model::baichuan::attention_backend(mc, t.micro_batch_size, seq, kind, device).to_string(),
         rotary: rotary_kind,
+        loss: loss_kind,
         optimizer: if opt.is_fused() {
             update_kind
         } else {

@@ -10,15 +10,24 @@
 //! `y1 = x1 cos - x2 sin`, `y2 = x2 cos + x1 sin` for the halves of each head, and the
 //! transposed rotation for the gradient. Compiled and launched like the fused AdamW
 //! (fused.rs); where NVRTC or the driver is missing the model's ATen ops compute the same.
+//!
+//! The token cross-entropy kernel (the model's `LossKernel`) computes each row's
+//! log-sum-exp online in fp32 (Milakov and Gimelshein 2018) and writes the gradient
+//! `softmax - onehot` over the logits, as llm.c's fused classifier does: two reads and one
+//! write of the logits in their dtype, where autograd through ATen's fp32 `cross_entropy`
+//! makes an fp32 copy, a log-softmax, and as many passes again in backward. It is checked
+//! against `cross_entropy_aten` on the device before it is installed.
 
 use std::ffi::c_void;
 
-use baichuan_model::baichuan::RotaryKernel;
+use baichuan_model::baichuan::{cross_entropy_aten, LossKernel, RotaryKernel, IGNORE_INDEX};
 use tch::{Kind, Tensor};
 
 use crate::fused::{FusedError, Module};
 
-const SOURCE: &str = r#"
+/// Element types shared by the kernels: `load` to fp32, `store` rounding once (to nearest
+/// even), `W` elements per 16-byte vector.
+const DTYPES: &str = r#"
 __device__ __forceinline__ unsigned short to_bf16(float x) {
     unsigned int u = __float_as_uint(x);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
@@ -27,19 +36,25 @@ __device__ __forceinline__ unsigned short to_bf16(float x) {
 }
 struct Bf16 {
     typedef unsigned short T;
+    static const int W = 8;
     static __device__ __forceinline__ float load(T x) { return __uint_as_float(((unsigned int)x) << 16); }
     static __device__ __forceinline__ T store(float x) { return to_bf16(x); }
 };
 struct F16 {
     typedef unsigned short T;
+    static const int W = 8;
     static __device__ __forceinline__ float load(T x) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x)); return f; }
     static __device__ __forceinline__ T store(float x) { unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x)); return h; }
 };
 struct F32 {
     typedef float T;
+    static const int W = 4;
     static __device__ __forceinline__ float load(T x) { return x; }
     static __device__ __forceinline__ T store(float x) { return x; }
 };
+"#;
+
+const ROTARY_SOURCE: &str = r#"
 
 // qkv (B, T, 3, nh, hd) contiguous -> q, k (B, T, nh, hd) contiguous; one thread per pair
 // (j, j + hd/2) of one head of Q or K at one position.
@@ -118,6 +133,117 @@ ROTARY(f16, F16)
 ROTARY(f32, F32)
 "#;
 
+/// The token cross-entropy (the model's `LossKernel`): one block of 256 threads per row of
+/// logits (grid-stride over rows). One read computes the row's maximum and sum of
+/// exponentials online (each thread, then merged across the block); a second read, mostly
+/// from L2, writes the gradient over the logits in place. 16-byte accesses where the row
+/// length allows.
+const LOSS_SOURCE: &str = r#"
+#define NEG_INF __int_as_float(0xff800000)
+// Merges the pair (m2, s2) into (m, s), where s is the sum of exp(x - m) over some x.
+__device__ __forceinline__ void lse_merge(float& m, float& s, float m2, float s2) {
+    float hi = fmaxf(m, m2);
+    if (hi == NEG_INF) return;
+    s = s * __expf(m - hi) + s2 * __expf(m2 - hi);
+    m = hi;
+}
+
+__device__ __forceinline__ void lse_warp(float& m, float& s) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+        float s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        lse_merge(m, s, m2, s2);
+    }
+}
+
+// Adds the values f[0..n) to (m, s).
+__device__ __forceinline__ void lse_add(float& m, float& s, const float* f, int n) {
+    float hi = NEG_INF;
+    for (int j = 0; j < n; j++) hi = fmaxf(hi, f[j]);
+    if (hi > m) { s *= __expf(m - hi); m = hi; }
+    if (m > NEG_INF)
+        for (int j = 0; j < n; j++) s += __expf(f[j] - m);
+}
+
+// logits (rows, v) contiguous, in place; targets (rows); losses (rows) fp32.
+template <class D>
+__device__ void cross_entropy_rows(typename D::T* __restrict__ logits, const long long* __restrict__ targets,
+                                   float* __restrict__ losses, long long rows, long long v, float scale,
+                                   int write_grad, int vec) {
+    typedef typename D::T T;
+    __shared__ float part_m[32], part_s[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+        T* x = logits + r * v;
+        long long t = targets[r];
+        bool valid = t >= 0 && t < v;
+        // read before any thread of the block overwrites the row with its gradient
+        float xt = (threadIdx.x == 0 && valid) ? D::load(x[t]) : 0.f;
+        float m = NEG_INF, s = 0.f;
+        if (vec) {
+            const uint4* xv = reinterpret_cast<const uint4*>(x);
+            long long nv = v / D::W;
+            for (long long i = threadIdx.x; i < nv; i += blockDim.x) {
+                uint4 u = xv[i];
+                const T* e = reinterpret_cast<const T*>(&u);
+                float f[D::W];
+#pragma unroll
+                for (int j = 0; j < D::W; j++) f[j] = D::load(e[j]);
+                lse_add(m, s, f, D::W);
+            }
+        } else {
+            for (long long i = threadIdx.x; i < v; i += blockDim.x) {
+                float f = D::load(x[i]);
+                lse_add(m, s, &f, 1);
+            }
+        }
+        lse_warp(m, s);
+        if (lane == 0) { part_m[warp] = m; part_s[warp] = s; }
+        __syncthreads();
+        // every warp merges the partials itself, so no second barrier is needed to share them
+        m = lane < warps ? part_m[lane] : NEG_INF;
+        s = lane < warps ? part_s[lane] : 0.f;
+        lse_warp(m, s);
+        if (threadIdx.x == 0)
+            losses[r] = t == -100 ? 0.f : (valid ? m + logf(s) - xt : __int_as_float(0x7fc00000));
+        if (write_grad) {
+            // exp(x - logsumexp) = exp(x - m) / s; rows without a valid target get zeros
+            float inv = valid ? 1.f / s : 0.f;
+            float mm = valid ? m : 0.f;
+            if (vec) {
+                uint4* xv = reinterpret_cast<uint4*>(x);
+                long long nv = v / D::W;
+                for (long long i = threadIdx.x; i < nv; i += blockDim.x) {
+                    uint4 u = xv[i];
+                    T* e = reinterpret_cast<T*>(&u);
+#pragma unroll
+                    for (int j = 0; j < D::W; j++) {
+                        float p = __expf(D::load(e[j]) - mm) * inv;
+                        e[j] = D::store((p - (i * D::W + j == t ? 1.f : 0.f)) * scale);
+                    }
+                    xv[i] = u;
+                }
+            } else {
+                for (long long i = threadIdx.x; i < v; i += blockDim.x) {
+                    float p = __expf(D::load(x[i]) - mm) * inv;
+                    x[i] = D::store((p - (i == t ? 1.f : 0.f)) * scale);
+                }
+            }
+        }
+        __syncthreads();  // the partials are reused by the next row
+    }
+}
+
+#define CROSS_ENTROPY(NAME, D)                                                                    \
+extern "C" __global__ void cross_entropy_##NAME(D::T* logits, const long long* targets, float* losses, \
+        long long rows, long long v, float scale, int write_grad, int vec) {                     \
+    cross_entropy_rows<D>(logits, targets, losses, rows, v, scale, write_grad, vec);            \
+}
+CROSS_ENTROPY(bf16, Bf16)
+CROSS_ENTROPY(f16, F16)
+CROSS_ENTROPY(f32, F32)
+"#;
+
 /// Kernel names, forward then backward per dtype, in [`dtype_index`] order.
 const NAMES: [&str; 6] = [
     "rotary_fwd_bf16",
@@ -151,7 +277,7 @@ impl std::fmt::Debug for CudaRotary {
 impl CudaRotary {
     pub fn new(device: tch::Device) -> Result<Self, FusedError> {
         Ok(CudaRotary {
-            module: Module::load(device, SOURCE, "baichuan_rotary.cu", &NAMES)?,
+            module: Module::load(device, &[DTYPES, ROTARY_SOURCE].concat(), "baichuan_rotary.cu", &NAMES)?,
         })
     }
 }
@@ -284,6 +410,143 @@ pub fn install_rotary(model: &mut baichuan_model::Baichuan) -> String {
     }
 }
 
+/// Loss kernel names in [`dtype_index`] order.
+const LOSS_NAMES: [&str; 3] = ["cross_entropy_bf16", "cross_entropy_f16", "cross_entropy_f32"];
+
+/// The cross-entropy kernel compiled for one CUDA device.
+pub struct CudaLoss {
+    module: Module,
+}
+
+impl std::fmt::Debug for CudaLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CudaLoss")
+    }
+}
+
+impl CudaLoss {
+    pub fn new(device: tch::Device) -> Result<Self, FusedError> {
+        Ok(CudaLoss {
+            module: Module::load(
+                device,
+                &[DTYPES, LOSS_SOURCE].concat(),
+                "baichuan_cross_entropy.cu",
+                &LOSS_NAMES,
+            )?,
+        })
+    }
+}
+
+impl LossKernel for CudaLoss {
+    fn describe(&self) -> String {
+        "cross-entropy kernel (NVRTC)".into()
+    }
+
+    fn cross_entropy(&self, logits: &Tensor, targets: &Tensor, grad_scale: Option<f64>) -> Tensor {
+        let size = logits.size();
+        assert!(
+            size.len() == 2 && logits.is_contiguous(),
+            "loss kernel: logits must be contiguous (N, V), got {size:?}"
+        );
+        let (rows, v) = (size[0], size[1]);
+        assert!(
+            targets.kind() == Kind::Int64 && targets.size() == [rows] && targets.device() == logits.device(),
+            "loss kernel: targets must be int64 ({rows},) on {:?}",
+            logits.device()
+        );
+        let targets = targets.contiguous();
+        let losses = Tensor::empty([rows], (Kind::Float, logits.device()));
+        let which = dtype_index(logits.kind());
+        // 16-byte accesses when every row starts on a 16-byte boundary
+        let row_bytes = v * logits.kind().elt_size_in_bytes() as i64;
+        let mut vec = (row_bytes % 16 == 0 && (logits.data_ptr() as usize).is_multiple_of(16)) as i32;
+        let (mut lp, mut tp, mut op) = (ptr(logits), ptr(&targets), ptr(&losses));
+        let (mut rows_, mut v_) = (rows, v);
+        let mut scale = grad_scale.unwrap_or(0.0) as f32;
+        let mut write_grad = grad_scale.is_some() as i32;
+        let mut args: [*mut c_void; 8] = [
+            &mut lp as *mut _ as *mut c_void,
+            &mut tp as *mut _ as *mut c_void,
+            &mut op as *mut _ as *mut c_void,
+            &mut rows_ as *mut _ as *mut c_void,
+            &mut v_ as *mut _ as *mut c_void,
+            &mut scale as *mut _ as *mut c_void,
+            &mut write_grad as *mut _ as *mut c_void,
+            &mut vec as *mut _ as *mut c_void,
+        ];
+        // SAFETY: the arguments match cross_entropy_*'s parameters; logits, targets and losses
+        // are live contiguous buffers of (rows, v), (rows) and (rows) on this device (checked
+        // above). One block of 256 threads per row: 256 items per row.
+        unsafe { self.module.launch(which, rows * 256, &mut args) }.unwrap_or_else(|e| panic!("loss kernel: {e}"));
+        losses
+    }
+}
+
+/// Largest difference of `kernel` from [`cross_entropy_aten`] on random logits of `kind` on
+/// `device`, relative to the largest value compared: per-row losses, then gradients (after
+/// the gradient's rounding to `kind`). Rows include an ignored target and both row lengths,
+/// one that takes 16-byte accesses and one that does not.
+pub fn loss_kernel_error(kernel: &dyn LossKernel, device: tch::Device, kind: Kind) -> (f64, f64) {
+    let rel = |a: &Tensor, b: &Tensor| {
+        let (a, b) = (a.to_kind(Kind::Float), b.to_kind(Kind::Float));
+        let scale = b.abs().max().double_value(&[]).max(1e-30);
+        // NaN anywhere counts as the largest error
+        let d = (&a - &b).abs().max().double_value(&[]);
+        if d.is_nan() {
+            f64::INFINITY
+        } else {
+            d / scale
+        }
+    };
+    let (mut loss_err, mut grad_err) = (0.0f64, 0.0f64);
+    for v in [1000i64, 1003] {
+        let rows = 7;
+        let logits = (Tensor::randn([rows, v], (Kind::Float, device)) * 3.0).to_kind(kind);
+        let mut t: Vec<i64> = (0..rows).map(|r| (r * 131 + 5) % v).collect();
+        t[3] = IGNORE_INDEX;
+        t[5] = v - 1;
+        let targets = Tensor::from_slice(&t).to_device(device);
+        let (mine, theirs) = (logits.copy(), logits.copy());
+        let a = kernel.cross_entropy(&mine, &targets, Some(0.5));
+        let b = cross_entropy_aten(&theirs, &targets, Some(0.5));
+        loss_err = loss_err.max(rel(&a, &b));
+        grad_err = grad_err.max(rel(&mine, &theirs));
+        let plain = kernel.cross_entropy(&logits.copy(), &targets, None);
+        loss_err = loss_err.max(rel(&plain, &b));
+    }
+    (loss_err, grad_err)
+}
+
+/// Installs the cross-entropy kernel on a CUDA model with the fused ops, after checking it
+/// against the ATen operator in the model's dtype (a kernel that disagrees is not used, and
+/// the reason is said); says what runs.
+pub fn install_loss(model: &mut baichuan_model::Baichuan) -> String {
+    let device = model.device();
+    if !device.is_cuda() || !model.rotary.fused {
+        return "loss: ATen ops".into();
+    }
+    let kernel = match CudaLoss::new(device) {
+        Ok(k) => k,
+        Err(e) => return format!("loss: ATen ops ({e})"),
+    };
+    let kind = model.kind();
+    let (loss_err, grad_err) = loss_kernel_error(&kernel, device, kind);
+    // one rounding of the gradient to the dtype, and fp32 exponentials
+    let grad_tol = match kind {
+        Kind::BFloat16 => 1e-2,
+        Kind::Half => 2e-3,
+        _ => 1e-5,
+    };
+    if loss_err > 1e-5 || grad_err > grad_tol {
+        return format!(
+            "loss: ATen ops (the kernel's check failed: loss error {loss_err:.1e}, gradient error {grad_err:.1e})"
+        );
+    }
+    let what = kernel.describe();
+    model.loss_kernel = Some(std::sync::Arc::new(kernel));
+    format!("loss: {what}, checked (loss error {loss_err:.1e}, gradient {grad_err:.1e})")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,7 +556,7 @@ mod tests {
     #[test]
     fn the_rotary_kernels_compile_for_ampere_and_hopper() {
         for (major, minor) in [(8, 0), (9, 0)] {
-            match crate::fused::compile_ptx(SOURCE, "baichuan_rotary.cu", major, minor) {
+            match crate::fused::compile_ptx(&[DTYPES, ROTARY_SOURCE].concat(), "baichuan_rotary.cu", major, minor) {
                 Ok(ptx) => {
                     let text = String::from_utf8_lossy(&ptx);
                     for name in NAMES {
@@ -310,10 +573,61 @@ mod tests {
     }
 
     #[test]
+    fn the_loss_kernels_compile_for_ampere_and_hopper() {
+        for (major, minor) in [(8, 0), (9, 0)] {
+            match crate::fused::compile_ptx(
+                &[DTYPES, LOSS_SOURCE].concat(),
+                "baichuan_cross_entropy.cu",
+                major,
+                minor,
+            ) {
+                Ok(ptx) => {
+                    let text = String::from_utf8_lossy(&ptx);
+                    for name in LOSS_NAMES {
+                        assert!(text.contains(&format!(".entry {name}(")), "{name} missing");
+                    }
+                }
+                Err(FusedError::Unavailable(e)) => {
+                    println!("skipped: {e}");
+                    return;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// The check that guards the kernel's installation rejects an operator that is wrong,
+    /// here one off by one ulp-sized shift in every gradient (run with the ATen operator on
+    /// the CPU: the check itself needs no GPU).
+    #[test]
+    fn the_installation_check_tells_a_wrong_operator_from_a_right_one() {
+        #[derive(Debug)]
+        struct Aten(f64);
+        impl LossKernel for Aten {
+            fn describe(&self) -> String {
+                "test".into()
+            }
+            fn cross_entropy(&self, logits: &Tensor, targets: &Tensor, grad_scale: Option<f64>) -> Tensor {
+                let losses = cross_entropy_aten(logits, targets, grad_scale);
+                if grad_scale.is_some() {
+                    let _ = logits.shallow_clone().g_add_scalar_(self.0);
+                }
+                losses
+            }
+        }
+        let (l, g) = loss_kernel_error(&Aten(0.0), tch::Device::Cpu, Kind::Float);
+        assert!(l < 1e-6 && g < 1e-6, "{l} {g}");
+        let (l, g) = loss_kernel_error(&Aten(1e-3), tch::Device::Cpu, Kind::Float);
+        assert!(l < 1e-6 && g > 1e-3, "{l} {g}");
+    }
+
+    #[test]
     fn cpu_models_keep_the_aten_rotation() {
         let c = baichuan_model::ModelConfig::tiny();
         let mut m = baichuan_model::Baichuan::new(&c, tch::Device::Cpu).unwrap();
         assert_eq!(install_rotary(&mut m), "rotary: ATen ops");
         assert!(m.rotary.kernel.is_none());
+        assert_eq!(install_loss(&mut m), "loss: ATen ops");
+        assert!(m.loss_kernel.is_none());
     }
 }

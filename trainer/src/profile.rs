@@ -44,6 +44,8 @@ pub struct Breakdown {
     pub precision: String,
     pub tokens: i64,
     pub attention: String,
+    /// Which cross-entropy the head row ran (kernel or ATen ops, and the kernel's check).
+    pub loss: String,
     pub rows: Vec<OpRow>,
     /// Blocks (fused ops) x layers + head and loss + embedding, per micro-batch (ms).
     pub modelled_ms: f64,
@@ -133,6 +135,7 @@ pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
     let mut model = Baichuan::new(&mc, Device::Cpu)?;
     model.to(device, kind);
     let rotary_kind = crate::kernels::install_rotary(&mut model);
+    let loss_kind = crate::kernels::install_loss(&mut model);
     let (b, s) = (t.micro_batch_size, config.data.seq_len);
     let (d, f, v) = (mc.hidden_size, mc.intermediate_size, mc.vocab_size);
     let (nh, hd) = (mc.num_attention_heads, mc.head_dim());
@@ -280,29 +283,40 @@ pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
         });
     }
     model.set_fused_ops(t.fused_ops);
-    // the head: final norm, the V-wide GEMM and the chunked fp32 loss, as training runs it
+    // the head: final norm, the V-wide GEMMs and the chunked fp32 loss, as training runs it;
+    // with a loss kernel installed, also with the ATen operator (not counted in the model)
     let targets = Tensor::randint(v, [b, s], (Kind::Int64, device));
     let top = leaf(&[b, s, d]);
     let head_params = [&top, &model.norm.weight, &model.lm_head];
     let chunk = t.loss_chunk_tokens;
-    let head_fwd = || crate::step::chunked_cross_entropy(&model, &top, &targets, chunk, None);
-    let (forward_ms, _) = time(device, reps, &mut || {
-        let _ = head_fwd();
-    });
-    let (train_ms, host_ms) = time(device, reps, &mut || {
-        let _ = crate::step::chunked_cross_entropy(&model, &top, &targets, chunk, Some(1.0 / m));
-    });
-    for p in head_params {
-        p.shallow_clone().zero_grad();
+    let kernel = model.loss_kernel.clone();
+    for with_kernel in [true, false] {
+        if !with_kernel && kernel.is_none() {
+            break;
+        }
+        model.loss_kernel = if with_kernel { kernel.clone() } else { None };
+        let (forward_ms, _) = time(device, reps, &mut || {
+            let _ = crate::step::chunked_cross_entropy(&model, &top, &targets, chunk, None);
+        });
+        let (train_ms, host_ms) = time(device, reps, &mut || {
+            let _ = crate::step::chunked_cross_entropy(&model, &top, &targets, chunk, Some(1.0 / m));
+        });
+        for p in head_params {
+            p.shallow_clone().zero_grad();
+        }
+        rows.push(OpRow {
+            name: format!(
+                "head GEMMs + chunked loss ({})",
+                model.loss_kernel.as_ref().map_or("ATen ops".into(), |k| k.describe())
+            ),
+            count: if with_kernel { 1.0 } else { 0.0 },
+            forward_ms,
+            train_ms,
+            host_ms,
+            flops: gemm(d, v),
+        });
     }
-    rows.push(OpRow {
-        name: "head GEMM + chunked loss".into(),
-        count: 1.0,
-        forward_ms,
-        train_ms,
-        host_ms,
-        flops: gemm(d, v),
-    });
+    model.loss_kernel = kernel;
     let ids = Tensor::randint(v, [b, s], (Kind::Int64, device));
     let emb = &model.embed_tokens;
     rows.push(measure("embedding", 1.0, 0.0, reps, &[emb], &|| model.embed(&ids)));
@@ -316,6 +330,7 @@ pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
         precision: format!("{:?}", t.precision).to_lowercase(),
         tokens: b * s,
         attention,
+        loss: loss_kind,
         rows,
         modelled_ms,
     })
@@ -327,6 +342,7 @@ pub fn render(r: &Breakdown) -> String {
         "{} {} on {}, {} tokens per micro-batch; ms per call, then per micro-batch (x calls)\n",
         r.precision, "forward + backward", r.device, r.tokens
     );
+    out += &format!("{}\n", r.loss);
     out += &format!(
         "{:<34} {:>9} {:>10} {:>9} {:>7} {:>11} {:>9}\n",
         "piece", "fwd ms", "fwd+bwd ms", "host ms", "calls", "ms/micro", "TFLOP/s"
@@ -383,7 +399,7 @@ mod tests {
             "RMSNorm (fused)",
             "W_pack GEMM (QKV)",
             "whole block (fused ops)",
-            "head GEMM + chunked loss",
+            "head GEMMs + chunked loss (ATen ops)",
         ] {
             assert!(names.contains(&want), "{names:?}");
         }
@@ -403,6 +419,7 @@ mod tests {
         assert!((sum - r.modelled_ms).abs() < 1e-9);
         let table = render(&r);
         assert!(table.contains("whole block (reference ops)"), "{table}");
+        assert!(table.contains("\nloss: ATen ops\n"), "{table}");
         // GEMM rows carry their FLOPs: W_pack is 6 * tokens * d * 3d
         let w = r.rows.iter().find(|r| r.name == "W_pack GEMM (QKV)").unwrap();
         assert_eq!(w.flops, 6.0 * 64.0 * 64.0 * 192.0);

@@ -10,11 +10,12 @@
 //! instead of accumulating them into `.grad`.
 //!
 //! The loss is the mean token cross-entropy in fp32, computed in chunks of the sequence so
-//! the full (B, T, V) fp32 logits never exist at once; each chunk is back-propagated at once.
+//! the full (B, T, V) logits never exist at once; each chunk is back-propagated at once,
+//! with the head spliced out of autograd (see [`chunked_cross_entropy`]).
 
 use baichuan_model::baichuan::BlockTape;
 use baichuan_model::Baichuan;
-use tch::{Kind, Reduction, Tensor};
+use tch::{Kind, Tensor};
 
 pub use crate::dist::buckets::Unit;
 
@@ -31,6 +32,13 @@ pub fn unit_params(model: &Baichuan, unit: Unit) -> Vec<&Tensor> {
 /// by chunk of the sequence. With `grad_scale`, each chunk's loss times it is back-propagated
 /// at once (so only one chunk's logits are ever alive). Returns the loss sum, a scalar on
 /// the device (reading it waits for the device, so callers read it last).
+///
+/// In training the head is spliced out of autograd: the final norm runs in a graph from `h`,
+/// the head's two backward GEMMs run by hand, and the loss operator
+/// ([`Baichuan::token_losses`]) writes the logits' gradient over the logits. So the logits
+/// exist once, in the parameter dtype, where autograd through `cross_entropy` would keep an
+/// fp32 copy and its log-softmax and make as many again in backward. The head weight's
+/// gradient is added into its `.grad()` (the head's gradients always go there).
 pub(crate) fn chunked_cross_entropy(
     model: &Baichuan,
     h: &Tensor,
@@ -38,26 +46,51 @@ pub(crate) fn chunked_cross_entropy(
     chunk_tokens: i64,
     grad_scale: Option<f64>,
 ) -> Tensor {
-    let (b, t, _) = h.size3().expect("hidden is (B, T, d)");
+    let (b, t, d) = h.size3().expect("hidden is (B, T, d)");
+    let v = model.lm_head.size()[0];
     let chunk = (chunk_tokens / b).clamp(1, t);
     // summed on the device and read once, so the chunks queue without waiting for each other
     let mut total = Tensor::zeros([], (Kind::Float, h.device()));
     let mut start = 0;
     while start < t {
         let len = chunk.min(t - start);
-        let logits = model.head(&h.narrow(1, start, len)).to_kind(Kind::Float); // (B, len, V)
-        let v = logits.size()[2];
+        let hc = h.narrow(1, start, len);
         let y = targets.narrow(1, start, len).reshape([-1]);
-        let loss = logits
-            .view([-1, v])
-            .cross_entropy_loss::<Tensor>(&y, None, Reduction::Sum, -100, 0.0);
-        total += loss.detach();
-        if let Some(scale) = grad_scale {
-            (loss * scale).backward();
-        }
+        let Some(scale) = grad_scale else {
+            let logits = tch::no_grad(|| model.head(&hc)).view([-1, v]); // (B len, V)
+            total += model.token_losses(&logits, &y, None).sum(Kind::Float);
+            start += len;
+            continue;
+        };
+        let normed = model.norm.forward(&hc); // graph: into h and the norm weight
+        let x = normed.detach().reshape([-1, d]); // (B len, d)
+        let (logits, sum) = tch::no_grad(|| {
+            let logits = x.mm(&model.lm_head.tr()); // (B len, V)
+            let sum = model.token_losses(&logits, &y, Some(scale)).sum(Kind::Float);
+            (logits, sum) // `logits` now holds their gradient
+        });
+        total += sum;
+        add_product_to_grad(&model.lm_head, &logits.tr(), &x);
+        let d_normed = tch::no_grad(|| logits.mm(&model.lm_head)).view([b, len, d]);
+        drop(logits);
+        (normed * d_normed).sum(Kind::Float).backward();
         start += len;
     }
     total
+}
+
+/// `p.grad() += a @ b`, in place where `.grad()` exists (the trainer zeroes gradients in place,
+/// so it does after the first backward); the first time through autograd, which creates it.
+fn add_product_to_grad(p: &Tensor, a: &Tensor, b: &Tensor) {
+    let mut g = p.grad();
+    if g.defined() {
+        tch::no_grad(|| {
+            let _ = g.addmm_(a, b);
+        });
+    } else {
+        let product = tch::no_grad(|| a.mm(b));
+        (p * product).sum(Kind::Float).backward();
+    }
 }
 
 /// Which blocks drop their activations after forward and recompute them just before their
@@ -261,7 +294,7 @@ pub fn eval_loss(model: &Baichuan, tokens: &Tensor, chunk_tokens: i64) -> f64 {
 mod tests {
     use super::*;
     use baichuan_model::ModelConfig;
-    use tch::Device;
+    use tch::{Device, Reduction};
 
     /// A small random model and an identical twin (tests run in parallel threads and share
     /// libtorch's global generator, so the twin copies weights rather than re-seeding).

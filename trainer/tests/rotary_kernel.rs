@@ -4,6 +4,10 @@
 //! first on its own against the reference rotation by ATen ops (fp32, bf16 and fp16, and a
 //! gradient with transposed strides as attention's backward returns), then inside a whole
 //! training step (fp32 and bf16); on the CPU the step runs with the ATen rotation.
+//!
+//! The cross-entropy kernel of the same file is checked here too: against the ATen operator
+//! (`cross_entropy_aten`, itself tested against ATen's `cross_entropy` with autograd) at the
+//! real vocabulary and at odd row lengths, in the three dtypes, and inside the training step.
 
 use baichuan_model::{Baichuan, ModelConfig};
 use baichuan_trainer::{kernels, step};
@@ -133,7 +137,11 @@ fn a_spliced_training_step_equals_the_reference_graph() {
         reference.to(dev, Kind::Float);
         reference.set_fused_ops(false);
         let said = kernels::install_rotary(&mut spliced);
-        println!("{kind:?}: {said}");
+        let loss_said = kernels::install_loss(&mut spliced);
+        println!("{kind:?}: {said}; {loss_said}");
+        if dev.is_cuda() {
+            assert!(spliced.loss_kernel.is_some(), "{loss_said}");
+        }
         let tokens = Tensor::randint(301, [2, 41], (Kind::Int64, dev));
         let logits = reference.forward(&tokens.narrow(1, 0, 40));
         let loss2 = logits.view([-1, 301]).cross_entropy_loss::<Tensor>(
@@ -164,4 +172,72 @@ fn a_spliced_training_step_equals_the_reference_graph() {
             );
         }
     }
+}
+
+#[test]
+fn the_loss_kernel_equals_the_aten_operator() {
+    use baichuan_model::baichuan::{cross_entropy_aten, LossKernel, IGNORE_INDEX};
+    let dev = device();
+    if !dev.is_cuda() {
+        println!("skipped on the CPU: the kernel needs CUDA (BAICHUAN_TEST_DEVICE=cuda)");
+        return;
+    }
+    tch::manual_seed(11);
+    let kernel = kernels::CudaLoss::new(dev).expect("the loss kernel compiles and loads");
+    let max_abs = |a: &Tensor, b: &Tensor| {
+        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+            .abs()
+            .max()
+            .double_value(&[])
+    };
+    // the vocabulary (16-byte rows), an odd length (scalar accesses), a short one
+    for v in [64000i64, 301, 1000] {
+        let rows = 37;
+        for (kind, grad_tol) in [(Kind::Float, 1e-6), (Kind::BFloat16, 2e-3), (Kind::Half, 2e-4)] {
+            // wide logits, one row of equal values and one of large ones
+            let x = Tensor::randn([rows, v], (Kind::Float, dev)) * 4.0;
+            let _ = x.get(1).fill_(0.5);
+            let _ = x.get(2).g_mul_scalar_(20.0);
+            let x = x.to_kind(kind);
+            let mut t: Vec<i64> = (0..rows).map(|r| (r * 7919 + 3) % v).collect();
+            t[4] = IGNORE_INDEX;
+            t[6] = 0;
+            t[7] = v - 1;
+            let targets = Tensor::from_slice(&t).to_device(dev);
+            let (mine, theirs) = (x.copy(), x.copy());
+            let scale = 1.0 / 3000.0;
+            let got = kernel.cross_entropy(&mine, &targets, Some(scale));
+            let want = cross_entropy_aten(&theirs, &targets, Some(scale));
+            let loss_err = max_abs(&got, &want) / want.abs().max().double_value(&[]);
+            // gradients are at most `scale` in size
+            let grad_err = max_abs(&mine, &theirs) / scale;
+            let plain = kernel.cross_entropy(&x.copy(), &targets, None);
+            let plain_err = max_abs(&plain, &want) / want.abs().max().double_value(&[]);
+            println!(
+                "loss kernel {kind:?} V={v}: loss rel {loss_err:.2e} (without gradient {plain_err:.2e}), gradient {grad_err:.2e} of the scale"
+            );
+            assert!(
+                loss_err < 1e-5 && plain_err < 1e-5,
+                "{kind:?} V={v}: loss {loss_err}, {plain_err}"
+            );
+            assert!(grad_err < grad_tol * 4.0, "{kind:?} V={v}: gradient {grad_err}");
+            assert_eq!(got.double_value(&[4]), 0.0, "an ignored row has no loss");
+            assert_eq!(mine.get(4).abs().max().double_value(&[]), 0.0, "nor a gradient");
+            // each row's gradient sums to zero: softmax sums to one, minus the one-hot
+            let sums = mine
+                .to_kind(Kind::Double)
+                .sum_dim_intlist(1, false, Kind::Double)
+                .abs()
+                .max();
+            assert!(sums.double_value(&[]) < scale * 2e-2, "{kind:?} V={v}: row sums {sums}");
+        }
+    }
+    let mut model = Baichuan::new(&config(), Device::Cpu).unwrap();
+    model.to(dev, Kind::BFloat16);
+    let said = kernels::install_loss(&mut model);
+    println!("{said}");
+    assert!(
+        said.starts_with("loss: cross-entropy kernel (NVRTC), checked"),
+        "{said}"
+    );
 }
