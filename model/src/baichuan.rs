@@ -385,13 +385,12 @@ impl Block {
         let params: Vec<&Tensor> = self.named_parameters().into_iter().map(|(_, p)| p).collect();
         // back-propagates `g` from `y`: into .grad, or returned for `inputs`
         let back = |y: &Tensor, g: &Tensor, inputs: &[&Tensor]| -> Vec<Tensor> {
-            let seed = (y * g).sum(Kind::Float);
-            if collect {
-                Tensor::run_backward(&[&seed], inputs, false, false)
+            let done = if collect {
+                crate::autograd::grad(&[y], &[g], inputs)
             } else {
-                seed.backward();
-                Vec::new()
-            }
+                crate::autograd::backward(&[y], &[g]).map(|_| Vec::new())
+            };
+            done.unwrap_or_else(|e| panic!("block backward: {e}"))
         };
         match tape {
             BlockTape::Graph(out) => {

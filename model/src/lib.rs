@@ -2,6 +2,7 @@
 //! `tch`, its presets and parameter accounting, Hugging Face weight import/export, and
 //! KV-cache generation. Knows nothing of ranks, buckets or loss scaling: the trainer wraps it.
 
+pub mod autograd;
 pub mod baichuan;
 pub mod config;
 pub mod generate;

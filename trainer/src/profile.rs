@@ -4,13 +4,12 @@
 //! and the head with its chunked loss are timed alone, forward and forward + backward, at the
 //! run's micro-batch, sequence length, precision and device, on a one-block copy of the model.
 //!
-//! Backward goes through `Tensor::run_backward` (autograd's `grad`, which returns gradients
-//! instead of accumulating them), seeded by `(y * g).sum()`; the seed's own cost, measured on a
-//! leaf of y's shape, is subtracted. Each timing is the mean of `reps` calls after two warm-up
+//! Backward goes through autograd's `grad` with explicit output gradients
+//! (`baichuan_model::autograd`, as training runs it), which returns gradients instead of
+//! accumulating them. Each timing is the mean of `reps` calls after two warm-up
 //! calls, between device synchronisations; `host` is the time the CPU took to queue those calls,
-//! so a host time close to the device time means the op is launch-bound, not GPU-bound (the
-//! host time includes the seed). The per-micro-batch sum leaves out the embedding's seed and,
-//! with activation checkpointing, the recomputed forwards. This
+//! so a host time close to the device time means the op is launch-bound, not GPU-bound. The
+//! per-micro-batch sum leaves out, with activation checkpointing, the recomputed forwards. This
 //! is how Megatron-LM and llm.c papers account a step: per-op times scaled by their count.
 
 use std::time::Instant;
@@ -72,15 +71,11 @@ fn time(device: Device, reps: usize, f: &mut dyn FnMut()) -> (f64, f64) {
     (1e3 * total / reps as f64, 1e3 * host / reps as f64)
 }
 
-/// Gradients of `sum_i sum(y_i * g_i)` with respect to `inputs`, not accumulated anywhere.
+/// Gradients of `inputs` from `gs` at `ys`, not accumulated anywhere.
 fn backward(ys: &[Tensor], gs: &[Tensor], inputs: &[&Tensor]) {
-    let loss = ys
-        .iter()
-        .zip(gs)
-        .map(|(y, g)| (y * g).sum(Kind::Float))
-        .reduce(|a, b| a + b)
-        .expect("an op has an output");
-    let _ = Tensor::run_backward(&[&loss], inputs, false, false);
+    let ys: Vec<&Tensor> = ys.iter().collect();
+    let gs: Vec<&Tensor> = gs.iter().collect();
+    baichuan_model::autograd::grad(&ys, &gs, inputs).unwrap_or_else(|e| panic!("breakdown backward: {e}"));
 }
 
 /// Times `op` (one output) on `inputs` (leaves that require grad); see [`measure_many`].
@@ -88,9 +83,8 @@ fn measure(name: &str, count: f64, flops: f64, reps: usize, inputs: &[&Tensor], 
     measure_many(name, count, flops, reps, inputs, &|| vec![op()])
 }
 
-/// Times `op` on `inputs` (leaves that require grad): forward, forward + backward minus the
-/// cost of seeding its outputs' gradients (measured on leaves of their shapes), and the host's
-/// queueing time of forward + backward (seed included).
+/// Times `op` on `inputs` (leaves that require grad): forward, forward + backward, and the
+/// host's queueing time of forward + backward.
 fn measure_many(
     name: &str,
     count: f64,
@@ -106,17 +100,11 @@ fn measure_many(
         let _ = op();
     });
     let (train_ms, host_ms) = time(device, reps, &mut || backward(&op(), &gs, inputs));
-    let leaves: Vec<Tensor> = y0.iter().map(|y| y.detach().set_requires_grad(true)).collect();
-    let leaf_refs: Vec<&Tensor> = leaves.iter().collect();
-    let (seed_ms, _) = time(device, reps, &mut || {
-        let ys: Vec<Tensor> = leaves.iter().map(|l| l.shallow_clone()).collect();
-        backward(&ys, &gs, &leaf_refs)
-    });
     OpRow {
         name: name.to_string(),
         count,
         forward_ms,
-        train_ms: (train_ms - seed_ms).max(0.0),
+        train_ms,
         host_ms,
         flops,
     }
@@ -192,7 +180,7 @@ pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
     });
     rows.push(OpRow {
         name: format!(
-            // the splice's extra seed and engine run show in the whole-block rows, not here
+            // the splice's extra engine run shows in the whole-block rows, not here
             "rotary on Q, K (spliced, {} only)",
             rotary_kind.trim_start_matches("rotary: ")
         ),

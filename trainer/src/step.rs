@@ -2,8 +2,9 @@
 //!
 //! Each block's input is a detached leaf, so backward runs block by block from the top:
 //! the head's chunked cross-entropy yields the gradient of the last hidden state, then each
-//! block is back-propagated with the gradient of its output (`Block::train_backward`, which
-//! seeds autograd with `(out * g).sum()`; equal to the full graph to 1e-6 in fp32). That one
+//! block is back-propagated with the gradient of its output (`Block::train_backward`, through
+//! autograd with explicit output gradients, `baichuan_model::autograd`; equal to the full graph
+//! to 1e-6 in fp32). That one
 //! mechanism is where activation recomputation and per-block gradient hand-off (for bucketed
 //! all-reduce) slot in, without autograd hooks, which tch does not have. On the micro-batch
 //! that hands gradients off, autograd returns each block's and the embedding's gradients
@@ -13,6 +14,7 @@
 //! the full (B, T, V) logits never exist at once; each chunk is back-propagated at once,
 //! with the head spliced out of autograd (see [`chunked_cross_entropy`]).
 
+use baichuan_model::autograd;
 use baichuan_model::baichuan::BlockTape;
 use baichuan_model::Baichuan;
 use tch::{Kind, Tensor};
@@ -73,7 +75,7 @@ pub(crate) fn chunked_cross_entropy(
         add_product_to_grad(&model.lm_head, &logits.tr(), &x);
         let d_normed = tch::no_grad(|| logits.mm(&model.lm_head)).view([b, len, d]);
         drop(logits);
-        (normed * d_normed).sum(Kind::Float).backward();
+        autograd::backward(&[&normed], &[&d_normed]).unwrap_or_else(|e| panic!("head backward: {e}"));
         start += len;
     }
     total
@@ -89,7 +91,7 @@ fn add_product_to_grad(p: &Tensor, a: &Tensor, b: &Tensor) {
         });
     } else {
         let product = tch::no_grad(|| a.mm(b));
-        (p * product).sum(Kind::Float).backward();
+        autograd::backward(&[p], &[&product]).unwrap_or_else(|e| panic!("head backward: {e}"));
     }
 }
 
@@ -251,13 +253,13 @@ pub fn backward(
             }
         }
     }
-    // `(out * g).sum()` back-propagates `g` into the embedding: into .grad, or returned
-    let seed = (&embedded * &grad).sum(Kind::Float);
+    // `grad` back-propagated into the embedding: into .grad, or returned
     if handing_off {
-        let grads = Tensor::run_backward(&[&seed], &unit_params(model, Unit::Embed), false, false);
+        let grads = autograd::grad(&[&embedded], &[&grad], &unit_params(model, Unit::Embed))
+            .unwrap_or_else(|e| panic!("embedding backward: {e}"));
         done(Unit::Embed, &grads);
     } else {
-        seed.backward();
+        autograd::backward(&[&embedded], &[&grad]).unwrap_or_else(|e| panic!("embedding backward: {e}"));
         done(Unit::Embed, &[]);
     }
     loss_sum.double_value(&[]) / n_tokens
