@@ -23,8 +23,8 @@
 #   6. the fused AdamW kernel (NVRTC): equal to torch.optim.AdamW on CUDA (fp32 and bf16
 #      parameters), and the ~1.3B bf16 step with it, without it, and PyTorch eager on the same
 #      card. GPU_CHECK_ONLY=fused runs section 6 alone.
-#   7. the MFU work: parity and the optimizer oracle again, the rotary and cross-entropy
-#      kernels alone and in a training step, a 30-step `train` of small, `bench --breakdown`
+#   7. the MFU work: parity and the optimizer oracle again, the rotary, cross-entropy and
+#      SwiGLU kernels alone and in a training step, a 30-step `train` of small, `bench --breakdown`
 #      of the ~1.3B model (its head with the loss kernel and with ATen's loss),
 #      fused against reference element-wise ops, 1 and 2 sequences per micro-batch, 8 x 1 and
 #      4 and 8 x 2 accumulated micro-batches per step, PyTorch eager at 1, 8 x 1 and 4 x 2.
@@ -240,7 +240,7 @@ ours_row() {  # LABEL MICRO GLOBAL [--set ...]: the 1.3B model, bf16, seq $SEQ
   line=$("$PY" -c 'import json,sys
 try: o = json.loads(sys.argv[1])
 except Exception: print("FAIL no result"); sys.exit()
-print("PASS %.0f tok/s, MFU %.1f%%, step %.0f ms (fwd %.0f, bwd %.0f, opt %.1f), %.0f MiB, %s" % (o["tokens_per_s"], 100*o["mfu"], 1e3*o["step_s"], 1e3*o["forward_s"], 1e3*o["backward_s"], 1e3*o["optimizer_s"], o["peak_memory_mb"], o.get("loss", "?").split(",")[0]))' "$r")
+print("PASS %.0f tok/s, MFU %.1f%%, step %.0f ms (fwd %.0f, bwd %.0f, opt %.1f), %.0f MiB, %s, %s" % (o["tokens_per_s"], 100*o["mfu"], 1e3*o["step_s"], 1e3*o["forward_s"], 1e3*o["backward_s"], 1e3*o["optimizer_s"], o["peak_memory_mb"], o.get("loss", "?").split(",")[0], o.get("swiglu", "?").split(",")[0]))' "$r")
   echo "1.3B bf16 $label: $line"
   row "1.3B $label" "${line%% *}" "${line#* }"
   [ "${line%% *}" = PASS ] || tail -5 "$OUT/bench-mfu.err"
@@ -270,9 +270,9 @@ if [ "${GPU_CHECK_ONLY:-all}" = all ] || [ "${GPU_CHECK_ONLY:-all}" = mfu ]; the
     log="$OUT/rotary-cuda.log"
     BAICHUAN_TEST_DEVICE=cuda timeout 120 target/gpu/rotary_kernel --nocapture --test-threads 1 >"$log" 2>&1
     rc=$?
-    grep -E "rel|rotary:|loss kernel|loss:" "$log"
-    row "rotary + loss kernels, spliced step" "$([ $rc -eq 0 ] && echo PASS || echo FAIL)" \
-      "$(grep -E 'on Cuda|transposed rotation BFloat16|loss kernel BFloat16 V=64000' "$log" | tr '\n' ' ')"
+    grep -E "rel|rotary:|loss kernel|loss:|swiglu" "$log"
+    row "rotary, loss, SwiGLU kernels + step" "$([ $rc -eq 0 ] && echo PASS || echo FAIL)" \
+      "$(grep -E 'on Cuda|transposed rotation BFloat16|loss kernel BFloat16 V=64000|swiglu kernel BFloat16 \[2' "$log" | tr '\n' ' ')"
     [ $rc -eq 0 ] || tail -20 "$log"
     # the training loop end to end on this path: small, bf16, 30 steps
     rm -rf /tmp/gpu-mfu-small

@@ -72,6 +72,19 @@ pub fn grad(outputs: &[&Tensor], grads: &[&Tensor], inputs: &[&Tensor]) -> Resul
     run(outputs, grads, inputs)
 }
 
+/// `p.grad() += a @ b` for a leaf `p`: in place where `.grad()` exists (the trainer zeroes
+/// gradients in place, so it does after the first backward), through autograd the first time,
+/// which creates it. For gradients computed by hand, such as a spliced GEMM's weight.
+pub fn accumulate_product(p: &Tensor, a: &Tensor, b: &Tensor) -> Result<(), TchError> {
+    let mut g = p.grad();
+    if g.defined() {
+        tch::no_grad(|| g.f_addmm_(a, b)).map(|_| ())
+    } else {
+        let product = tch::no_grad(|| a.mm(b));
+        backward(&[p], &[&product])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +114,16 @@ mod tests {
         let (y1, y2) = (x.mm(&w), x.mm(&w) * 3.0);
         let both = grad(&[&y1, &y2], &[&g, &g], &[&w]).unwrap();
         assert!(both[0].allclose(&(x.tr().mm(&g) * 4.0), 1e-5, 1e-5, false));
+    }
+
+    #[test]
+    fn products_accumulate_into_grad_whether_or_not_it_exists() {
+        let opts = (Kind::Float, Device::Cpu);
+        let p = Tensor::zeros([3, 2], opts).set_requires_grad(true);
+        let (a, b) = (Tensor::randn([3, 4], opts), Tensor::randn([4, 2], opts));
+        accumulate_product(&p, &a, &b).unwrap(); // creates .grad
+        accumulate_product(&p, &a, &b).unwrap(); // adds in place
+        assert!(p.grad().allclose(&(a.mm(&b) * 2.0), 1e-6, 1e-6, false));
     }
 
     #[test]

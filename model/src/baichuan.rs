@@ -20,8 +20,12 @@
 //! rotation makes leaves of Q and K (V is a leaf view of QKV), graph S2 runs from those leaves
 //! to the output; backward runs S2, rotates Q's and K's gradients back, then runs S1. The
 //! rotation is a `RotaryKernel` (the trainer installs CUDA kernels) or the same rotation in ATen
-//! ops. The spliced block's gradients equal one graph's (tests in trainer/src/step.rs and
-//! trainer/tests/rotary_kernel.rs).
+//! ops. Where a `SwigluKernel` is installed (CUDA), the MLP product is spliced out too: S2 ends
+//! at the residual stream and the gate and up projections, the kernel computes
+//! `silu(g) * u`, and the down projection runs outside autograd with its backward by hand, so
+//! the block keeps neither `silu(g)` nor a graph for the product. Graphs are started from
+//! their known gradients (`crate::autograd`). The spliced block's gradients equal one graph's
+//! (tests in trainer/src/step.rs and trainer/tests/rotary_kernel.rs).
 //!
 //! The training loss likewise has an explicit operator, `LossKernel`: per-row token
 //! cross-entropy of the logits that, asked for the gradient, writes it over the logits, so the
@@ -83,6 +87,49 @@ pub struct Rotary {
     /// A device kernel for the spliced training block's rotation (the trainer installs one on
     /// CUDA); without one, ATen ops compute the same thing.
     pub kernel: Option<std::sync::Arc<dyn RotaryKernel>>,
+    /// A device kernel for the SwiGLU product; with one (and the fused ops) the training block
+    /// splices its MLP product out of autograd too (the trainer installs one on CUDA). Kept
+    /// here because every block is handed the rotary state.
+    pub swiglu: Option<std::sync::Arc<dyn SwigluKernel>>,
+}
+
+/// The SwiGLU product `silu(g) * u` as an explicit operator pair outside autograd, for the
+/// training block's spliced MLP ([`Block::train_forward`]). Arithmetic in fp32, one rounding
+/// to the activations' dtype.
+pub trait SwigluKernel: Send + Sync + std::fmt::Debug {
+    /// What runs, for logs.
+    fn describe(&self) -> String;
+    /// `silu(g) * u` of two same-shaped tensors.
+    fn forward(&self, g: &Tensor, u: &Tensor) -> Tensor;
+    /// The gradients of `g` and `u` from that of the product, `da`:
+    /// `dg = da * u * s * (1 + g (1 - s))` with `s = sigmoid(g)`, `du = da * g * s`.
+    fn backward(&self, g: &Tensor, u: &Tensor, da: &Tensor) -> (Tensor, Tensor);
+}
+
+/// [`SwigluKernel`] in ATen ops in fp32: the reference the CUDA kernel is checked against,
+/// and what the CPU tests of the spliced MLP install.
+#[derive(Debug)]
+pub struct SwigluAten;
+
+impl SwigluKernel for SwigluAten {
+    fn describe(&self) -> String {
+        "SwiGLU in ATen ops (fp32)".into()
+    }
+
+    fn forward(&self, g: &Tensor, u: &Tensor) -> Tensor {
+        tch::no_grad(|| (g.to_kind(Kind::Float).silu() * u.to_kind(Kind::Float)).to_kind(g.kind()))
+    }
+
+    fn backward(&self, g: &Tensor, u: &Tensor, da: &Tensor) -> (Tensor, Tensor) {
+        tch::no_grad(|| {
+            let (g32, da32) = (g.to_kind(Kind::Float), da.to_kind(Kind::Float));
+            let s = g32.sigmoid();
+            let du = &da32 * &g32 * &s;
+            let dsilu: Tensor = &s * ((-&s + 1.0) * &g32 + 1.0);
+            let dg = da32 * u.to_kind(Kind::Float) * dsilu;
+            (dg.to_kind(g.kind()), du.to_kind(g.kind()))
+        })
+    }
 }
 
 /// The rotation of Q and K as an explicit operator pair outside autograd, for the training
@@ -113,6 +160,7 @@ impl Rotary {
             signed_sin,
             fused: true,
             kernel: None,
+            swiglu: None,
         }
     }
 
@@ -366,8 +414,30 @@ impl Block {
         ); // (B, nh, T, hd)
         let y = y.transpose(1, 2).contiguous().view([b, t, d]);
         let h = x + y.linear(&a.o_proj, None::<Tensor>);
-        let out = &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h));
-        BlockTape::Spliced { qkv, q, k, v, out }
+        let Some(swiglu) = &rotary.swiglu else {
+            let out = &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h));
+            return BlockTape::Spliced {
+                qkv,
+                q,
+                k,
+                v,
+                out,
+                mlp: None,
+            };
+        };
+        let n2 = self.post_attention_layernorm.forward(&h);
+        let g = n2.linear(&self.mlp.gate_proj, None::<Tensor>); // S2's outputs, with h
+        let u = n2.linear(&self.mlp.up_proj, None::<Tensor>);
+        let act = swiglu.forward(&g.detach(), &u.detach());
+        let out = tch::no_grad(|| &h + act.linear(&self.mlp.down_proj, None::<Tensor>));
+        BlockTape::Spliced {
+            qkv,
+            q,
+            k,
+            v,
+            out,
+            mlp: Some(MlpTape { h, g, u, a: act }),
+        }
     }
 
     /// Back-propagates `grad` (of `tape`'s output) through the block to its input leaf `x` and
@@ -383,15 +453,16 @@ impl Block {
         collect: bool,
     ) -> Option<(Tensor, Vec<Tensor>)> {
         let params: Vec<&Tensor> = self.named_parameters().into_iter().map(|(_, p)| p).collect();
-        // back-propagates `g` from `y`: into .grad, or returned for `inputs`
-        let back = |y: &Tensor, g: &Tensor, inputs: &[&Tensor]| -> Vec<Tensor> {
+        // back-propagates `gs` from `ys`: into .grad, or returned for `inputs`
+        let back_many = |ys: &[&Tensor], gs: &[&Tensor], inputs: &[&Tensor]| -> Vec<Tensor> {
             let done = if collect {
-                crate::autograd::grad(&[y], &[g], inputs)
+                crate::autograd::grad(ys, gs, inputs)
             } else {
-                crate::autograd::backward(&[y], &[g]).map(|_| Vec::new())
+                crate::autograd::backward(ys, gs).map(|_| Vec::new())
             };
             done.unwrap_or_else(|e| panic!("block backward: {e}"))
         };
+        let back = |y: &Tensor, g: &Tensor, inputs: &[&Tensor]| back_many(&[y], &[g], inputs);
         match tape {
             BlockTape::Graph(out) => {
                 let mut inputs = vec![x];
@@ -399,12 +470,40 @@ impl Block {
                 let mut g = back(&out, grad, &inputs);
                 collect.then(|| (g.remove(0), g))
             }
-            BlockTape::Spliced { qkv, q, k, v, out } => {
-                // S2: from the output to Q, K, V, x and the parameters after the rotation
+            BlockTape::Spliced { qkv, q, k, v, out, mlp } => {
                 let mut inputs = vec![&q, &k, &v, x];
-                inputs.extend(&params[2..]);
-                let g2 = back(&out, grad, &inputs);
-                drop(out);
+                let g2 = match mlp {
+                    // S2: from the output to Q, K, V, x and the parameters after the rotation
+                    None => {
+                        inputs.extend(&params[2..]);
+                        back(&out, grad, &inputs)
+                    }
+                    Some(MlpTape { h, g, u, a }) => {
+                        drop(out);
+                        // the down projection by hand: the product's gradient, and the weight's
+                        // (returned, or added into its .grad)
+                        let f = a.size().last().copied().expect("the product has a last dim");
+                        let go = grad.reshape([-1, grad.size().last().copied().unwrap_or(1)]);
+                        let a2 = a.reshape([-1, f]);
+                        let da = tch::no_grad(|| go.mm(params[6])).view(g.size().as_slice());
+                        let d_down = if collect {
+                            Some(tch::no_grad(|| go.tr().mm(&a2)))
+                        } else {
+                            crate::autograd::accumulate_product(params[6], &go.tr(), &a2)
+                                .unwrap_or_else(|e| panic!("block backward: {e}"));
+                            None
+                        };
+                        drop((a, a2));
+                        let swiglu = rotary.swiglu.as_ref().expect("a spliced MLP has its kernel");
+                        let (dg, du) = swiglu.backward(&g, &u, &da);
+                        drop(da);
+                        // S2: from h (the residual passes the output's gradient), g and u
+                        inputs.extend(&params[2..6]);
+                        let mut g2 = back_many(&[&h, &g, &u], &[grad, &dg, &du], &inputs);
+                        g2.extend(d_down);
+                        g2
+                    }
+                };
                 let dqkv = if collect {
                     rotary.unrotate(&g2[0], &g2[1], &g2[2])
                 } else {
@@ -440,14 +539,25 @@ pub enum BlockTape {
     /// The output with one autograd graph back to the input (reference ops).
     Graph(Tensor),
     /// The rotation spliced out: QKV with graph S1, the Q, K, V leaves, and the output with
-    /// graph S2.
+    /// graph S2, or with the MLP product spliced out as well, S2's end and S3.
     Spliced {
         qkv: Tensor,
         q: Tensor,
         k: Tensor,
         v: Tensor,
         out: Tensor,
+        mlp: Option<MlpTape>,
     },
+}
+
+/// The spliced MLP product: graph S2 ends at the residual stream `h` and the gate and up
+/// projections `g`, `u`; the product `a = silu(g) * u` and the down projection run outside
+/// autograd (the block's output is `h + down(a)`), their backward by hand.
+pub struct MlpTape {
+    h: Tensor,
+    g: Tensor,
+    u: Tensor,
+    a: Tensor,
 }
 
 impl BlockTape {

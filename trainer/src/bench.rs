@@ -124,6 +124,8 @@ pub struct StepBench {
     pub rotary: String,
     /// Which cross-entropy ran (kernel or ATen ops, and the kernel's check).
     pub loss: String,
+    /// Which SwiGLU product ran (kernel, spliced out of autograd, or ATen ops).
+    pub swiglu: String,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -169,6 +171,7 @@ pub fn train_step(config: &crate::config::RunConfig, steps: usize, warmup: usize
     model.set_fused_ops(t.fused_ops);
     let rotary_kind = crate::kernels::install_rotary(&mut model);
     let loss_kind = crate::kernels::install_loss(&mut model);
+    let swiglu_kind = crate::kernels::install_swiglu(&mut model);
     let params = model.named_parameters();
     let total = params.iter().map(|(_, p)| p.numel()).sum::<usize>();
     let mut opt = FlatAdamW::new(&params, (0, total), &Solo)?;
@@ -260,6 +263,7 @@ pub fn train_step(config: &crate::config::RunConfig, steps: usize, warmup: usize
         attention: baichuan_model::baichuan::attention_backend(mc, t.micro_batch_size, seq, kind, device).to_string(),
         rotary: rotary_kind,
         loss: loss_kind,
+        swiglu: swiglu_kind,
         optimizer: if opt.is_fused() {
             update_kind
         } else {

@@ -17,10 +17,14 @@
 //! write of the logits in their dtype, where autograd through ATen's fp32 `cross_entropy`
 //! makes an fp32 copy, a log-softmax, and as many passes again in backward. It is checked
 //! against `cross_entropy_aten` on the device before it is installed.
+//!
+//! The SwiGLU kernels (the model's `SwigluKernel`) compute `silu(g) * u` and its two
+//! gradients in one pass each, checked against `SwigluAten` before they are installed; with
+//! them the training block splices its MLP product out of autograd.
 
 use std::ffi::c_void;
 
-use baichuan_model::baichuan::{cross_entropy_aten, LossKernel, RotaryKernel, IGNORE_INDEX};
+use baichuan_model::baichuan::{cross_entropy_aten, LossKernel, RotaryKernel, SwigluAten, SwigluKernel, IGNORE_INDEX};
 use tch::{Kind, Tensor};
 
 use crate::fused::{FusedError, Module};
@@ -242,6 +246,91 @@ extern "C" __global__ void cross_entropy_##NAME(D::T* logits, const long long* t
 CROSS_ENTROPY(bf16, Bf16)
 CROSS_ENTROPY(f16, F16)
 CROSS_ENTROPY(f32, F32)
+"#;
+
+/// The SwiGLU product (the model's `SwigluKernel`): forward reads the gate and up
+/// projections once and writes `silu(g) * u`; backward reads them and the product's gradient
+/// once and writes both gradients, where ATen's ops with autograd take five passes forward
+/// and backward together and keep `silu(g)` for backward. fp32 arithmetic, one rounding;
+/// 16-byte accesses when the buffers allow.
+const SWIGLU_SOURCE: &str = r#"
+__device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + __expf(-x)); }
+
+template <class D>
+__device__ __forceinline__ void swiglu_fwd_one(const typename D::T* g, const typename D::T* u, typename D::T* a, long long i) {
+    float x = D::load(g[i]);
+    a[i] = D::store(x * sigmoid_f(x) * D::load(u[i]));
+}
+
+template <class D>
+__device__ __forceinline__ void swiglu_bwd_one(const typename D::T* g, const typename D::T* u, const typename D::T* da,
+                                               typename D::T* dg, typename D::T* du, long long i) {
+    float x = D::load(g[i]), y = D::load(u[i]), d = D::load(da[i]);
+    float s = sigmoid_f(x);
+    du[i] = D::store(d * x * s);
+    dg[i] = D::store(d * y * s * (1.f + x * (1.f - s)));
+}
+
+// n elements; with vec, items are groups of D::W elements (n a multiple of D::W, buffers
+// 16-byte aligned), else single elements.
+template <class D>
+__device__ void swiglu_fwd(const typename D::T* __restrict__ g, const typename D::T* __restrict__ u,
+                           typename D::T* __restrict__ a, long long n, int vec) {
+    typedef typename D::T T;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    long long items = vec ? n / D::W : n;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < items; i += stride) {
+        if (vec) {
+            uint4 gv = reinterpret_cast<const uint4*>(g)[i], uv = reinterpret_cast<const uint4*>(u)[i], av;
+            const T* ge = reinterpret_cast<const T*>(&gv);
+            const T* ue = reinterpret_cast<const T*>(&uv);
+            T* ae = reinterpret_cast<T*>(&av);
+#pragma unroll
+            for (int j = 0; j < D::W; j++) swiglu_fwd_one<D>(ge, ue, ae, j);
+            reinterpret_cast<uint4*>(a)[i] = av;
+        } else {
+            swiglu_fwd_one<D>(g, u, a, i);
+        }
+    }
+}
+
+template <class D>
+__device__ void swiglu_bwd(const typename D::T* __restrict__ g, const typename D::T* __restrict__ u,
+                           const typename D::T* __restrict__ da, typename D::T* __restrict__ dg,
+                           typename D::T* __restrict__ du, long long n, int vec) {
+    typedef typename D::T T;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    long long items = vec ? n / D::W : n;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < items; i += stride) {
+        if (vec) {
+            uint4 gv = reinterpret_cast<const uint4*>(g)[i], uv = reinterpret_cast<const uint4*>(u)[i];
+            uint4 dv = reinterpret_cast<const uint4*>(da)[i], dgv, duv;
+            const T* ge = reinterpret_cast<const T*>(&gv);
+            const T* ue = reinterpret_cast<const T*>(&uv);
+            const T* de = reinterpret_cast<const T*>(&dv);
+            T* dge = reinterpret_cast<T*>(&dgv);
+            T* due = reinterpret_cast<T*>(&duv);
+#pragma unroll
+            for (int j = 0; j < D::W; j++) swiglu_bwd_one<D>(ge, ue, de, dge, due, j);
+            reinterpret_cast<uint4*>(dg)[i] = dgv;
+            reinterpret_cast<uint4*>(du)[i] = duv;
+        } else {
+            swiglu_bwd_one<D>(g, u, da, dg, du, i);
+        }
+    }
+}
+
+#define SWIGLU(NAME, D)                                                                          \
+extern "C" __global__ void swiglu_fwd_##NAME(const D::T* g, const D::T* u, D::T* a, long long n, int vec) { \
+    swiglu_fwd<D>(g, u, a, n, vec);                                                              \
+}                                                                                                \
+extern "C" __global__ void swiglu_bwd_##NAME(const D::T* g, const D::T* u, const D::T* da, D::T* dg, \
+        D::T* du, long long n, int vec) {                                                        \
+    swiglu_bwd<D>(g, u, da, dg, du, n, vec);                                                     \
+}
+SWIGLU(bf16, Bf16)
+SWIGLU(f16, F16)
+SWIGLU(f32, F32)
 "#;
 
 /// Kernel names, forward then backward per dtype, in [`dtype_index`] order.
@@ -487,17 +576,7 @@ impl LossKernel for CudaLoss {
 /// the gradient's rounding to `kind`). Rows include an ignored target and both row lengths,
 /// one that takes 16-byte accesses and one that does not.
 pub fn loss_kernel_error(kernel: &dyn LossKernel, device: tch::Device, kind: Kind) -> (f64, f64) {
-    let rel = |a: &Tensor, b: &Tensor| {
-        let (a, b) = (a.to_kind(Kind::Float), b.to_kind(Kind::Float));
-        let scale = b.abs().max().double_value(&[]).max(1e-30);
-        // NaN anywhere counts as the largest error
-        let d = (&a - &b).abs().max().double_value(&[]);
-        if d.is_nan() {
-            f64::INFINITY
-        } else {
-            d / scale
-        }
-    };
+    let rel = relative_error;
     let (mut loss_err, mut grad_err) = (0.0f64, 0.0f64);
     for v in [1000i64, 1003] {
         let rows = 7;
@@ -532,11 +611,7 @@ pub fn install_loss(model: &mut baichuan_model::Baichuan) -> String {
     let kind = model.kind();
     let (loss_err, grad_err) = loss_kernel_error(&kernel, device, kind);
     // one rounding of the gradient to the dtype, and fp32 exponentials
-    let grad_tol = match kind {
-        Kind::BFloat16 => 1e-2,
-        Kind::Half => 2e-3,
-        _ => 1e-5,
-    };
+    let grad_tol = kernel_tolerance(kind);
     if loss_err > 1e-5 || grad_err > grad_tol {
         return format!(
             "loss: ATen ops (the kernel's check failed: loss error {loss_err:.1e}, gradient error {grad_err:.1e})"
@@ -545,6 +620,182 @@ pub fn install_loss(model: &mut baichuan_model::Baichuan) -> String {
     let what = kernel.describe();
     model.loss_kernel = Some(std::sync::Arc::new(kernel));
     format!("loss: {what}, checked (loss error {loss_err:.1e}, gradient {grad_err:.1e})")
+}
+
+/// SwiGLU kernel names, forward then backward per dtype, in [`dtype_index`] order.
+const SWIGLU_NAMES: [&str; 6] = [
+    "swiglu_fwd_bf16",
+    "swiglu_bwd_bf16",
+    "swiglu_fwd_f16",
+    "swiglu_bwd_f16",
+    "swiglu_fwd_f32",
+    "swiglu_bwd_f32",
+];
+
+/// The SwiGLU kernels compiled for one CUDA device.
+pub struct CudaSwiglu {
+    module: Module,
+}
+
+impl std::fmt::Debug for CudaSwiglu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CudaSwiglu")
+    }
+}
+
+impl CudaSwiglu {
+    pub fn new(device: tch::Device) -> Result<Self, FusedError> {
+        Ok(CudaSwiglu {
+            module: Module::load(
+                device,
+                &[DTYPES, SWIGLU_SOURCE].concat(),
+                "baichuan_swiglu.cu",
+                &SWIGLU_NAMES,
+            )?,
+        })
+    }
+}
+
+/// Contiguous views of same-shaped, same-dtype tensors, and whether all of them allow
+/// 16-byte accesses (element count a multiple of the vector width, 16-byte aligned).
+fn same_layout(ts: &[&Tensor]) -> (Vec<Tensor>, i32) {
+    let (size, kind) = (ts[0].size(), ts[0].kind());
+    let out: Vec<Tensor> = ts
+        .iter()
+        .map(|t| {
+            assert!(
+                t.size() == size && t.kind() == kind && t.device() == ts[0].device(),
+                "swiglu kernel: operands differ in shape, dtype or device"
+            );
+            t.contiguous()
+        })
+        .collect();
+    let width = 16 / kind.elt_size_in_bytes() as i64;
+    let aligned = out.iter().all(|t| (t.data_ptr() as usize).is_multiple_of(16));
+    (out, (ts[0].numel() as i64 % width == 0 && aligned) as i32)
+}
+
+impl SwigluKernel for CudaSwiglu {
+    fn describe(&self) -> String {
+        "SwiGLU kernel (NVRTC)".into()
+    }
+
+    fn forward(&self, g: &Tensor, u: &Tensor) -> Tensor {
+        let (ops, vec) = same_layout(&[g, u]);
+        let a = Tensor::empty(g.size(), (g.kind(), g.device()));
+        let (mut gp, mut up, mut ap) = (ptr(&ops[0]), ptr(&ops[1]), ptr(&a));
+        let mut n = g.numel() as i64;
+        let mut vec = vec;
+        let items = if vec == 1 {
+            n / (16 / g.kind().elt_size_in_bytes() as i64)
+        } else {
+            n
+        };
+        let mut args: [*mut c_void; 5] = [
+            &mut gp as *mut _ as *mut c_void,
+            &mut up as *mut _ as *mut c_void,
+            &mut ap as *mut _ as *mut c_void,
+            &mut n as *mut _ as *mut c_void,
+            &mut vec as *mut _ as *mut c_void,
+        ];
+        // SAFETY: the arguments match swiglu_fwd_*'s parameters; g, u and a are live contiguous
+        // device buffers of n elements (checked above), 16-byte aligned where vec is set.
+        unsafe { self.module.launch(2 * dtype_index(g.kind()), items, &mut args) }
+            .unwrap_or_else(|e| panic!("swiglu kernel: {e}"));
+        a
+    }
+
+    fn backward(&self, g: &Tensor, u: &Tensor, da: &Tensor) -> (Tensor, Tensor) {
+        let (ops, vec) = same_layout(&[g, u, da]);
+        let dg = Tensor::empty(g.size(), (g.kind(), g.device()));
+        let du = Tensor::empty(g.size(), (g.kind(), g.device()));
+        let (mut gp, mut up, mut dap, mut dgp, mut dup) =
+            (ptr(&ops[0]), ptr(&ops[1]), ptr(&ops[2]), ptr(&dg), ptr(&du));
+        let mut n = g.numel() as i64;
+        let mut vec = vec;
+        let items = if vec == 1 {
+            n / (16 / g.kind().elt_size_in_bytes() as i64)
+        } else {
+            n
+        };
+        let mut args: [*mut c_void; 7] = [
+            &mut gp as *mut _ as *mut c_void,
+            &mut up as *mut _ as *mut c_void,
+            &mut dap as *mut _ as *mut c_void,
+            &mut dgp as *mut _ as *mut c_void,
+            &mut dup as *mut _ as *mut c_void,
+            &mut n as *mut _ as *mut c_void,
+            &mut vec as *mut _ as *mut c_void,
+        ];
+        // SAFETY: the arguments match swiglu_bwd_*'s parameters; every buffer is a live
+        // contiguous device buffer of n elements (checked above), 16-byte aligned where vec is set.
+        unsafe { self.module.launch(2 * dtype_index(g.kind()) + 1, items, &mut args) }
+            .unwrap_or_else(|e| panic!("swiglu kernel: {e}"));
+        (dg, du)
+    }
+}
+
+/// Largest difference of `kernel` from [`SwigluAten`] on random operands of `kind` on
+/// `device`, relative to the largest value compared: the product, then both gradients. Sizes
+/// with and without 16-byte accesses.
+pub fn swiglu_kernel_error(kernel: &dyn SwigluKernel, device: tch::Device, kind: Kind) -> (f64, f64) {
+    let (mut fwd, mut bwd) = (0.0f64, 0.0f64);
+    for n in [4096i64, 4099] {
+        let draw = || (Tensor::randn([n], (Kind::Float, device)) * 4.0).to_kind(kind);
+        let (g, u, da) = (draw(), draw(), draw());
+        fwd = fwd.max(relative_error(&kernel.forward(&g, &u), &SwigluAten.forward(&g, &u)));
+        let (dg1, du1) = kernel.backward(&g, &u, &da);
+        let (dg2, du2) = SwigluAten.backward(&g, &u, &da);
+        bwd = bwd.max(relative_error(&dg1, &dg2)).max(relative_error(&du1, &du2));
+    }
+    (fwd, bwd)
+}
+
+/// Largest absolute difference relative to the largest magnitude of `b`; NaN anywhere counts
+/// as infinite.
+fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_kind(Kind::Float), b.to_kind(Kind::Float));
+    let scale = b.abs().max().double_value(&[]).max(1e-30);
+    let d = (&a - &b).abs().max().double_value(&[]);
+    if d.is_nan() {
+        f64::INFINITY
+    } else {
+        d / scale
+    }
+}
+
+/// Tolerance of a kernel against its fp32 ATen reference in `kind`: one rounding apart.
+fn kernel_tolerance(kind: Kind) -> f64 {
+    match kind {
+        Kind::BFloat16 => 1e-2,
+        Kind::Half => 2e-3,
+        _ => 1e-5,
+    }
+}
+
+/// Installs the SwiGLU kernel on a CUDA model with the fused ops (the training block then
+/// splices its MLP product out of autograd), after checking it against [`SwigluAten`] in the
+/// model's dtype; says what runs.
+pub fn install_swiglu(model: &mut baichuan_model::Baichuan) -> String {
+    let device = model.device();
+    if !device.is_cuda() || !model.rotary.fused {
+        return "swiglu: ATen ops".into();
+    }
+    let kernel = match CudaSwiglu::new(device) {
+        Ok(k) => k,
+        Err(e) => return format!("swiglu: ATen ops ({e})"),
+    };
+    let kind = model.kind();
+    let (fwd, bwd) = swiglu_kernel_error(&kernel, device, kind);
+    let tol = kernel_tolerance(kind);
+    if fwd > tol || bwd > tol {
+        return format!(
+            "swiglu: ATen ops (the kernel's check failed: product error {fwd:.1e}, gradient error {bwd:.1e})"
+        );
+    }
+    let what = kernel.describe();
+    model.rotary.swiglu = Some(std::sync::Arc::new(kernel));
+    format!("swiglu: {what}, checked (product error {fwd:.1e}, gradient {bwd:.1e})")
 }
 
 #[cfg(test)]
@@ -596,6 +847,48 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_swiglu_kernels_compile_for_ampere_and_hopper() {
+        for (major, minor) in [(8, 0), (9, 0)] {
+            match crate::fused::compile_ptx(&[DTYPES, SWIGLU_SOURCE].concat(), "baichuan_swiglu.cu", major, minor) {
+                Ok(ptx) => {
+                    let text = String::from_utf8_lossy(&ptx);
+                    for name in SWIGLU_NAMES {
+                        assert!(text.contains(&format!(".entry {name}(")), "{name} missing");
+                    }
+                }
+                Err(FusedError::Unavailable(e)) => {
+                    println!("skipped: {e}");
+                    return;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// The SwiGLU check measures a right operator as right and a wrong one as wrong (on the
+    /// CPU with the ATen operator: the check itself needs no GPU).
+    #[test]
+    fn the_swiglu_check_tells_a_wrong_operator_from_a_right_one() {
+        #[derive(Debug)]
+        struct Off(f64);
+        impl SwigluKernel for Off {
+            fn describe(&self) -> String {
+                "test".into()
+            }
+            fn forward(&self, g: &Tensor, u: &Tensor) -> Tensor {
+                SwigluAten.forward(g, u) * (1.0 + self.0)
+            }
+            fn backward(&self, g: &Tensor, u: &Tensor, da: &Tensor) -> (Tensor, Tensor) {
+                SwigluAten.backward(g, u, da)
+            }
+        }
+        let (f, b) = swiglu_kernel_error(&Off(0.0), tch::Device::Cpu, Kind::Float);
+        assert!(f == 0.0 && b == 0.0, "{f} {b}");
+        let (f, _) = swiglu_kernel_error(&Off(1e-3), tch::Device::Cpu, Kind::Float);
+        assert!(f > kernel_tolerance(Kind::Float), "{f}");
+    }
+
     /// The check that guards the kernel's installation rejects an operator that is wrong,
     /// here one off by one ulp-sized shift in every gradient (run with the ATen operator on
     /// the CPU: the check itself needs no GPU).
@@ -629,5 +922,7 @@ mod tests {
         assert!(m.rotary.kernel.is_none());
         assert_eq!(install_loss(&mut m), "loss: ATen ops");
         assert!(m.loss_kernel.is_none());
+        assert_eq!(install_swiglu(&mut m), "swiglu: ATen ops");
+        assert!(m.rotary.swiglu.is_none());
     }
 }

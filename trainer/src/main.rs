@@ -473,8 +473,16 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "{} parameters, {} training on {}, {} tokens/step, attention {}, AdamW {}, {}, {}",
-                    r.parameters, r.precision, r.device, r.tokens_per_step, r.attention, r.optimizer, r.rotary, r.loss
+                    "{} parameters, {} training on {}, {} tokens/step, attention {}, AdamW {}, {}, {}, {}",
+                    r.parameters,
+                    r.precision,
+                    r.device,
+                    r.tokens_per_step,
+                    r.attention,
+                    r.optimizer,
+                    r.rotary,
+                    r.loss,
+                    r.swiglu
                 );
                 println!(
                     "step {:.1} ms = forward {:.1} + backward {:.1} + comm wait {:.1} + optimizer {:.1} (medians of {steps})",

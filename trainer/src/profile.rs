@@ -45,6 +45,8 @@ pub struct Breakdown {
     pub attention: String,
     /// Which cross-entropy the head row ran (kernel or ATen ops, and the kernel's check).
     pub loss: String,
+    /// Which SwiGLU product the block rows ran.
+    pub swiglu: String,
     pub rows: Vec<OpRow>,
     /// Blocks (fused ops) x layers + head and loss + embedding, per micro-batch (ms).
     pub modelled_ms: f64,
@@ -124,6 +126,7 @@ pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
     model.to(device, kind);
     let rotary_kind = crate::kernels::install_rotary(&mut model);
     let loss_kind = crate::kernels::install_loss(&mut model);
+    let swiglu_kind = crate::kernels::install_swiglu(&mut model);
     let (b, s) = (t.micro_batch_size, config.data.seq_len);
     let (d, f, v) = (mc.hidden_size, mc.intermediate_size, mc.vocab_size);
     let (nh, hd) = (mc.num_attention_heads, mc.head_dim());
@@ -237,9 +240,34 @@ pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
         &|| x.linear(&gate_up, None::<Tensor>),
     ));
     let (a, c) = (leaf(&[b, s, f]), leaf(&[b, s, f]));
-    rows.push(measure("silu(gate) * up", layers, 0.0, reps, &[&a, &c], &|| {
-        a.silu() * &c
-    }));
+    let swiglu = model.rotary.swiglu.clone();
+    rows.push(measure(
+        "silu(gate) * up (autograd)",
+        if swiglu.is_some() { 0.0 } else { layers },
+        0.0,
+        reps,
+        &[&a, &c],
+        &|| a.silu() * &c,
+    ));
+    if let Some(k) = &swiglu {
+        // spliced out of autograd, as training runs it with the kernel
+        let da = a.randn_like();
+        let (forward_ms, _) = time(device, reps, &mut || {
+            let _ = k.forward(&a, &c);
+        });
+        let (train_ms, host_ms) = time(device, reps, &mut || {
+            let _ = k.forward(&a, &c);
+            let _ = k.backward(&a, &c, &da);
+        });
+        rows.push(OpRow {
+            name: format!("silu(gate) * up ({})", k.describe()),
+            count: layers,
+            forward_ms,
+            train_ms,
+            host_ms,
+            flops: 0.0,
+        });
+    }
     let h = leaf(&[b, s, f]);
     rows.push(measure("down GEMM", layers, gemm(f, d), reps, &[&h, down], &|| {
         h.linear(down, None::<Tensor>)
@@ -319,6 +347,7 @@ pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
         tokens: b * s,
         attention,
         loss: loss_kind,
+        swiglu: swiglu_kind,
         rows,
         modelled_ms,
     })
@@ -330,7 +359,7 @@ pub fn render(r: &Breakdown) -> String {
         "{} {} on {}, {} tokens per micro-batch; ms per call, then per micro-batch (x calls)\n",
         r.precision, "forward + backward", r.device, r.tokens
     );
-    out += &format!("{}\n", r.loss);
+    out += &format!("{}; {}\n", r.loss, r.swiglu);
     out += &format!(
         "{:<34} {:>9} {:>10} {:>9} {:>7} {:>11} {:>9}\n",
         "piece", "fwd ms", "fwd+bwd ms", "host ms", "calls", "ms/micro", "TFLOP/s"
@@ -407,7 +436,7 @@ mod tests {
         assert!((sum - r.modelled_ms).abs() < 1e-9);
         let table = render(&r);
         assert!(table.contains("whole block (reference ops)"), "{table}");
-        assert!(table.contains("\nloss: ATen ops\n"), "{table}");
+        assert!(table.contains("\nloss: ATen ops; swiglu: ATen ops\n"), "{table}");
         // GEMM rows carry their FLOPs: W_pack is 6 * tokens * d * 3d
         let w = r.rows.iter().find(|r| r.name == "W_pack GEMM (QKV)").unwrap();
         assert_eq!(w.flops, 6.0 * 64.0 * 64.0 * 192.0);

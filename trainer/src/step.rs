@@ -72,27 +72,13 @@ pub(crate) fn chunked_cross_entropy(
             (logits, sum) // `logits` now holds their gradient
         });
         total += sum;
-        add_product_to_grad(&model.lm_head, &logits.tr(), &x);
+        autograd::accumulate_product(&model.lm_head, &logits.tr(), &x).unwrap_or_else(|e| panic!("head backward: {e}"));
         let d_normed = tch::no_grad(|| logits.mm(&model.lm_head)).view([b, len, d]);
         drop(logits);
         autograd::backward(&[&normed], &[&d_normed]).unwrap_or_else(|e| panic!("head backward: {e}"));
         start += len;
     }
     total
-}
-
-/// `p.grad() += a @ b`, in place where `.grad()` exists (the trainer zeroes gradients in place,
-/// so it does after the first backward); the first time through autograd, which creates it.
-fn add_product_to_grad(p: &Tensor, a: &Tensor, b: &Tensor) {
-    let mut g = p.grad();
-    if g.defined() {
-        tch::no_grad(|| {
-            let _ = g.addmm_(a, b);
-        });
-    } else {
-        let product = tch::no_grad(|| a.mm(b));
-        autograd::backward(&[p], &[&product]).unwrap_or_else(|e| panic!("head backward: {e}"));
-    }
 }
 
 /// Which blocks drop their activations after forward and recompute them just before their
@@ -324,12 +310,21 @@ mod tests {
     fn layer_wise_backward_equals_the_full_graph() {
         let tokens = Tensor::randint(97, [2, 17], (Kind::Int64, Device::Cpu));
         // layer-wise with the rotation spliced out of autograd (fused ops) or not (reference),
-        // against one autograd graph of the whole model with the reference ops
-        for (layer_wise_fused, graph_fused) in [(true, false), (false, false), (true, true)] {
+        // and with the MLP product spliced out too (the ATen SwiGLU operator standing in for
+        // the CUDA kernel), against one autograd graph of the whole model
+        for (layer_wise_fused, graph_fused, mlp) in [
+            (true, false, false),
+            (false, false, false),
+            (true, true, false),
+            (true, false, true),
+        ] {
             // the whole chunked loss in one chunk, so the reduction order matches
             let (mut m1, mut m2) = small_models();
             m1.set_fused_ops(layer_wise_fused);
             m2.set_fused_ops(graph_fused);
+            if mlp {
+                m1.rotary.swiglu = Some(std::sync::Arc::new(baichuan_model::baichuan::SwigluAten));
+            }
             let loss1 = forward_backward(&m1, &tokens, 1.0, 1 << 20, &[], None);
             let logits = m2.forward(&tokens.narrow(1, 0, 16)).to_kind(Kind::Float);
             let loss2 = logits.view([-1, 97]).cross_entropy_loss::<Tensor>(
@@ -343,7 +338,10 @@ mod tests {
             assert!((loss1 - loss2.double_value(&[]) / 32.0).abs() < 1e-6);
             for ((name, a), (_, b)) in m1.named_parameters().iter().zip(m2.named_parameters()) {
                 let diff = (a.grad() - b.grad()).abs().max().double_value(&[]);
-                assert!(diff < 1e-6, "{layer_wise_fused} vs {graph_fused}: {name}: {diff}");
+                assert!(
+                    diff < 1e-6,
+                    "{layer_wise_fused} vs {graph_fused} (MLP spliced {mlp}): {name}: {diff}"
+                );
             }
         }
     }
@@ -352,7 +350,12 @@ mod tests {
     /// gives each parameter the same total gradient as accumulating everything in .grad.
     #[test]
     fn handed_off_gradients_equal_accumulated_ones() {
-        let (m1, m2) = small_models();
+        let (mut m1, mut m2) = small_models();
+        // with the MLP product spliced out (the ATen operator), whose down projection's
+        // gradient is computed by hand: returned, or added into .grad
+        for m in [&mut m1, &mut m2] {
+            m.rotary.swiglu = Some(std::sync::Arc::new(baichuan_model::baichuan::SwigluAten));
+        }
         let batches = [
             Tensor::randint(97, [2, 17], (Kind::Int64, Device::Cpu)),
             Tensor::randint(97, [2, 17], (Kind::Int64, Device::Cpu)),
@@ -480,7 +483,9 @@ mod tests {
     #[test]
     fn activation_checkpointing_gives_the_same_loss_and_gradients() {
         let tokens = Tensor::randint(97, [2, 19], (Kind::Int64, Device::Cpu));
-        let (plain, ckpt) = small_models();
+        let (plain, mut ckpt) = small_models();
+        // recomputation through the spliced MLP product too
+        ckpt.rotary.swiglu = Some(std::sync::Arc::new(baichuan_model::baichuan::SwigluAten));
         let a = forward_backward(&plain, &tokens, 1.0, 1 << 20, &[false, false, false], None);
         let b = forward_backward(&ckpt, &tokens, 1.0, 1 << 20, &[true, false, true], None);
         assert!((a - b).abs() <= 1e-6, "{a} vs {b}");

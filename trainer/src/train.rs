@@ -195,6 +195,7 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     model.set_fused_ops(t.fused_ops);
     let rotary_kind = crate::kernels::install_rotary(&mut model);
     let loss_kind = crate::kernels::install_loss(&mut model);
+    let swiglu_kind = crate::kernels::install_swiglu(&mut model);
     let params = model.named_parameters();
     let total = params.iter().map(|(_, p)| p.numel()).sum::<usize>();
     let shards = even_ranges(total, world);
@@ -335,7 +336,7 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             bucket_elems as f64 * 4.0 / 1e6,
             baichuan_model::baichuan::attention_backend(mc, t.micro_batch_size, d.seq_len, kind, device)
         );
-        println!("optimizer: AdamW, {update_kind}; {rotary_kind}; {loss_kind}");
+        println!("optimizer: AdamW, {update_kind}; {rotary_kind}; {loss_kind}; {swiglu_kind}");
     }
 
     let mut log = if main {

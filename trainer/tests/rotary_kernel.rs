@@ -7,7 +7,9 @@
 //!
 //! The cross-entropy kernel of the same file is checked here too: against the ATen operator
 //! (`cross_entropy_aten`, itself tested against ATen's `cross_entropy` with autograd) at the
-//! real vocabulary and at odd row lengths, in the three dtypes, and inside the training step.
+//! real vocabulary and at odd row lengths, in the three dtypes, and inside the training step;
+//! so is the SwiGLU kernel (against `SwigluAten`, and inside the step with the MLP product
+//! spliced out of autograd).
 
 use baichuan_model::{Baichuan, ModelConfig};
 use baichuan_trainer::{kernels, step};
@@ -138,9 +140,11 @@ fn a_spliced_training_step_equals_the_reference_graph() {
         reference.set_fused_ops(false);
         let said = kernels::install_rotary(&mut spliced);
         let loss_said = kernels::install_loss(&mut spliced);
-        println!("{kind:?}: {said}; {loss_said}");
+        let swiglu_said = kernels::install_swiglu(&mut spliced);
+        println!("{kind:?}: {said}; {loss_said}; {swiglu_said}");
         if dev.is_cuda() {
             assert!(spliced.loss_kernel.is_some(), "{loss_said}");
+            assert!(spliced.rotary.swiglu.is_some(), "{swiglu_said}");
         }
         let tokens = Tensor::randint(301, [2, 41], (Kind::Int64, dev));
         let logits = reference.forward(&tokens.narrow(1, 0, 40));
@@ -240,4 +244,44 @@ fn the_loss_kernel_equals_the_aten_operator() {
         said.starts_with("loss: cross-entropy kernel (NVRTC), checked"),
         "{said}"
     );
+}
+
+#[test]
+fn the_swiglu_kernel_equals_the_fp32_reference() {
+    use baichuan_model::baichuan::{SwigluAten, SwigluKernel};
+    let dev = device();
+    if !dev.is_cuda() {
+        println!("skipped on the CPU: the kernel needs CUDA (BAICHUAN_TEST_DEVICE=cuda)");
+        return;
+    }
+    tch::manual_seed(13);
+    let kernel = kernels::CudaSwiglu::new(dev).expect("the SwiGLU kernels compile and load");
+    // (B, T, f) as the block has them (vectorized), and an odd size (scalar)
+    for shape in [vec![2i64, 37, 160], vec![3, 7, 11]] {
+        for (kind, tol) in [(Kind::Float, 1e-6), (Kind::BFloat16, 1e-2), (Kind::Half, 2e-3)] {
+            let draw = || (Tensor::randn(shape.as_slice(), (Kind::Float, dev)) * 4.0).to_kind(kind);
+            let (g, u, da) = (draw(), draw(), draw());
+            let fwd = rel(&kernel.forward(&g, &u), &SwigluAten.forward(&g, &u));
+            let (dg1, du1) = kernel.backward(&g, &u, &da);
+            let (dg2, du2) = SwigluAten.backward(&g, &u, &da);
+            let (eg, eu) = (rel(&dg1, &dg2), rel(&du1, &du2));
+            // and the fp32 reference against autograd through ATen's silu and mul
+            let (g32, u32) = (
+                g.to_kind(Kind::Float).set_requires_grad(true),
+                u.to_kind(Kind::Float).set_requires_grad(true),
+            );
+            (g32.silu() * &u32 * da.to_kind(Kind::Float))
+                .sum(Kind::Float)
+                .backward();
+            let ea = rel(&dg2, &g32.grad()).max(rel(&du2, &u32.grad()));
+            println!("swiglu kernel {kind:?} {shape:?}: product rel {fwd:.2e}, dg rel {eg:.2e}, du rel {eu:.2e}; reference vs autograd {ea:.2e}");
+            assert!(fwd < tol && eg < tol && eu < tol, "{kind:?} {shape:?}: {fwd} {eg} {eu}");
+            assert!(ea < tol.max(1e-5), "{kind:?}: the reference is off autograd by {ea}");
+        }
+    }
+    let mut model = Baichuan::new(&config(), Device::Cpu).unwrap();
+    model.to(dev, Kind::BFloat16);
+    let said = kernels::install_swiglu(&mut model);
+    println!("{said}");
+    assert!(said.starts_with("swiglu: SwiGLU kernel (NVRTC), checked"), "{said}");
 }
