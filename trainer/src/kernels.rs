@@ -144,10 +144,11 @@ ROTARY(f32, F32)
 /// length allows.
 const LOSS_SOURCE: &str = r#"
 #define NEG_INF __int_as_float(0xff800000)
-// Merges the pair (m2, s2) into (m, s), where s is the sum of exp(x - m) over some x.
+// Merges the pair (m2, s2) into (m, s), where s is the sum of exp(x - m) over some x (NaN
+// once a NaN was seen; fmaxf would drop it from the maximum, so it travels in s).
 __device__ __forceinline__ void lse_merge(float& m, float& s, float m2, float s2) {
     float hi = fmaxf(m, m2);
-    if (hi == NEG_INF) return;
+    if (hi == NEG_INF) { s = s + s2; return; }  // nothing finite yet: 0, or NaN
     s = s * __expf(m - hi) + s2 * __expf(m2 - hi);
     m = hi;
 }
@@ -163,10 +164,12 @@ __device__ __forceinline__ void lse_warp(float& m, float& s) {
 // Adds the values f[0..n) to (m, s).
 __device__ __forceinline__ void lse_add(float& m, float& s, const float* f, int n) {
     float hi = NEG_INF;
-    for (int j = 0; j < n; j++) hi = fmaxf(hi, f[j]);
+    bool nan = false;
+    for (int j = 0; j < n; j++) { hi = fmaxf(hi, f[j]); nan |= f[j] != f[j]; }
     if (hi > m) { s *= __expf(m - hi); m = hi; }
     if (m > NEG_INF)
         for (int j = 0; j < n; j++) s += __expf(f[j] - m);
+    if (nan) s = __int_as_float(0x7fc00000);
 }
 
 // logits (rows, v) contiguous, in place; targets (rows); losses (rows) fp32.
@@ -212,8 +215,7 @@ __device__ void cross_entropy_rows(typename D::T* __restrict__ logits, const lon
             losses[r] = t == -100 ? 0.f : (valid ? m + logf(s) - xt : __int_as_float(0x7fc00000));
         if (write_grad) {
             // exp(x - logsumexp) = exp(x - m) / s; rows without a valid target get zeros
-            float inv = valid ? 1.f / s : 0.f;
-            float mm = valid ? m : 0.f;
+            float inv = 1.f / s;
             if (vec) {
                 uint4* xv = reinterpret_cast<uint4*>(x);
                 long long nv = v / D::W;
@@ -222,15 +224,15 @@ __device__ void cross_entropy_rows(typename D::T* __restrict__ logits, const lon
                     T* e = reinterpret_cast<T*>(&u);
 #pragma unroll
                     for (int j = 0; j < D::W; j++) {
-                        float p = __expf(D::load(e[j]) - mm) * inv;
-                        e[j] = D::store((p - (i * D::W + j == t ? 1.f : 0.f)) * scale);
+                        float p = __expf(D::load(e[j]) - m) * inv;
+                        e[j] = D::store(valid ? (p - (i * D::W + j == t ? 1.f : 0.f)) * scale : 0.f);
                     }
                     xv[i] = u;
                 }
             } else {
                 for (long long i = threadIdx.x; i < v; i += blockDim.x) {
-                    float p = __expf(D::load(x[i]) - mm) * inv;
-                    x[i] = D::store((p - (i == t ? 1.f : 0.f)) * scale);
+                    float p = __expf(D::load(x[i]) - m) * inv;
+                    x[i] = D::store(valid ? (p - (i == t ? 1.f : 0.f)) * scale : 0.f);
                 }
             }
         }
@@ -574,12 +576,14 @@ impl LossKernel for CudaLoss {
 /// Largest difference of `kernel` from [`cross_entropy_aten`] on random logits of `kind` on
 /// `device`, relative to the largest value compared: per-row losses, then gradients (after
 /// the gradient's rounding to `kind`). Rows include an ignored target and both row lengths,
-/// one that takes 16-byte accesses and one that does not.
+/// one that takes 16-byte accesses and one that does not; there are more rows than the
+/// kernel's grid has blocks on any current GPU (8 per multiprocessor), so blocks take
+/// several rows each.
 pub fn loss_kernel_error(kernel: &dyn LossKernel, device: tch::Device, kind: Kind) -> (f64, f64) {
     let rel = relative_error;
     let (mut loss_err, mut grad_err) = (0.0f64, 0.0f64);
     for v in [1000i64, 1003] {
-        let rows = 7;
+        let rows = 1500;
         let logits = (Tensor::randn([rows, v], (Kind::Float, device)) * 3.0).to_kind(kind);
         let mut t: Vec<i64> = (0..rows).map(|r| (r * 131 + 5) % v).collect();
         t[3] = IGNORE_INDEX;
