@@ -806,66 +806,31 @@ pub fn install_swiglu(model: &mut baichuan_model::Baichuan) -> String {
 mod tests {
     use super::*;
 
-    /// The kernels compile with the NVRTC of the torch install for Ampere and Hopper (no GPU
-    /// needed); skipped, saying so, where that library is absent.
+    /// Every kernel source compiles with the NVRTC of the torch install for Ampere and Hopper
+    /// (no GPU needed), with all its entry points; skipped, saying so, where that library is
+    /// absent.
     #[test]
-    fn the_rotary_kernels_compile_for_ampere_and_hopper() {
-        for (major, minor) in [(8, 0), (9, 0)] {
-            match crate::fused::compile_ptx(&[DTYPES, ROTARY_SOURCE].concat(), "baichuan_rotary.cu", major, minor) {
-                Ok(ptx) => {
-                    let text = String::from_utf8_lossy(&ptx);
-                    for name in NAMES {
-                        assert!(text.contains(&format!(".entry {name}(")), "{name} missing");
+    fn the_kernels_compile_for_ampere_and_hopper() {
+        let sources: [(&str, &str, &[&str]); 3] = [
+            (ROTARY_SOURCE, "baichuan_rotary.cu", &NAMES),
+            (LOSS_SOURCE, "baichuan_cross_entropy.cu", &LOSS_NAMES),
+            (SWIGLU_SOURCE, "baichuan_swiglu.cu", &SWIGLU_NAMES),
+        ];
+        for (source, file, names) in sources {
+            for (major, minor) in [(8, 0), (9, 0)] {
+                match crate::fused::compile_ptx(&[DTYPES, source].concat(), file, major, minor) {
+                    Ok(ptx) => {
+                        let text = String::from_utf8_lossy(&ptx);
+                        for name in names {
+                            assert!(text.contains(&format!(".entry {name}(")), "{file}: {name} missing");
+                        }
                     }
-                }
-                Err(FusedError::Unavailable(e)) => {
-                    println!("skipped: {e}");
-                    return;
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
-    }
-
-    #[test]
-    fn the_loss_kernels_compile_for_ampere_and_hopper() {
-        for (major, minor) in [(8, 0), (9, 0)] {
-            match crate::fused::compile_ptx(
-                &[DTYPES, LOSS_SOURCE].concat(),
-                "baichuan_cross_entropy.cu",
-                major,
-                minor,
-            ) {
-                Ok(ptx) => {
-                    let text = String::from_utf8_lossy(&ptx);
-                    for name in LOSS_NAMES {
-                        assert!(text.contains(&format!(".entry {name}(")), "{name} missing");
+                    Err(FusedError::Unavailable(e)) => {
+                        println!("skipped: {e}");
+                        return;
                     }
+                    Err(e) => panic!("{file}: {e}"),
                 }
-                Err(FusedError::Unavailable(e)) => {
-                    println!("skipped: {e}");
-                    return;
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
-    }
-
-    #[test]
-    fn the_swiglu_kernels_compile_for_ampere_and_hopper() {
-        for (major, minor) in [(8, 0), (9, 0)] {
-            match crate::fused::compile_ptx(&[DTYPES, SWIGLU_SOURCE].concat(), "baichuan_swiglu.cu", major, minor) {
-                Ok(ptx) => {
-                    let text = String::from_utf8_lossy(&ptx);
-                    for name in SWIGLU_NAMES {
-                        assert!(text.contains(&format!(".entry {name}(")), "{name} missing");
-                    }
-                }
-                Err(FusedError::Unavailable(e)) => {
-                    println!("skipped: {e}");
-                    return;
-                }
-                Err(e) => panic!("{e}"),
             }
         }
     }

@@ -22,6 +22,16 @@ fn device() -> Device {
     }
 }
 
+/// The CUDA device under BAICHUAN_TEST_DEVICE=cuda; otherwise None, saying the test is skipped.
+fn cuda_or_skip() -> Option<Device> {
+    let dev = device();
+    if !dev.is_cuda() {
+        println!("skipped on the CPU: the kernel needs CUDA (BAICHUAN_TEST_DEVICE=cuda)");
+        return None;
+    }
+    Some(dev)
+}
+
 fn rel(a: &Tensor, b: &Tensor) -> f64 {
     let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
     (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-30)
@@ -41,11 +51,9 @@ fn config() -> ModelConfig {
 
 #[test]
 fn the_rotation_kernel_equals_the_reference_rotation() {
-    let dev = device();
-    if !dev.is_cuda() {
-        println!("skipped on the CPU: the kernel needs CUDA (BAICHUAN_TEST_DEVICE=cuda)");
+    let Some(dev) = cuda_or_skip() else {
         return;
-    }
+    };
     tch::manual_seed(5);
     let mut with_kernel = Baichuan::new(&config(), Device::Cpu).unwrap();
     with_kernel.to(dev, Kind::Float);
@@ -181,11 +189,9 @@ fn a_spliced_training_step_equals_the_reference_graph() {
 #[test]
 fn the_loss_kernel_equals_the_aten_operator() {
     use baichuan_model::baichuan::{cross_entropy_aten, LossKernel, IGNORE_INDEX};
-    let dev = device();
-    if !dev.is_cuda() {
-        println!("skipped on the CPU: the kernel needs CUDA (BAICHUAN_TEST_DEVICE=cuda)");
+    let Some(dev) = cuda_or_skip() else {
         return;
-    }
+    };
     tch::manual_seed(11);
     let kernel = kernels::CudaLoss::new(dev).expect("the loss kernel compiles and loads");
     let max_abs = |a: &Tensor, b: &Tensor| {
@@ -253,11 +259,9 @@ fn the_loss_kernel_equals_the_aten_operator() {
 #[test]
 fn the_swiglu_kernel_equals_the_fp32_reference() {
     use baichuan_model::baichuan::{SwigluAten, SwigluKernel};
-    let dev = device();
-    if !dev.is_cuda() {
-        println!("skipped on the CPU: the kernel needs CUDA (BAICHUAN_TEST_DEVICE=cuda)");
+    let Some(dev) = cuda_or_skip() else {
         return;
-    }
+    };
     tch::manual_seed(13);
     let kernel = kernels::CudaSwiglu::new(dev).expect("the SwiGLU kernels compile and load");
     // (B, T, f) as the block has them (vectorized), and an odd size (scalar)
