@@ -476,14 +476,16 @@ impl Block {
                     // S2: from the output to Q, K, V, x and the parameters after the rotation
                     None => {
                         inputs.extend(&params[2..]);
-                        back(&out, grad, &inputs)
+                        let g2 = back(&out, grad, &inputs);
+                        drop(out);
+                        g2
                     }
                     Some(MlpTape { h, g, u, a }) => {
                         drop(out);
                         // the down projection by hand: the product's gradient, and the weight's
                         // (returned, or added into its .grad)
-                        let f = a.size().last().copied().expect("the product has a last dim");
-                        let go = grad.reshape([-1, grad.size().last().copied().unwrap_or(1)]);
+                        let (d, f) = (self.mlp.down_proj.size()[0], self.mlp.down_proj.size()[1]);
+                        let go = grad.reshape([-1, d]);
                         let a2 = a.reshape([-1, f]);
                         let da = tch::no_grad(|| go.mm(params[6])).view(g.size().as_slice());
                         let d_down = if collect {
@@ -539,7 +541,7 @@ pub enum BlockTape {
     /// The output with one autograd graph back to the input (reference ops).
     Graph(Tensor),
     /// The rotation spliced out: QKV with graph S1, the Q, K, V leaves, and the output with
-    /// graph S2, or with the MLP product spliced out as well, S2's end and S3.
+    /// graph S2; with the MLP product spliced out as well, S2 ends before it (see [`MlpTape`]).
     Spliced {
         qkv: Tensor,
         q: Tensor,
