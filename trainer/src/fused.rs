@@ -196,6 +196,15 @@ fn open_first(names: &[&str]) -> Result<(libloading::Library, Option<std::path::
     )))
 }
 
+/// The argument array of a driver kernel launch: a pointer to each local, in the kernel's
+/// parameter order (the locals must be `mut` and outlive the launch call).
+macro_rules! kernel_args {
+    ($($arg:ident),+ $(,)?) => {
+        [$(&mut $arg as *mut _ as *mut std::ffi::c_void),+]
+    };
+}
+pub(crate) use kernel_args;
+
 macro_rules! sym {
     ($lib:expr, $name:literal) => {
         // SAFETY: the declared signature matches the C prototype of the NVRTC/CUDA entry point.
@@ -591,21 +600,8 @@ impl FusedAdamW {
         let (mut kind, mut count, mut decay) = (out_kind, items, decay);
         let (mut w1, mut w2, mut step_size, mut eps_hat, mut gscale) =
             (k.w1, k.w2, k.step_size, k.eps_hat, k.grad_scale);
-        let mut args: [*mut c_void; 13] = [
-            &mut pp as *mut _ as *mut c_void,
-            &mut gp as *mut _ as *mut c_void,
-            &mut mp as *mut _ as *mut c_void,
-            &mut vp as *mut _ as *mut c_void,
-            &mut op as *mut _ as *mut c_void,
-            &mut kind as *mut _ as *mut c_void,
-            &mut count as *mut _ as *mut c_void,
-            &mut decay as *mut _ as *mut c_void,
-            &mut w1 as *mut _ as *mut c_void,
-            &mut w2 as *mut _ as *mut c_void,
-            &mut step_size as *mut _ as *mut c_void,
-            &mut eps_hat as *mut _ as *mut c_void,
-            &mut gscale as *mut _ as *mut c_void,
-        ];
+        let mut args =
+            crate::fused::kernel_args!(pp, gp, mp, vp, op, kind, count, decay, w1, w2, step_size, eps_hat, gscale);
         // SAFETY: the arguments match the kernel's parameters in order and type; the pointers
         // address `items` elements (or aligned groups of four) inside live CUDA buffers of this
         // device.

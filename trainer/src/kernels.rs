@@ -411,17 +411,7 @@ impl RotaryKernel for CudaRotary {
         let (mut src, mut qp, mut kp, mut cp, mut sp) = (ptr(qkv), ptr(&q), ptr(&k), ptr(cos), ptr(sin));
         let mut pairs = b * seq * 2 * nh * (hd / 2);
         let (mut seq32, mut nh32, mut hd32) = (seq as i32, nh as i32, hd as i32);
-        let mut args: [*mut c_void; 9] = [
-            &mut src as *mut _ as *mut c_void,
-            &mut qp as *mut _ as *mut c_void,
-            &mut kp as *mut _ as *mut c_void,
-            &mut cp as *mut _ as *mut c_void,
-            &mut sp as *mut _ as *mut c_void,
-            &mut pairs as *mut _ as *mut c_void,
-            &mut seq32 as *mut _ as *mut c_void,
-            &mut nh32 as *mut _ as *mut c_void,
-            &mut hd32 as *mut _ as *mut c_void,
-        ];
+        let mut args = crate::fused::kernel_args!(src, qp, kp, cp, sp, pairs, seq32, nh32, hd32);
         // SAFETY: the arguments match rotary_fwd_*'s parameters; the tensors are live device
         // buffers of the shapes the kernel indexes (checked above).
         unsafe { self.module.launch(2 * dtype_index(qkv.kind()), pairs, &mut args) }
@@ -456,27 +446,9 @@ impl RotaryKernel for CudaRotary {
         let [mut qb, mut qt, mut qh] = st(&dq);
         let [mut kb, mut kt, mut kh] = st(&dk);
         let [mut vb, mut vt, mut vh] = st(&dv);
-        let mut args: [*mut c_void; 19] = [
-            &mut qp as *mut _ as *mut c_void,
-            &mut kp as *mut _ as *mut c_void,
-            &mut vp as *mut _ as *mut c_void,
-            &mut op as *mut _ as *mut c_void,
-            &mut cp as *mut _ as *mut c_void,
-            &mut sp as *mut _ as *mut c_void,
-            &mut items as *mut _ as *mut c_void,
-            &mut seq32 as *mut _ as *mut c_void,
-            &mut nh32 as *mut _ as *mut c_void,
-            &mut hd32 as *mut _ as *mut c_void,
-            &mut qb as *mut _ as *mut c_void,
-            &mut qt as *mut _ as *mut c_void,
-            &mut qh as *mut _ as *mut c_void,
-            &mut kb as *mut _ as *mut c_void,
-            &mut kt as *mut _ as *mut c_void,
-            &mut kh as *mut _ as *mut c_void,
-            &mut vb as *mut _ as *mut c_void,
-            &mut vt as *mut _ as *mut c_void,
-            &mut vh as *mut _ as *mut c_void,
-        ];
+        let mut args = crate::fused::kernel_args!(
+            qp, kp, vp, op, cp, sp, items, seq32, nh32, hd32, qb, qt, qh, kb, kt, kh, vb, vt, vh
+        );
         // SAFETY: the arguments match rotary_bwd_*'s parameters; every pointer addresses a live
         // device buffer that the strides above index within.
         unsafe { self.module.launch(2 * dtype_index(dq.kind()) + 1, items, &mut args) }
@@ -555,16 +527,7 @@ impl LossKernel for CudaLoss {
         let (mut rows_, mut v_) = (rows, v);
         let mut scale = grad_scale.unwrap_or(0.0) as f32;
         let mut write_grad = grad_scale.is_some() as i32;
-        let mut args: [*mut c_void; 8] = [
-            &mut lp as *mut _ as *mut c_void,
-            &mut tp as *mut _ as *mut c_void,
-            &mut op as *mut _ as *mut c_void,
-            &mut rows_ as *mut _ as *mut c_void,
-            &mut v_ as *mut _ as *mut c_void,
-            &mut scale as *mut _ as *mut c_void,
-            &mut write_grad as *mut _ as *mut c_void,
-            &mut vec as *mut _ as *mut c_void,
-        ];
+        let mut args = crate::fused::kernel_args!(lp, tp, op, rows_, v_, scale, write_grad, vec);
         // SAFETY: the arguments match cross_entropy_*'s parameters; logits, targets and losses
         // are live contiguous buffers of (rows, v), (rows) and (rows) on this device (checked
         // above). One block of 256 threads per row: 256 items per row.
@@ -695,13 +658,7 @@ impl SwigluKernel for CudaSwiglu {
         } else {
             n
         };
-        let mut args: [*mut c_void; 5] = [
-            &mut gp as *mut _ as *mut c_void,
-            &mut up as *mut _ as *mut c_void,
-            &mut ap as *mut _ as *mut c_void,
-            &mut n as *mut _ as *mut c_void,
-            &mut vec as *mut _ as *mut c_void,
-        ];
+        let mut args = crate::fused::kernel_args!(gp, up, ap, n, vec);
         // SAFETY: the arguments match swiglu_fwd_*'s parameters; g, u and a are live contiguous
         // device buffers of n elements (checked above), 16-byte aligned where vec is set.
         unsafe { self.module.launch(2 * dtype_index(g.kind()), items, &mut args) }
@@ -722,15 +679,7 @@ impl SwigluKernel for CudaSwiglu {
         } else {
             n
         };
-        let mut args: [*mut c_void; 7] = [
-            &mut gp as *mut _ as *mut c_void,
-            &mut up as *mut _ as *mut c_void,
-            &mut dap as *mut _ as *mut c_void,
-            &mut dgp as *mut _ as *mut c_void,
-            &mut dup as *mut _ as *mut c_void,
-            &mut n as *mut _ as *mut c_void,
-            &mut vec as *mut _ as *mut c_void,
-        ];
+        let mut args = crate::fused::kernel_args!(gp, up, dap, dgp, dup, n, vec);
         // SAFETY: the arguments match swiglu_bwd_*'s parameters; every buffer is a live
         // contiguous device buffer of n elements (checked above), 16-byte aligned where vec is set.
         unsafe { self.module.launch(2 * dtype_index(g.kind()) + 1, items, &mut args) }
