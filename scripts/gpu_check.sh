@@ -15,7 +15,7 @@
 #   5. speed and memory beside PyTorch eager on the same card (scripts/reference/bench_torch.py):
 #      a ~1.3B model at sequence 4096 in bf16, with and without activation checkpointing; one
 #      7B-shaped block (with the 64000-token embedding and head) at 4096; fp16 with the scaler
-#   GPU_CHECK_ONLY=speed runs section 5 alone; GPU_CHECK_DRY=1 runs it on the CPU with toy
+#   GPU_CHECK_ONLY=speed runs section 5 alone, GPU_CHECK_ONLY=base sections 1 to 5; GPU_CHECK_DRY=1 runs it on the CPU with toy
 #   shapes (to check the plumbing without a GPU).
 #   4. NCCL at world size 1 runs the real code path (unique id through the store, its own
 #      stream, events) and gives the same losses as no communication; its bucket collectives
@@ -94,7 +94,7 @@ run_adamw_oracle() {  # the fused AdamW kernel against torch.optim.AdamW on CUDA
 gpu="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)"
 echo "GPU: ${gpu:-none found}"
 
-if [ "${GPU_CHECK_ONLY:-all}" = "all" ]; then
+if [ "${GPU_CHECK_ONLY:-all}" = "all" ] || [ "${GPU_CHECK_ONLY:-all}" = base ]; then
 # 1. parity against transformers on CUDA
 run_parity
 
@@ -190,7 +190,7 @@ PY
   echo "$name: $line"
   row "$name" "${line%% *}" "${line#* }"
 }
-if [ "${GPU_CHECK_ONLY:-all}" = all ] || [ "${GPU_CHECK_ONLY:-all}" = speed ]; then
+if [ "${GPU_CHECK_ONLY:-all}" = all ] || [ "${GPU_CHECK_ONLY:-all}" = speed ] || [ "${GPU_CHECK_ONLY:-all}" = base ]; then
 speed_pair "1.3B bf16 seq $SEQ" bf16 "$SEQ" 1 none "${G13[@]}"
 speed_pair "1.3B bf16 seq $SEQ, full AC" bf16 "$SEQ" 1 full "${G13[@]}"
 speed_pair "7B block bf16 seq $SEQ" bf16 "$SEQ" 1 none "${B7[@]}"
