@@ -143,8 +143,9 @@ fn gpu_name() -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-/// Dense bf16 peak of known GPUs, FLOP/s.
-fn datasheet_bf16_peak(name: &str) -> Option<f64> {
+/// Dense 16-bit tensor-core peak of known GPUs, FLOP/s: the datasheets give bf16 and fp16 the
+/// same dense rate on all of them.
+fn datasheet_half_peak(name: &str) -> Option<f64> {
     let table = [
         ("H100", 989e12),
         ("H200", 989e12),
@@ -157,7 +158,12 @@ fn datasheet_bf16_peak(name: &str) -> Option<f64> {
 
 /// Measured rate of a square matrix product in `kind` on `device`, FLOP/s.
 pub fn measured_matmul_peak(device: Device, kind: Kind) -> f64 {
-    let n: i64 = if device.is_cuda() { 8192 } else { 1024 };
+    let (n, reps) = if device.is_cuda() { (8192, 20) } else { (1024, 5) };
+    matmul_rate(device, kind, n, reps)
+}
+
+/// Rate of `reps` products of two `n` x `n` matrices in `kind` on `device`, FLOP/s.
+fn matmul_rate(device: Device, kind: Kind, n: i64, reps: usize) -> f64 {
     let a = Tensor::randn([n, n], (Kind::Float, device)).to_kind(kind);
     let b = Tensor::randn([n, n], (Kind::Float, device)).to_kind(kind);
     let sync = || {
@@ -167,7 +173,6 @@ pub fn measured_matmul_peak(device: Device, kind: Kind) -> f64 {
     };
     let _ = a.matmul(&b);
     sync();
-    let reps = if device.is_cuda() { 20 } else { 5 };
     let start = Instant::now();
     for _ in 0..reps {
         let _ = a.matmul(&b);
@@ -177,16 +182,56 @@ pub fn measured_matmul_peak(device: Device, kind: Kind) -> f64 {
 }
 
 /// The peak used for MFU, with a word on where it came from.
+///
+/// Known GPUs in bf16 or fp16: the datasheet's dense rate. Otherwise a matrix product measured
+/// now. On a CPU where the run's dtype multiplies slower than fp32 (libtorch has no fast fp16
+/// matrix product on most CPUs: about 1 GFLOP/s against 100+ in fp32), the fp32 rate is the
+/// peak: the hardware does at least that, and a peak measured on the slow path gives MFUs far
+/// above 100%.
 pub fn peak_flops(device: Device, kind: Kind) -> (f64, String) {
-    if device.is_cuda() && kind == Kind::BFloat16 {
+    if device.is_cuda() && matches!(kind, Kind::BFloat16 | Kind::Half) {
         if let Some(name) = gpu_name() {
-            if let Some(peak) = datasheet_bf16_peak(&name) {
-                return (peak, format!("{name} datasheet bf16"));
+            if let Some(peak) = datasheet_half_peak(&name) {
+                let what = if kind == Kind::Half { "fp16" } else { "bf16" };
+                return (peak, format!("{name} datasheet {what}"));
             }
+        }
+    }
+    if !device.is_cuda() && kind != Kind::Float {
+        // a small product first: on the slow path a 1024 x 1024 one takes seconds
+        let quick = matmul_rate(device, kind, 256, 2);
+        let fp32 = measured_matmul_peak(device, Kind::Float);
+        if quick * 4.0 < fp32 {
+            return (
+                fp32,
+                format!(
+                    "measured Float matmul on {device:?}; {kind:?} products run at {:.1} GFLOP/s here",
+                    quick / 1e9
+                ),
+            );
         }
     }
     let peak = measured_matmul_peak(device, kind);
     (peak, format!("measured {kind:?} matmul on {device:?}"))
+}
+
+/// A warning for a precision that runs on a slow path on this device, if it does: fp16 on a CPU
+/// whose fp16 matrix products are much slower than its bf16 ones.
+pub fn slow_precision_warning(device: Device, kind: Kind) -> Option<String> {
+    if device.is_cuda() || kind != Kind::Half {
+        return None;
+    }
+    let half = matmul_rate(device, Kind::Half, 256, 2);
+    let bf16 = matmul_rate(device, Kind::BFloat16, 256, 2);
+    (half * 4.0 < bf16).then(|| {
+        format!(
+            "warning: fp16 matrix products on this CPU run at {:.1} GFLOP/s against {:.1} in bf16; \
+             train.precision = \"bf16\" keeps the same fp32 master weights and runs faster here \
+             (fp16 with its loss scaler is meant for GPUs)",
+            half / 1e9,
+            bf16 / 1e9
+        )
+    })
 }
 
 /// Peak memory so far in MiB: the process's peak RSS on CPU (VmHWM).
@@ -209,9 +254,9 @@ mod tests {
 
     #[test]
     fn known_gpus_use_the_datasheet_peak() {
-        assert_eq!(datasheet_bf16_peak("NVIDIA H100 80GB HBM3"), Some(989e12));
-        assert_eq!(datasheet_bf16_peak("NVIDIA A800-SXM4-80GB"), Some(312e12));
-        assert_eq!(datasheet_bf16_peak("Tesla T4"), None);
+        assert_eq!(datasheet_half_peak("NVIDIA H100 80GB HBM3"), Some(989e12));
+        assert_eq!(datasheet_half_peak("NVIDIA A800-SXM4-80GB"), Some(312e12));
+        assert_eq!(datasheet_half_peak("Tesla T4"), None);
     }
 
     #[test]
@@ -219,5 +264,30 @@ mod tests {
         let p = measured_matmul_peak(Device::Cpu, Kind::Float);
         assert!(p > 1e8 && p < 1e14, "{p}");
         assert!(peak_memory_mb(Device::Cpu) > 1.0);
+    }
+
+    #[test]
+    fn only_fp16_off_the_gpu_can_warn() {
+        for kind in [Kind::Float, Kind::BFloat16] {
+            assert_eq!(slow_precision_warning(Device::Cpu, kind), None);
+        }
+        assert_eq!(slow_precision_warning(Device::Cuda(0), Kind::Half), None);
+        if let Some(w) = slow_precision_warning(Device::Cpu, Kind::Half) {
+            assert!(w.contains("train.precision = \"bf16\""), "{w}");
+        }
+    }
+
+    #[test]
+    fn a_cpu_peak_is_never_below_fp32s() {
+        // fp16 products take libtorch's slow path on most CPUs; the peak must not follow it
+        let fp32 = measured_matmul_peak(Device::Cpu, Kind::Float);
+        let (half, source) = peak_flops(Device::Cpu, Kind::Half);
+        assert!(
+            half >= 0.5 * fp32,
+            "fp16 peak {half:.3e} ({source}) against fp32 {fp32:.3e}"
+        );
+        let (fp32_again, source) = peak_flops(Device::Cpu, Kind::Float);
+        assert!(source.contains("Float"), "{source}");
+        assert!(fp32_again > 1e8);
     }
 }

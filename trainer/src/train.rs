@@ -337,6 +337,9 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             baichuan_model::baichuan::attention_backend(mc, t.micro_batch_size, d.seq_len, kind, device)
         );
         println!("optimizer: AdamW, {update_kind}; {rotary_kind}; {loss_kind}; {swiglu_kind}");
+        if let Some(warning) = metrics::slow_precision_warning(device, kind) {
+            eprintln!("{warning}");
+        }
     }
 
     let mut log = if main {
