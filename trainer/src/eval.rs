@@ -134,11 +134,74 @@ pub struct McSubject {
     pub key: String,
     /// The name the prompt uses (C-Eval: Chinese; MMLU: the key with spaces).
     pub name: String,
-    /// C-Eval's category (STEM, Social Science, Humanities, Other); empty for MMLU.
+    /// C-Eval's category (STEM, Social Science, Humanities, Other) or MMLU's (STEM, Humanities,
+    /// Social Sciences, Other); a subject neither benchmark lists is under Other.
     pub category: String,
     pub dev: Vec<McQuestion>,
     pub questions: Vec<McQuestion>,
 }
+
+/// MMLU's 57 subjects and their categories, as Hendrycks' `categories.py` groups its
+/// subcategories (anatomy, the medical subjects and business under Other).
+const MMLU_SUBJECTS: [(&str, &str); 57] = [
+    ("abstract_algebra", "STEM"),
+    ("anatomy", "Other"),
+    ("astronomy", "STEM"),
+    ("business_ethics", "Other"),
+    ("clinical_knowledge", "Other"),
+    ("college_biology", "STEM"),
+    ("college_chemistry", "STEM"),
+    ("college_computer_science", "STEM"),
+    ("college_mathematics", "STEM"),
+    ("college_medicine", "Other"),
+    ("college_physics", "STEM"),
+    ("computer_security", "STEM"),
+    ("conceptual_physics", "STEM"),
+    ("econometrics", "Social Sciences"),
+    ("electrical_engineering", "STEM"),
+    ("elementary_mathematics", "STEM"),
+    ("formal_logic", "Humanities"),
+    ("global_facts", "Other"),
+    ("high_school_biology", "STEM"),
+    ("high_school_chemistry", "STEM"),
+    ("high_school_computer_science", "STEM"),
+    ("high_school_european_history", "Humanities"),
+    ("high_school_geography", "Social Sciences"),
+    ("high_school_government_and_politics", "Social Sciences"),
+    ("high_school_macroeconomics", "Social Sciences"),
+    ("high_school_mathematics", "STEM"),
+    ("high_school_microeconomics", "Social Sciences"),
+    ("high_school_physics", "STEM"),
+    ("high_school_psychology", "Social Sciences"),
+    ("high_school_statistics", "STEM"),
+    ("high_school_us_history", "Humanities"),
+    ("high_school_world_history", "Humanities"),
+    ("human_aging", "Other"),
+    ("human_sexuality", "Social Sciences"),
+    ("international_law", "Humanities"),
+    ("jurisprudence", "Humanities"),
+    ("logical_fallacies", "Humanities"),
+    ("machine_learning", "STEM"),
+    ("management", "Other"),
+    ("marketing", "Other"),
+    ("medical_genetics", "Other"),
+    ("miscellaneous", "Other"),
+    ("moral_disputes", "Humanities"),
+    ("moral_scenarios", "Humanities"),
+    ("nutrition", "Other"),
+    ("philosophy", "Humanities"),
+    ("prehistory", "Humanities"),
+    ("professional_accounting", "Other"),
+    ("professional_law", "Humanities"),
+    ("professional_medicine", "Other"),
+    ("professional_psychology", "Social Sciences"),
+    ("public_relations", "Social Sciences"),
+    ("security_studies", "Social Sciences"),
+    ("sociology", "Social Sciences"),
+    ("us_foreign_policy", "Social Sciences"),
+    ("virology", "Other"),
+    ("world_religions", "Humanities"),
+];
 
 /// C-Eval's 52 subjects: key, Chinese name (used in the prompt) and category, as the
 /// benchmark's `subject_mapping.json` gives them.
@@ -362,7 +425,13 @@ pub fn load_subjects(
                     .find(|(k, _, _)| *k == key)
                     .map(|(_, n, c)| (n.to_string(), c.to_string()))
                     .unwrap_or_else(|| (key.replace('_', " "), "Other".into())),
-                McFormat::Mmlu => (key.replace('_', " "), String::new()),
+                McFormat::Mmlu => {
+                    let category = MMLU_SUBJECTS
+                        .iter()
+                        .find(|(k, _)| *k == key)
+                        .map_or("Other", |(_, c)| c);
+                    (key.replace('_', " "), category.to_string())
+                }
             };
             Ok(McSubject {
                 key,
@@ -586,7 +655,8 @@ pub struct McReport {
     pub split: String,
     pub shots: usize,
     pub subjects: Vec<SubjectResult>,
-    /// C-Eval: the unweighted mean of the subjects in each category.
+    /// Each category's accuracy, averaged as the whole is: C-Eval unweighted over its subjects,
+    /// MMLU weighted by questions.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub categories: BTreeMap<String, f64>,
     /// C-Eval: unweighted over subjects; MMLU: weighted by questions.
@@ -650,11 +720,24 @@ pub fn summarize(
             let all: Vec<&SubjectResult> = results.iter().collect();
             (unweighted(&all), "unweighted mean over subjects", cats)
         }
-        McFormat::Mmlu => (
-            correct.iter().sum::<usize>() as f64 / questions.max(1) as f64,
-            "weighted by questions",
-            BTreeMap::new(),
-        ),
+        McFormat::Mmlu => {
+            // (correct, questions) per category
+            let mut by: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+            for r in &results {
+                let e = by.entry(r.category.clone()).or_default();
+                e.0 += r.correct;
+                e.1 += r.questions;
+            }
+            let cats = by
+                .into_iter()
+                .map(|(c, (right, n))| (c, right as f64 / n.max(1) as f64))
+                .collect();
+            (
+                correct.iter().sum::<usize>() as f64 / questions.max(1) as f64,
+                "weighted by questions",
+                cats,
+            )
+        }
     };
     McReport {
         format,
@@ -840,6 +923,22 @@ mod tests {
     }
 
     #[test]
+    fn mmlu_subjects_fall_into_its_four_categories() {
+        let count = |c: &str| MMLU_SUBJECTS.iter().filter(|(_, x)| *x == c).count();
+        assert_eq!(
+            [
+                count("STEM"),
+                count("Humanities"),
+                count("Social Sciences"),
+                count("Other")
+            ],
+            [18, 13, 12, 14]
+        );
+        let keys: std::collections::BTreeSet<&str> = MMLU_SUBJECTS.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys.len(), 57);
+    }
+
+    #[test]
     fn averages_are_unweighted_for_ceval_and_weighted_for_mmlu() {
         let subj = |k: &str, cat: &str| McSubject {
             key: k.into(),
@@ -871,6 +970,15 @@ mod tests {
         assert_eq!(c.categories["STEM"], 1.0);
         let m = summarize(&subjects, &items, &logits, McFormat::Mmlu, "test", 5);
         assert!((m.average - 0.5).abs() < 1e-12);
+        assert_eq!(m.categories["STEM"], 1.0);
+        assert!((m.categories["Other"] - 1.0 / 3.0).abs() < 1e-12);
+        // MMLU weights a category by questions: 2 of 4 here, where C-Eval's mean would be 2/3
+        let mut one = subjects.clone();
+        one[1].category = "STEM".into();
+        let m = summarize(&one, &items, &logits, McFormat::Mmlu, "test", 5);
+        assert!((m.categories["STEM"] - 0.5).abs() < 1e-12);
+        let c = summarize(&one, &items, &logits, McFormat::Ceval, "val", 5);
+        assert!((c.categories["STEM"] - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(m.predictions["b"], "CCC");
         assert_eq!(predict(&[1.0, 3.0, 3.0, 0.0]), 1);
     }

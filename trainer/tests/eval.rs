@@ -136,6 +136,9 @@ fn a_model_that_always_answers_one_letter_gets_the_hand_computed_accuracies() {
             close(r["average"].as_f64().unwrap(), (astro * 4.0 + viro * 2.0) / 6.0),
             "weighted: {r}"
         );
+        assert!(close(r["categories"]["STEM"].as_f64().unwrap(), astro), "{r}");
+        assert!(close(r["categories"]["Other"].as_f64().unwrap(), viro), "{r}");
+        assert!(text.contains("[STEM]"), "{text}");
     }
 
     // bad input, each named with its fix: C-Eval's test split has no answers; header-less
