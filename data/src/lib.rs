@@ -8,7 +8,7 @@ pub mod shard;
 pub mod text;
 pub mod tokenizer;
 
-pub use loader::{Batch, Loader, LoaderState, Prefetcher, SampleOrder, TokenRange, TokenSource};
+pub use loader::{Batch, Interleaved, Loader, LoaderState, Prefetcher, SampleOrder, TokenRange, TokenSource};
 pub use tokenizer::Tokenizer;
 
 /// Errors of the data crate; each names the file or field and the fix.

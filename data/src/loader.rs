@@ -191,6 +191,77 @@ impl<S: TokenSource> TokenSource for TokenRange<S> {
     }
 }
 
+/// One side of a hold-out spread over a whole stream: the stream is cut into blocks of `block`
+/// tokens, every `period`-th block (the last of each group of `period`) is held out, and the
+/// rest, with the tokens after the last whole block, is the training side. Each side reads as
+/// one stream of its blocks in stream order; a sample that crosses from one block into the
+/// next joins two parts of the corpus that are not adjacent, as a sample crossing a document
+/// boundary does. Unlike a hold-out of the stream's end, the held-out text comes from the whole
+/// corpus (every file, every shard), so validation sees the same mixture as training.
+pub struct Interleaved<S: TokenSource> {
+    source: S,
+    block: u64,
+    period: u64,
+    held: bool,
+    len: u64,
+}
+
+impl<S: TokenSource> Interleaved<S> {
+    /// The training side (`held` false) or the held-out side (`held` true) of `source`.
+    pub fn new(source: S, block: u64, period: u64, held: bool) -> Self {
+        assert!(block > 0 && period >= 2, "block {block} and period {period}");
+        let n = source.num_tokens();
+        let held_blocks = n / block / period;
+        let len = if held {
+            held_blocks * block
+        } else {
+            n - held_blocks * block
+        };
+        Interleaved {
+            source,
+            block,
+            period,
+            held,
+            len,
+        }
+    }
+
+    /// Where logical token `t` of this side lies in the source, and how many tokens from there
+    /// on are contiguous on this side.
+    fn physical(&self, t: u64) -> (u64, u64) {
+        let group = self.block * self.period;
+        let groups = self.source.num_tokens() / group;
+        let kept = groups * (self.period - 1) * self.block;
+        if !self.held && t >= kept {
+            // the training side's tail: everything after the last whole group, in one run
+            return (groups * group + (t - kept), self.len - t);
+        }
+        let (b, within) = (t / self.block, t % self.block);
+        let j = if self.held {
+            b * self.period + self.period - 1
+        } else {
+            (b / (self.period - 1)) * self.period + b % (self.period - 1)
+        };
+        (j * self.block + within, self.block - within)
+    }
+}
+
+impl<S: TokenSource> TokenSource for Interleaved<S> {
+    fn num_tokens(&self) -> u64 {
+        self.len
+    }
+    fn read(&self, start: u64, out: &mut [u32]) {
+        assert!(start + out.len() as u64 <= self.len, "read outside the stream");
+        let mut done = 0usize;
+        while done < out.len() {
+            let (p, run) = self.physical(start + done as u64);
+            let take = (run as usize).min(out.len() - done);
+            self.source.read(p, &mut out[done..done + take]);
+            done += take;
+        }
+    }
+}
+
 /// One rank's part of a global batch: `samples` rows of `seq_len + 1` tokens, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
@@ -478,6 +549,66 @@ mod tests {
         tail.read(7, &mut out);
         assert_eq!(out, [97, 98, 99]);
         assert_eq!(tail.num_tokens(), 10);
+    }
+
+    #[test]
+    fn an_interleaved_hold_out_splits_every_token_once_across_the_stream() {
+        for (n, block, period) in [
+            (1000u64, 10u64, 4u64),
+            (1003, 7, 2),
+            (999, 50, 5),
+            (40, 10, 4),
+            (39, 10, 4),
+        ] {
+            let all: Vec<u32> = (0..n as u32).collect();
+            let train = Interleaved::new(all.clone(), block, period, false);
+            let held = Interleaved::new(all.clone(), block, period, true);
+            assert_eq!(train.num_tokens() + held.num_tokens(), n, "{n} {block} {period}");
+            let read_all = |s: &Interleaved<Vec<u32>>| {
+                let mut v = vec![0u32; s.num_tokens() as usize];
+                s.read(0, &mut v);
+                v
+            };
+            let (t, h) = (read_all(&train), read_all(&held));
+            // held out: exactly the last block of every whole group of `period` blocks
+            let want: Vec<u32> = (0..n as u32)
+                .filter(|&x| {
+                    let j = x as u64 / block;
+                    j % period == period - 1 && (j + 1) * block <= n - n % (block * period)
+                })
+                .collect();
+            assert_eq!(h, want, "{n} {block} {period}");
+            let mut both: Vec<u32> = t.iter().chain(&h).copied().collect();
+            both.sort_unstable();
+            assert_eq!(both, all, "every token once");
+            assert!(t.windows(2).all(|w| w[0] < w[1]), "stream order");
+            // reads at every offset and length across block seams equal the whole side's slice
+            for start in 0..t.len().min(60) {
+                for len in [1usize, 3, 11, 23] {
+                    if start + len <= t.len() {
+                        let mut out = vec![0u32; len];
+                        train.read(start as u64, &mut out);
+                        assert_eq!(out, t[start..start + len]);
+                    }
+                }
+            }
+            for start in 0..h.len() {
+                let len = (h.len() - start).min(13);
+                let mut out = vec![0u32; len];
+                held.read(start as u64, &mut out);
+                assert_eq!(out, h[start..start + len]);
+            }
+        }
+        // the held-out side spans the stream: its blocks come from its first and last tenth
+        let held = Interleaved::new((0..10_000u32).collect::<Vec<_>>(), 10, 10, true);
+        let mut v = vec![0u32; held.num_tokens() as usize];
+        held.read(0, &mut v);
+        assert!(
+            v[0] < 1000 && *v.last().unwrap() >= 9000,
+            "{} .. {}",
+            v[0],
+            v.last().unwrap()
+        );
     }
 
     #[test]

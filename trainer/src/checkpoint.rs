@@ -81,6 +81,10 @@ pub struct Manifest {
     pub loader: LoaderState,
     pub scaler: LossScaler,
     pub skipped_bad_steps: u64,
+    /// Tokens in the training stream when saved, to notice a resume on other data (absent in
+    /// checkpoints from before it was recorded).
+    #[serde(default)]
+    pub train_tokens: Option<u64>,
     pub slots: Vec<SlotEntry>,
     pub shards: Vec<ShardEntry>,
     pub files: HashMap<String, FileEntry>,

@@ -98,6 +98,17 @@ impl ModelSection {
     }
 }
 
+/// Where `data.valid_fraction` takes its held-out tokens from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ValidSplit {
+    /// Every `round(1 / valid_fraction)`-th block of the stream (blocks of whole samples), so the
+    /// held-out text comes from every file and shard of a mixed corpus.
+    Spread,
+    /// The end of the stream (the last files given).
+    End,
+}
+
 /// How `data.path` is given.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -126,8 +137,10 @@ pub struct DataConfig {
     pub seq_len: i64,
     /// Held-out validation data (same format as `path`); empty: none, or `valid_fraction`.
     pub valid: Vec<PathBuf>,
-    /// Fraction of the token stream (its end) held out for validation when `valid` is empty.
+    /// Fraction of the token stream held out for validation when `valid` is empty.
     pub valid_fraction: f64,
+    /// Where that fraction comes from: spread over the stream (default) or its end.
+    pub valid_split: ValidSplit,
     /// Where text/JSONL is tokenized to; default `<run_dir>/token-cache`.
     pub cache_dir: Option<PathBuf>,
     /// Batches prepared ahead by the background loader thread.
@@ -144,6 +157,7 @@ impl Default for DataConfig {
             seq_len: 128,
             valid: Vec::new(),
             valid_fraction: 0.0,
+            valid_split: ValidSplit::Spread,
             cache_dir: None,
             prefetch: 2,
         }

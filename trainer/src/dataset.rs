@@ -9,12 +9,44 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use baichuan_data::prepare::{prepare, Manifest, PrepareOptions, PrepareSummary, MANIFEST_FILE};
 use baichuan_data::shard::ShardSet;
-use baichuan_data::{Batch, Loader, Prefetcher, TokenRange, TokenSource, Tokenizer};
+use baichuan_data::{Batch, Interleaved, Loader, Prefetcher, TokenRange, TokenSource, Tokenizer};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::config::{DataFormat, RunConfig};
+use crate::config::{DataFormat, RunConfig, ValidSplit};
 
-pub type Stream = TokenRange<Arc<ShardSet>>;
+/// The training or the held-out side of the data: a contiguous range of the stream, or the
+/// blocks of a hold-out spread over it (`data.valid_split`).
+pub enum Split {
+    Range(TokenRange<Arc<ShardSet>>),
+    Spread(Interleaved<Arc<ShardSet>>),
+}
+
+impl TokenSource for Split {
+    fn num_tokens(&self) -> u64 {
+        match self {
+            Split::Range(r) => r.num_tokens(),
+            Split::Spread(s) => s.num_tokens(),
+        }
+    }
+    fn read(&self, start: u64, out: &mut [u32]) {
+        match self {
+            Split::Range(r) => r.read(start, out),
+            Split::Spread(s) => s.read(start, out),
+        }
+    }
+}
+
+pub type Stream = Split;
+
+/// Block size and period of a spread hold-out of `fraction` of `total` tokens in samples of
+/// `seq`: every `round(1 / fraction)`-th block is held out; a block is a whole number of samples
+/// (1 to 64), as many as leave at least 16 held-out blocks, so the held-out text is drawn from
+/// all over the stream while few samples straddle the seams.
+pub fn spread_blocks(total: u64, seq: u64, fraction: f64) -> (u64, u64) {
+    let period = ((1.0 / fraction).round() as u64).max(2);
+    let samples = (total / (16 * period * seq)).clamp(1, 64);
+    (samples * seq, period)
+}
 
 /// The data of one rank.
 pub struct Datasets {
@@ -146,10 +178,10 @@ pub fn open(
         )?);
         let n = valid.num_tokens();
         (
-            TokenRange::new(all.clone(), 0, total),
-            Some(TokenRange::new(valid, 0, n)),
+            Split::Range(TokenRange::new(all.clone(), 0, total)),
+            Some(Split::Range(TokenRange::new(valid, 0, n))),
         )
-    } else if d.valid_fraction > 0.0 {
+    } else if d.valid_fraction > 0.0 && d.valid_split == ValidSplit::End {
         let held = ((total as f64 * d.valid_fraction).ceil() as u64).max(seq + 1);
         if held + seq + 1 > total {
             bail!(
@@ -159,11 +191,27 @@ pub fn open(
             );
         }
         (
-            TokenRange::new(all.clone(), 0, total - held),
-            Some(TokenRange::new(all.clone(), total - held, held)),
+            Split::Range(TokenRange::new(all.clone(), 0, total - held)),
+            Some(Split::Range(TokenRange::new(all.clone(), total - held, held))),
+        )
+    } else if d.valid_fraction > 0.0 {
+        let (block, period) = spread_blocks(total, seq, d.valid_fraction);
+        let held = Interleaved::new(all.clone(), block, period, true);
+        if held.num_tokens() < seq + 1 {
+            bail!(
+                "data.valid_fraction = {} with data.valid_split = \"spread\" holds out {} tokens of {total} (every \
+                 {period}th block of {block}), fewer than data.seq_len + 1; HINT: raise data.valid_fraction, lower \
+                 data.seq_len, or add data",
+                d.valid_fraction,
+                held.num_tokens()
+            );
+        }
+        (
+            Split::Spread(Interleaved::new(all.clone(), block, period, false)),
+            Some(Split::Spread(held)),
         )
     } else {
-        (TokenRange::new(all.clone(), 0, total), None)
+        (Split::Range(TokenRange::new(all.clone(), 0, total)), None)
     };
     let train_tokens = train_range.num_tokens();
     let loader = Loader::new(train_range, seq, global, config.job.seed, rank, world)
@@ -252,4 +300,32 @@ pub fn open_eval_tokens(paths: &[PathBuf], tok: &Tokenizer, text_key: &str) -> R
     let summary = prepare(tok, &opts, &|_, _| {}).context("tokenizing the --data text")?;
     let shards = ShardSet::open(&summary.manifest.shard_paths(&cache.0))?;
     Ok((shards, Some(cache)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_blocks_hold_out_about_the_fraction_in_whole_samples() {
+        // the bundled sample at seq 128: 2 samples a block, 20 held-out blocks of 100
+        assert_eq!(spread_blocks(526_397, 128, 0.01), (256, 100));
+        // a large corpus: blocks stop growing at 64 samples
+        assert_eq!(spread_blocks(10_000_000_000, 4096, 0.005), (64 * 4096, 200));
+        // little data: one sample a block; a fraction near 0.5 still keeps every other block
+        assert_eq!(spread_blocks(1000, 128, 0.1), (128, 10));
+        assert_eq!(spread_blocks(100_000, 100, 0.49), (3100, 2));
+        for (total, seq, f) in [
+            (526_397u64, 128u64, 0.01),
+            (3_000_000, 512, 0.05),
+            (10_000_000, 4096, 0.02),
+        ] {
+            let (block, period) = spread_blocks(total, seq, f);
+            assert_eq!(block % seq, 0);
+            let held = total / block / period * block;
+            let share = held as f64 / total as f64;
+            assert!((share - f).abs() < 0.25 * f, "{total} {seq} {f}: {share}");
+            assert!(total / block / period >= 16 || block == seq, "{total} {seq} {f}");
+        }
+    }
 }

@@ -262,6 +262,17 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             Ok(())
         })?;
         opt.step = m.optimizer_step;
+        if let Some(saved) = m.train_tokens.filter(|&n| n != data.train_tokens) {
+            if main {
+                eprintln!(
+                    "warning: the training stream holds {} tokens now and held {saved} when {} was saved: \
+                     data.path, data.seq_len, data.valid_fraction or data.valid_split changed, so the samples \
+                     from here on follow a different order than the saved run's would have",
+                    data.train_tokens,
+                    path.display()
+                );
+            }
+        }
         data.train.restore(m.loader)?;
         scaler = m.scaler.clone();
         start = m.step;
@@ -527,6 +538,7 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             let snap = snapshot(
                 &opt,
                 &data.train.state(),
+                data.train_tokens,
                 &scaler,
                 bad_total,
                 config,
@@ -628,6 +640,7 @@ fn is_spike(recent: &std::collections::VecDeque<f64>, loss: f64, z: f64) -> bool
 fn snapshot(
     opt: &FlatAdamW,
     loader: &baichuan_data::LoaderState,
+    train_tokens: u64,
     scaler: &LossScaler,
     bad_total: u64,
     config: &RunConfig,
@@ -660,6 +673,7 @@ fn snapshot(
         loader: *loader,
         scaler: scaler.clone(),
         skipped_bad_steps: bad_total,
+        train_tokens: Some(train_tokens),
         slots: checkpoint::slot_entries(&opt.slots),
         shards: ranges
             .iter()

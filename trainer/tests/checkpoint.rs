@@ -73,6 +73,7 @@ fn resuming_continues_exactly_for_1_and_2_ranks() {
             text.contains("resumed from") && text.contains("step-00000010"),
             "{text}"
         );
+        assert!(!text.contains("training stream holds"), "the same data: {text}");
         assert_eq!(
             common::losses(&resumed),
             common::losses(&straight),
@@ -80,6 +81,23 @@ fn resuming_continues_exactly_for_1_and_2_ranks() {
         );
         assert!(weights(&resumed) == weights(&straight), "{name}: final weights differ");
     }
+}
+
+#[test]
+fn resuming_on_other_data_says_so() {
+    let run = common::temp_dir("ckpt-other-data").join("run");
+    ok(&args("train", &run, "--stop-after 5"));
+    // a validation hold-out now takes tokens from the training stream
+    let text = ok(&args(
+        "train",
+        &run,
+        "--set data.valid_fraction=0.02 --set train.steps=7",
+    ));
+    assert!(text.contains("resumed from"), "{text}");
+    assert!(
+        text.contains("warning: the training stream holds") && text.contains("data.valid_split"),
+        "{text}"
+    );
 }
 
 #[test]
