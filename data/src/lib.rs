@@ -2,6 +2,7 @@
 //! deterministic, resumable sample order that slices global batches over ranks.
 
 pub mod bpe;
+pub mod hash;
 pub mod loader;
 pub mod prepare;
 pub mod shard;

@@ -1,6 +1,6 @@
 //! The deterministic, resumable sample order and the per-rank batch slicing.
 //!
-//! Follows DESIGN.md: all documents form one token stream; sample k is the tokens
+//! As docs/ARCHITECTURE.md describes: all documents form one token stream; sample k is the tokens
 //! `[k*T, k*T + T + 1)` (inputs and shifted targets); each epoch visits every sample once in
 //! a seeded pseudo-random order; global step s takes positions `[s*G, (s+1)*G)` of the
 //! epoch-after-epoch order and rank r the r-th contiguous slice. The loader's whole state is
@@ -13,15 +13,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::hash::splitmix64;
 use crate::DataError;
-
-/// splitmix64 finaliser: a strong 64-bit mixing function.
-fn mix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// A keyed bijection of `0..n`.
 #[derive(Debug, Clone)]
@@ -36,8 +29,13 @@ impl Permutation {
         // smallest even bit width covering n, at least 2
         let bits = (64 - n.saturating_sub(1).leading_zeros()).max(2);
         let bits = bits + (bits & 1);
-        let base = mix64(seed ^ mix64(epoch.wrapping_add(0x5151_5151)));
-        let keys = [mix64(base ^ 1), mix64(base ^ 2), mix64(base ^ 3), mix64(base ^ 4)];
+        let base = splitmix64(seed ^ splitmix64(epoch.wrapping_add(0x5151_5151)));
+        let keys = [
+            splitmix64(base ^ 1),
+            splitmix64(base ^ 2),
+            splitmix64(base ^ 3),
+            splitmix64(base ^ 4),
+        ];
         Permutation {
             n,
             half_bits: bits / 2,
@@ -49,7 +47,7 @@ impl Permutation {
         let mask = (1u64 << self.half_bits) - 1;
         let (mut left, mut right) = (x >> self.half_bits, x & mask);
         for key in self.keys {
-            let f = mix64(right ^ key) & mask;
+            let f = splitmix64(right ^ key) & mask;
             (left, right) = (right, left ^ f);
         }
         (left << self.half_bits) | right

@@ -18,6 +18,7 @@ use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 
+use crate::hash::fnv1a64;
 use crate::shard::{ShardSet, ShardWriter, FORMAT_VERSION};
 use crate::text::{list_files, tokenize_lines, TextStats};
 use crate::tokenizer::Tokenizer;
@@ -116,13 +117,6 @@ impl Manifest {
             && self.text_key == other.text_key
             && self.inputs == other.inputs
     }
-}
-
-/// FNV-1a, 64 bits: a fast content checksum for change detection.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> DataError {
@@ -268,11 +262,15 @@ pub fn prepare(
     }
     fs::create_dir_all(&opts.out).map_err(|e| io_err(&opts.out, e))?;
     // an interrupted or outdated earlier run leaves nothing that could be mistaken for output
-    let _ = fs::remove_file(opts.out.join(MANIFEST_FILE));
+    let stale = |path: &Path| match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path, e)),
+        _ => Ok(()),
+    };
+    stale(&opts.out.join(MANIFEST_FILE))?;
     for entry in fs::read_dir(&opts.out).map_err(|e| io_err(&opts.out, e))?.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         if name.starts_with("shard-") && (name.ends_with(".bin") || name.ends_with(".tmp")) {
-            let _ = fs::remove_file(entry.path());
+            stale(&entry.path())?;
         }
     }
 
@@ -305,7 +303,8 @@ pub fn prepare(
                     &permit_rx,
                     |chunk| job_tx.send(chunk).is_ok(),
                     |seq, e| {
-                        let _ = res_tx.send((seq, 0, Err(e)));
+                        // the collector only hangs up once it has failed already
+                        res_tx.send((seq, 0, Err(e))).ok();
                     },
                 )
             });
@@ -360,7 +359,8 @@ pub fn prepare(
                 }
                 done_bytes += nbytes as u64;
                 progress(done_bytes, total_bytes);
-                let _ = permit_tx.send(());
+                // the readers hang up once every input is read: then no permit is needed
+                permit_tx.send(()).ok();
                 next += 1;
             }
         }

@@ -301,7 +301,9 @@ mod tests {
 
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("baichuan-shard-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
+        if d.exists() {
+            fs::remove_dir_all(&d).unwrap();
+        }
         fs::create_dir_all(&d).unwrap();
         d
     }

@@ -8,18 +8,11 @@ mod common;
 
 use std::collections::HashSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use baichuan_data::prepare::{prepare, Manifest, PrepareOptions};
 use baichuan_data::shard::ShardSet;
 use baichuan_data::{Loader, TokenSource, Tokenizer};
-
-fn temp(name: &str) -> PathBuf {
-    let d = common::root().join("target/test-tmp/prepare").join(name);
-    let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// The corpus and the ids a plain sequential encoding gives (files in sorted order).
 fn corpus(dir: &Path, tok: &Tokenizer) -> (Vec<u32>, u64) {
@@ -63,7 +56,7 @@ fn corpus(dir: &Path, tok: &Tokenizer) -> (Vec<u32>, u64) {
 #[test]
 fn shards_hold_exactly_the_sequential_encoding_and_reruns_are_no_ops() {
     let tok = common::tokenizer();
-    let dir = temp("exact");
+    let dir = common::temp_dir("exact");
     let input = dir.join("in");
     fs::create_dir_all(&input).unwrap();
     let (want, docs) = corpus(&input, &tok);
@@ -115,7 +108,7 @@ fn shards_hold_exactly_the_sequential_encoding_and_reruns_are_no_ops() {
 #[test]
 fn every_sample_appears_once_per_epoch_over_shards_for_1_to_4_ranks() {
     let tok = common::tokenizer();
-    let dir = temp("epoch");
+    let dir = common::temp_dir("epoch");
     let input = dir.join("in");
     fs::create_dir_all(&input).unwrap();
     corpus(&input, &tok);
@@ -159,7 +152,7 @@ fn every_sample_appears_once_per_epoch_over_shards_for_1_to_4_ranks() {
 #[test]
 fn missing_and_empty_inputs_are_clear_errors() {
     let tok = common::tokenizer();
-    let dir = temp("bad");
+    let dir = common::temp_dir("bad");
     let e = prepare(
         &tok,
         &PrepareOptions::new(vec![dir.join("nope")], dir.join("o")),

@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, View};
@@ -110,21 +111,89 @@ impl View for &TensorBytes {
     }
 }
 
-/// Writes named tensors to one safetensors file with `{"format": "pt"}` metadata, atomically
-/// (a temporary name, fsync, rename), so a failed write never leaves a half file behind.
-pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<(), ModelError> {
+/// Removes `path`; a file that is not there is fine, any other failure is an error.
+fn remove_if_present(path: &Path) -> Result<(), ModelError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Size and CRC-32 (IEEE, as zlib and `crc32fast` compute it) of a file, computed from the
+/// bytes as they were written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub bytes: u64,
+    pub crc32: u32,
+}
+
+/// A writer that counts and checksums the bytes that pass through it.
+struct Checksummed<W> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Checksummed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes `tensors` (in this order) as one safetensors file with the metadata
+/// `{"format": "pt"}`, streaming each tensor's bytes to disk (no serialized copy in memory)
+/// and checksumming them on the way. The file is written under a temporary name, fsynced and
+/// renamed into place, so `path` is never half-written.
+pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<Written, ModelError> {
     let owned = tensors
         .iter()
         .map(|(n, t)| Ok((n.clone(), TensorBytes::new(t)?)))
         .collect::<Result<Vec<_>, ModelError>>()?;
-    let views: Vec<(&str, &TensorBytes)> = owned.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    // the header: each tensor's dtype, shape and byte range of the data section
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut offset = 0usize;
+    for (name, t) in &owned {
+        let len = t.data_len();
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, offset + len]}),
+        );
+        offset += len;
+    }
+    let mut json = serde_json::to_vec(&header).map_err(|e| io_err(path, e))?;
+    // the data section starts 8-byte aligned, padded with spaces as the safetensors library does
+    json.resize(json.len().div_ceil(8) * 8, b' ');
     let tmp = path.with_extension("safetensors.tmp");
-    safetensors::tensor::serialize_to_file(views, &metadata, &tmp).map_err(|e| io_err(&tmp, e))?;
-    fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io_err(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+    let file = fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+    let mut out = Checksummed {
+        inner: std::io::BufWriter::with_capacity(8 << 20, file),
+        hasher: crc32fast::Hasher::new(),
+        bytes: 0,
+    };
+    let mut write = || -> std::io::Result<()> {
+        out.write_all(&(json.len() as u64).to_le_bytes())?;
+        out.write_all(&json)?;
+        for (_, t) in &owned {
+            out.write_all(&t.data())?;
+        }
+        out.flush()
+    };
+    write().map_err(|e| io_err(&tmp, e))?;
+    let written = Written {
+        bytes: out.bytes,
+        crc32: out.hasher.clone().finalize(),
+    };
+    let file = out.inner.into_inner().map_err(|e| io_err(&tmp, e.error()))?;
+    file.sync_all().map_err(|e| io_err(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+    Ok(written)
 }
 
 /// Reads every tensor of one safetensors file onto the CPU, in the stored dtype.
@@ -243,10 +312,10 @@ pub fn save_pretrained(
     let limit = max_shard_bytes.unwrap_or(u64::MAX);
     // stale files of an earlier export in another form would shadow the new one
     for stale in [WEIGHTS_FILE, INDEX_FILE] {
-        let _ = fs::remove_file(dir.join(stale));
+        remove_if_present(&dir.join(stale))?;
     }
     if total <= limit {
-        return write_safetensors(&tensors, &dir.join(WEIGHTS_FILE));
+        return write_safetensors(&tensors, &dir.join(WEIGHTS_FILE)).map(|_| ());
     }
     let mut shards: Vec<Vec<(String, Tensor)>> = vec![Vec::new()];
     let mut current = 0u64;

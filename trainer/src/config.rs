@@ -4,7 +4,7 @@
 //! accumulation, device).
 //!
 //! Follows nanoGPT/torchtitan practice (config is one typed tree saved with every run) and
-//! DESIGN.md's section sketch. Model keys use the Hugging Face `config.json` names.
+//! the section layout of docs/ARCHITECTURE.md. Model keys use the Hugging Face `config.json` names.
 
 use std::path::{Path, PathBuf};
 
@@ -184,7 +184,7 @@ impl Default for EvalConfig {
 }
 
 /// Numeric precision of parameters and activations.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// fp32 everywhere.
@@ -217,13 +217,38 @@ pub enum GradAccumDtype {
 }
 
 /// Where to compute.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// CUDA when available, else CPU.
     Auto,
     Cpu,
     Cuda,
+}
+
+impl Precision {
+    /// The libtorch dtype of parameters and activations.
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            Precision::Fp32 => tch::Kind::Float,
+            Precision::Bf16 => tch::Kind::BFloat16,
+            Precision::Fp16 => tch::Kind::Half,
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// The device: `cuda` is the first GPU and an error when libtorch sees none.
+    pub fn resolve(self) -> Result<tch::Device> {
+        Ok(match self {
+            DeviceChoice::Cpu => tch::Device::Cpu,
+            DeviceChoice::Cuda if !tch::Cuda::is_available() => {
+                bail!("device \"cuda\" was asked for but libtorch sees no CUDA device; HINT: use \"auto\" or \"cpu\"")
+            }
+            DeviceChoice::Cuda => tch::Device::Cuda(0),
+            DeviceChoice::Auto => tch::Device::cuda_if_available(),
+        })
+    }
 }
 
 /// `[train]`: optimisation.
@@ -555,14 +580,7 @@ impl RunConfig {
         if t.loss_chunk_tokens <= 0 || t.log_interval == 0 {
             bail!("train.loss_chunk_tokens and train.log_interval must be positive");
         }
-        let device = match t.device {
-            DeviceChoice::Cpu => tch::Device::Cpu,
-            DeviceChoice::Cuda if !tch::Cuda::is_available() => {
-                bail!("train.device = \"cuda\" but libtorch sees no CUDA device; HINT: use \"auto\" or \"cpu\"")
-            }
-            DeviceChoice::Cuda => tch::Device::Cuda(0),
-            DeviceChoice::Auto => tch::Device::cuda_if_available(),
-        };
+        let device = t.device.resolve().context("train.device")?;
         Ok(Resolved {
             model,
             grad_accum: t.global_batch_size / per_step,

@@ -1,24 +1,28 @@
-//! `baichuan-trainer`: everything around the model that makes a training run: the typed run
-//! config, the layer-wise training step, the flat AdamW, metrics, the memory planner and the
-//! training loop. The `baichuan` binary (main.rs) is a thin CLI over these modules.
+//! `baichuan-trainer`: everything around the model that makes a training run. The `baichuan`
+//! binary (main.rs, cli/) is a thin command line over these modules; docs/ARCHITECTURE.md maps
+//! them and the data flow between them.
+//!
+//! - the run: [`config`] (the typed TOML run config), [`dataset`] (a run's data),
+//!   [`trainer`] (`Trainer` and the loop), [`step`] (one micro-batch through the layer-wise
+//!   schedule), [`guard`] (loss scaler, bad steps), [`schedule`] (learning rate)
+//! - the state: [`flat`] (the flat parameter layout), [`optim`] (AdamW), [`checkpoint`]
+//! - many processes: [`dist`] (environment, store, communicators, gradient buckets, launcher,
+//!   watchdog)
+//! - around the run: [`metrics`], [`eval`], [`tools`] (bench, breakdown, memory plan)
 
-pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod dataset;
 pub mod dist;
 pub mod eval;
-pub mod fused;
+pub mod flat;
+pub mod guard;
 pub mod host_alloc;
-pub mod info;
-pub mod kernels;
-pub mod launch;
 pub mod metrics;
 pub mod optim;
-pub mod plot;
-pub mod precision;
-pub mod profile;
+pub mod schedule;
 pub mod step;
-pub mod tensorboard;
-pub mod train;
-pub mod watchdog;
+pub mod tools;
+pub mod trainer;
+
+pub use trainer::{train, TrainOptions, TrainSummary, Trainer};

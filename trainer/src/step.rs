@@ -1,4 +1,4 @@
-//! One micro-batch's forward and backward through the layer-wise schedule of DESIGN.md.
+//! One micro-batch's forward and backward through the layer-wise schedule (docs/ARCHITECTURE.md).
 //!
 //! Each block's input is a detached leaf, so backward runs block by block from the top:
 //! the head's chunked cross-entropy yields the gradient of the last hidden state, then each
@@ -421,7 +421,7 @@ mod tests {
             .map(|_| Tensor::randint(97, [2, 17], (Kind::Int64, Device::Cpu)))
             .collect();
         let named = m.named_parameters();
-        let slots = crate::optim::layout(&named);
+        let slots = crate::flat::layout(&named);
         let total: i64 = named.iter().map(|(_, p)| p.numel() as i64).sum();
         // each micro-batch's gradient alone, flattened in fp32, summed in fp32
         let mut want = Tensor::zeros([total], (Kind::Float, Device::Cpu));

@@ -10,8 +10,9 @@
 
 mod common;
 
+use common::run_ok as ok;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TINY: &str = "--set model.hidden_size=32 --set model.intermediate_size=64 --set model.num_hidden_layers=2 \
@@ -32,20 +33,9 @@ fn args(head: &str, run: &Path, extra: &str) -> Vec<String> {
 }
 
 fn baichuan(a: &[String]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_baichuan"));
-    c.current_dir(common::root()).args(a);
+    let mut c = common::baichuan();
+    c.args(a);
     c
-}
-
-fn ok(a: &[String]) -> String {
-    let out: Output = baichuan(a).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{a:?} failed:\n{text}");
-    text
 }
 
 fn weights(run: &Path) -> Vec<u8> {

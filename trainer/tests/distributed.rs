@@ -8,8 +8,9 @@
 
 mod common;
 
+use common::text;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 const TINY: [&str; 20] = [
     "--set",
@@ -35,19 +36,7 @@ const TINY: [&str; 20] = [
 ];
 
 fn baichuan(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_baichuan"))
-        .current_dir(common::root())
-        .args(args)
-        .output()
-        .expect("run baichuan")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    common::baichuan().args(args).output().expect("run baichuan")
 }
 
 fn launch_run(dir: &Path, name: &str, nproc: usize, stage: u8, steps: u64) -> std::path::PathBuf {
@@ -243,8 +232,7 @@ fn a_missing_rank_makes_the_rendezvous_time_out_naming_it() {
         "dist.timeout_s=3",
     ];
     args.extend(TINY);
-    let out = Command::new(env!("CARGO_BIN_EXE_baichuan"))
-        .current_dir(common::root())
+    let out = common::baichuan()
         .args(&args)
         .envs([
             ("RANK", "0"),

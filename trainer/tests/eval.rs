@@ -7,30 +7,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use baichuan_data::Tokenizer;
 use baichuan_model::{hf, Baichuan, Layout, ModelConfig};
 use baichuan_trainer::eval::{self, McFormat, McOptions};
+use common::run;
 use tch::{Device, Kind, Tensor};
 
 fn fixtures(name: &str) -> PathBuf {
     common::root().join("trainer/tests/fixtures").join(name)
-}
-
-fn run(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_baichuan"))
-        .args(args)
-        .output()
-        .expect("run baichuan");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 fn tiny_config(layers: i64) -> ModelConfig {

@@ -9,8 +9,6 @@
 
 mod common;
 
-use std::process::Command;
-
 /// A shard of the sample's ids folded into 512 tokens (made once per test binary).
 fn shard() -> String {
     static SHARD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -45,11 +43,7 @@ fn train(name: &str, extra: &[&str]) -> Vec<serde_json::Value> {
             .split_whitespace(),
     );
     args.extend(extra);
-    let out = Command::new(env!("CARGO_BIN_EXE_baichuan"))
-        .current_dir(common::root())
-        .args(&args)
-        .output()
-        .unwrap();
+    let out = common::baichuan().args(&args).output().unwrap();
     assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()

@@ -1,18 +1,19 @@
 //! The training block with its rotation spliced out of autograd, against one autograd graph
 //! of the whole model with the reference (Hugging Face) ops. With BAICHUAN_TEST_DEVICE=cuda
-//! (scripts/gpu_check.sh) the rotation is the NVRTC kernel of trainer/src/kernels.rs, checked
+//! (scripts/gpu_check.sh) the rotation is the NVRTC kernel of cuda/kernels/rotary.cu, checked
 //! first on its own against the reference rotation by ATen ops (fp32, bf16 and fp16, and a
 //! gradient with transposed strides as attention's backward returns), then inside a whole
 //! training step (fp32 and bf16); on the CPU the step runs with the ATen rotation.
 //!
-//! The cross-entropy kernel of the same file is checked here too: against the ATen operator
+//! The cross-entropy kernel (cuda/kernels/cross_entropy.cu) is checked here too: against the ATen operator
 //! (`cross_entropy_aten`, itself tested against ATen's `cross_entropy` with autograd) at the
 //! real vocabulary and at odd row lengths, in the three dtypes, and inside the training step;
 //! so is the SwiGLU kernel (against `SwigluAten`, and inside the step with the MLP product
 //! spliced out of autograd).
 
+use baichuan_cuda::{loss, rotary, swiglu};
 use baichuan_model::{Baichuan, ModelConfig};
-use baichuan_trainer::{kernels, step};
+use baichuan_trainer::step;
 use tch::{Device, Kind, Tensor};
 
 fn device() -> Device {
@@ -57,7 +58,7 @@ fn the_rotation_kernel_equals_the_reference_rotation() {
     tch::manual_seed(5);
     let mut with_kernel = Baichuan::new(&config(), Device::Cpu).unwrap();
     with_kernel.to(dev, Kind::Float);
-    let said = kernels::install_rotary(&mut with_kernel);
+    let said = rotary::install_rotary(&mut with_kernel);
     assert!(with_kernel.rotary.kernel.is_some(), "{said}");
     let mut aten = Baichuan::new(&config(), Device::Cpu).unwrap();
     aten.to(dev, Kind::Float);
@@ -146,9 +147,9 @@ fn a_spliced_training_step_equals_the_reference_graph() {
         // the reference graph in fp32 (the oracle), Hugging Face's ops
         reference.to(dev, Kind::Float);
         reference.set_fused_ops(false);
-        let said = kernels::install_rotary(&mut spliced);
-        let loss_said = kernels::install_loss(&mut spliced);
-        let swiglu_said = kernels::install_swiglu(&mut spliced);
+        let said = rotary::install_rotary(&mut spliced);
+        let loss_said = loss::install_loss(&mut spliced);
+        let swiglu_said = swiglu::install_swiglu(&mut spliced);
         println!("{kind:?}: {said}; {loss_said}; {swiglu_said}");
         if dev.is_cuda() {
             assert!(spliced.loss_kernel.is_some(), "{loss_said}");
@@ -193,7 +194,7 @@ fn the_loss_kernel_equals_the_aten_operator() {
         return;
     };
     tch::manual_seed(11);
-    let kernel = kernels::CudaLoss::new(dev).expect("the loss kernel compiles and loads");
+    let kernel = loss::CudaLoss::new(dev).expect("the loss kernel compiles and loads");
     let max_abs = |a: &Tensor, b: &Tensor| {
         (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
             .abs()
@@ -248,7 +249,7 @@ fn the_loss_kernel_equals_the_aten_operator() {
     }
     let mut model = Baichuan::new(&config(), Device::Cpu).unwrap();
     model.to(dev, Kind::BFloat16);
-    let said = kernels::install_loss(&mut model);
+    let said = loss::install_loss(&mut model);
     println!("{said}");
     assert!(
         said.starts_with("loss: cross-entropy kernel (NVRTC), checked"),
@@ -263,7 +264,7 @@ fn the_swiglu_kernel_equals_the_fp32_reference() {
         return;
     };
     tch::manual_seed(13);
-    let kernel = kernels::CudaSwiglu::new(dev).expect("the SwiGLU kernels compile and load");
+    let kernel = swiglu::CudaSwiglu::new(dev).expect("the SwiGLU kernels compile and load");
     // (B, T, f) as the block has them (vectorized), and an odd size (scalar)
     for shape in [vec![2i64, 37, 160], vec![3, 7, 11]] {
         for (kind, tol) in [(Kind::Float, 1e-6), (Kind::BFloat16, 1e-2), (Kind::Half, 2e-3)] {
@@ -289,7 +290,7 @@ fn the_swiglu_kernel_equals_the_fp32_reference() {
     }
     let mut model = Baichuan::new(&config(), Device::Cpu).unwrap();
     model.to(dev, Kind::BFloat16);
-    let said = kernels::install_swiglu(&mut model);
+    let said = swiglu::install_swiglu(&mut model);
     println!("{said}");
     assert!(said.starts_with("swiglu: SwiGLU kernel (NVRTC), checked"), "{said}");
 }

@@ -7,24 +7,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
-use baichuan_trainer::tensorboard;
-
-fn run_ok(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_baichuan"))
-        .current_dir(common::root())
-        .args(args)
-        .output()
-        .expect("run baichuan");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "baichuan {args:?} failed:\n{text}");
-    text
-}
+use baichuan_trainer::metrics::tensorboard::{event_files, EventWriter};
+use common::run_ok;
+use common::tensorboard::read_scalars;
 
 fn train(run: &Path, lr: &str) {
     let run_dir = format!("job.run_dir={}", run.display());
@@ -86,10 +72,10 @@ fn metrics_tensorboard_plot_and_evaluation_of_a_trained_run() {
     }
 
     // TensorBoard: our reader (CRCs checked) and TensorBoard's reader agree with the JSONL
-    let files = tensorboard::event_files(&a);
+    let files = event_files(&a);
     assert_eq!(files.len(), 1, "{files:?}");
     let mut ours: BTreeMap<String, Vec<(i64, f32)>> = BTreeMap::new();
-    for s in tensorboard::read_scalars(&files[0]).unwrap() {
+    for s in read_scalars(&files[0]).unwrap() {
         ours.entry(s.tag).or_default().push((s.step, s.value));
     }
     let theirs = common::run_oracle("scripts/reference/read_run.py", &[a.to_str().unwrap()]);
@@ -143,7 +129,7 @@ fn metrics_tensorboard_plot_and_evaluation_of_a_trained_run() {
     assert!(seen["png"]["colors"].as_u64().unwrap() >= 4, "a blank image: {seen}");
     let empty = dir.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_baichuan"))
+    let out = common::baichuan()
         .args([
             "plot",
             empty.to_str().unwrap(),
@@ -171,7 +157,7 @@ fn metrics_tensorboard_plot_and_evaluation_of_a_trained_run() {
     let rows = common::metrics(&a);
     let steps: Vec<u64> = rows.iter().map(|r| r["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, (1..=30).collect::<Vec<_>>());
-    assert_eq!(tensorboard::event_files(&a).len(), 2);
+    assert_eq!(event_files(&a).len(), 2);
     let theirs = common::run_oracle("scripts/reference/read_run.py", &[a.to_str().unwrap()]);
     let loss: Vec<(i64, f32)> = theirs["scalars"]["train/loss"]
         .as_array()
@@ -231,4 +217,40 @@ fn metrics_tensorboard_plot_and_evaluation_of_a_trained_run() {
         .unwrap_or_else(|| panic!("{text}"));
     // trained for 30 steps: far better than uniform over 64000 pieces, far from perfect
     assert!(ppl > 5.0 && ppl < 20000.0, "{text}");
+}
+
+/// The event writer's records decode back to the scalars written; a torn tail is ignored and a
+/// flipped byte inside is reported.
+#[test]
+fn scalars_round_trip_and_damage_is_detected() {
+    let dir = std::env::temp_dir().join(format!("baichuan-tb-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    let mut w = EventWriter::create(&dir, 0).unwrap();
+    w.scalars(1, &[("train/loss", 10.5), ("train/lr", 3e-4)]).unwrap();
+    w.scalars(300, &[("train/loss", 2.25)]).unwrap();
+    w.flush().unwrap();
+    let path = w.path().to_path_buf();
+    drop(w);
+    assert_eq!(event_files(&dir), vec![path.clone()]);
+    let got = read_scalars(&path).unwrap();
+    let want = [
+        (1, "train/loss", 10.5f32),
+        (1, "train/lr", 3e-4),
+        (300, "train/loss", 2.25),
+    ];
+    assert_eq!(got.len(), want.len());
+    for (g, (s, t, v)) in got.iter().zip(want) {
+        assert_eq!((g.step, g.tag.as_str(), g.value), (s, t, v));
+    }
+    // a torn tail is ignored; a flipped byte inside is an error
+    let mut bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+    assert_eq!(read_scalars(&path).unwrap().len(), 2);
+    let n = bytes.len();
+    bytes[n - 10] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(read_scalars(&path).is_err_and(|e| e.contains("damaged")));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -4,24 +4,7 @@
 
 mod common;
 
-use std::process::Command;
-
-fn baichuan() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_baichuan"));
-    c.current_dir(common::root());
-    c
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("run baichuan");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "baichuan failed:\n{text}");
-    text
-}
+use common::{baichuan, output_ok as run_ok};
 
 #[test]
 fn train_on_the_sample_then_generate_and_export() {

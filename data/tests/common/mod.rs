@@ -23,3 +23,13 @@ pub fn python() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join(".venv/bin/python"))
 }
+
+/// A fresh directory `target/test-tmp/prepare/<name>` (emptied if a previous run left it).
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = root().join("target/test-tmp/prepare").join(name);
+    if d.exists() {
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -19,7 +19,7 @@ use tch::{Kind, Tensor};
 
 use super::comm::{Communicator, ReduceOp, Work};
 use super::DistError;
-use crate::optim::Slot;
+use crate::flat::Slot;
 
 /// A part of the model whose gradients become final together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +69,9 @@ fn gather(dst: &mut Tensor, p: &Tensor, new: Option<&Tensor>, add: bool) {
     for g in new.into_iter().chain(earlier.defined().then_some(&earlier)) {
         // reshape: a view when contiguous, whatever layout autograd returned otherwise
         if holds {
-            let _ = dst.f_add_(&g.reshape([-1]));
+            let _ = dst
+                .f_add_(&g.reshape([-1]))
+                .expect("a gradient of its parameter's size adds into its bucket range");
         } else {
             dst.copy_(&g.reshape([-1]));
             holds = true;

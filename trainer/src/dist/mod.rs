@@ -8,9 +8,12 @@
 
 pub mod buckets;
 pub mod comm;
+pub mod join;
+pub mod launch;
 pub mod nccl;
 pub mod store;
 pub mod tcp;
+pub mod watchdog;
 
 use std::time::Duration;
 
@@ -25,6 +28,16 @@ pub enum DistError {
     Protocol(String),
     #[error("{0}")]
     Env(String),
+}
+
+/// A library that could not be loaded is an environment problem; a failed call, a protocol one.
+impl From<baichuan_cuda::CudaError> for DistError {
+    fn from(e: baichuan_cuda::CudaError) -> Self {
+        match e {
+            baichuan_cuda::CudaError::Unavailable(text) => DistError::Env(text),
+            baichuan_cuda::CudaError::Call(text) => DistError::Protocol(text),
+        }
+    }
 }
 
 pub fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DistError {

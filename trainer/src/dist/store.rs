@@ -100,7 +100,8 @@ impl StoreServer {
 
 fn serve(mut stream: TcpStream, table: &Table, token: &[u8]) {
     let peer = stream.peer_addr().map_or("?".to_string(), |a| a.to_string());
-    let _ = stream.set_nodelay(true);
+    // latency only: a socket that refuses it still works
+    stream.set_nodelay(true).ok();
     match read_frame(&mut stream).ok().as_deref().and_then(decode) {
         Some((HELLO, f)) if f.len() == 2 && same_token(&f[0], token) => {
             if write_frame(&mut stream, &[OK]).is_err() {
@@ -109,7 +110,8 @@ fn serve(mut stream: TcpStream, table: &Table, token: &[u8]) {
         }
         _ => {
             eprintln!("store: refused a connection from {peer}: it did not present this job's token");
-            let _ = write_frame(&mut stream, &[REFUSED]);
+            // a courtesy to the refused peer; it may be gone already
+            write_frame(&mut stream, &[REFUSED]).ok();
             return;
         }
     }
@@ -207,7 +209,7 @@ impl StoreClient {
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        let _ = stream.set_nodelay(true);
+        stream.set_nodelay(true).ok(); // latency only
         let mut s = stream;
         write_frame(&mut s, &encode(HELLO, &[token.as_bytes(), rank.to_string().as_bytes()]))
             .map_err(io_err("store: hello"))?;

@@ -236,10 +236,8 @@ impl TcpComm {
         let mut next = loop {
             match TcpStream::connect(&next_addr) {
                 Ok(s) => break s,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                // not listening yet: retry until the deadline
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
                 Err(e) => {
                     return Err(io_err(format!(
                         "ring: connecting rank {rank} to rank {next_rank} at {next_addr}"
@@ -272,7 +270,8 @@ impl TcpComm {
             .spawn(move || {
                 for job in rx {
                     let r = ring.run(&job.op, &job.buf);
-                    let _ = job.done.send(r);
+                    // the issuer dropped its Work (it failed already): the result has no reader
+                    job.done.send(r).ok();
                 }
             })
             .map_err(io_err("starting the communication thread"))?;

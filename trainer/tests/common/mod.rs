@@ -1,8 +1,13 @@
-//! Helpers shared by the trainer's integration tests: the oracle Python and the repository root.
+//! Helpers shared by the trainer's integration tests: the repository root, the `baichuan`
+//! binary and its output, the oracle Python, temporary directories, a run's metrics, and a
+//! reader of TensorBoard event files ([`tensorboard`]).
 #![allow(dead_code)]
 
+pub mod tensorboard;
+
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 /// The repository root: `$BAICHUAN_ROOT` (for test binaries carried to another machine by
 /// scripts/gpu_check.sh) or the source tree they were built from.
@@ -10,6 +15,41 @@ pub fn root() -> PathBuf {
     std::env::var_os("BAICHUAN_ROOT")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
+}
+
+/// The `baichuan` binary under test, run from the repository root.
+pub fn baichuan() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_baichuan"));
+    c.current_dir(root());
+    c
+}
+
+/// A finished command's stdout and stderr, together.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs `cmd`, which must succeed; returns its output.
+pub fn output_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run baichuan");
+    let text = text(&out);
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+/// Runs `baichuan args`: whether it succeeded, and its output.
+pub fn run<S: AsRef<OsStr>>(args: &[S]) -> (bool, String) {
+    let out = baichuan().args(args).output().expect("run baichuan");
+    (out.status.success(), text(&out))
+}
+
+/// Runs `baichuan args`, which must succeed; returns its output.
+pub fn run_ok<S: AsRef<OsStr>>(args: &[S]) -> String {
+    output_ok(baichuan().args(args))
 }
 
 /// The Python of `.venv` (or `$BAICHUAN_PYTHON`) that runs the independent oracles.

@@ -1,0 +1,130 @@
+//! `baichuan bench`: a training step of a config's model on random tokens (speed, split, MFU,
+//! memory), `bench --breakdown` (each piece of a block alone), and `bench comm` (all-reduce
+//! bandwidth of the TCP backend).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use baichuan_trainer::config::RunConfig;
+use baichuan_trainer::tools::{bench, breakdown};
+use clap::{Args, Subcommand};
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: Option<BenchCommand>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Timed steps.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Time each piece of a block (norms, GEMMs, rotary, attention, SwiGLU, residuals),
+    /// the whole block with fused and reference ops, and the head, alone; `--steps` calls each.
+    #[arg(long)]
+    breakdown: bool,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// All-reduce bus bandwidth across message sizes, beside memory-copy and loopback TCP bandwidth.
+    Comm {
+        /// Backend to measure (this build has tcp).
+        #[arg(long, default_value = "tcp")]
+        backend: String,
+        /// Ranks (threads of this process).
+        #[arg(long, default_value_t = 2)]
+        nproc: usize,
+        /// Largest message in MiB (sizes double from 4 KiB).
+        #[arg(long, default_value_t = 64)]
+        max_mb: usize,
+    },
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if let Some(BenchCommand::Comm { backend, nproc, max_mb }) = a.what {
+        return comm(&backend, nproc, max_mb);
+    }
+    let config = a.config.context("bench needs --config (or the `comm` subcommand)")?;
+    let cfg = RunConfig::load(&config, &a.overrides)?;
+    if a.breakdown {
+        let r = breakdown::breakdown(&cfg, a.steps.max(1))?;
+        if a.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            print!("{}", breakdown::render(&r));
+        }
+        return Ok(());
+    }
+    let r = bench::train_step(&cfg, a.steps.max(1), a.warmup)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    println!(
+        "{} parameters, {} training on {}, {} tokens/step, attention {}, AdamW {}, {}, {}, {}",
+        r.parameters, r.precision, r.device, r.tokens_per_step, r.attention, r.optimizer, r.rotary, r.loss, r.swiglu
+    );
+    println!(
+        "step {:.1} ms = forward {:.1} + backward {:.1} + comm wait {:.1} + optimizer {:.1} (medians of {})",
+        r.step_s * 1e3,
+        r.forward_s * 1e3,
+        r.backward_s * 1e3,
+        r.comm_wait_s * 1e3,
+        r.optimizer_s * 1e3,
+        a.steps
+    );
+    println!(
+        "{:.0} tokens/s, MFU {:.1}% of {:.3e} FLOP/s ({}), peak memory {:.0} MiB",
+        r.tokens_per_s,
+        100.0 * r.mfu,
+        r.peak,
+        r.peak_source,
+        r.peak_memory_mb
+    );
+    Ok(())
+}
+
+/// `bench comm`: the ceilings, then the all-reduce table.
+fn comm(backend: &str, nproc: usize, max_mb: usize) -> Result<()> {
+    if backend != "tcp" {
+        bail!("--backend {backend:?}: this build measures the tcp backend");
+    }
+    let memcpy = bench::memcpy_bandwidth();
+    let tcp = bench::loopback_tcp_bandwidth()?;
+    println!(
+        "ceilings: memory copy {:.2} GB/s (read + write), one loopback TCP stream {:.2} GB/s",
+        memcpy / 1e9,
+        tcp / 1e9
+    );
+    let mut sizes = vec![4096usize];
+    while *sizes.last().expect("one size") < max_mb << 20 {
+        sizes.push(sizes.last().expect("one size") * 4);
+    }
+    let rows = bench::tcp_all_reduce(nproc.max(2), &sizes, Duration::from_millis(300))?;
+    println!("all-reduce, tcp backend, {} ranks (fp32, in place)", nproc.max(2));
+    println!(
+        "{:>12} {:>12} {:>12} {:>12} {:>16}",
+        "bytes", "time (us)", "algbw GB/s", "busbw GB/s", "busbw / TCP"
+    );
+    for r in rows {
+        println!(
+            "{:>12} {:>12.1} {:>12.3} {:>12.3} {:>15.0}%",
+            r.bytes,
+            r.seconds * 1e6,
+            r.algbw_gbs,
+            r.busbw_gbs,
+            100.0 * r.busbw_gbs * 1e9 / tcp
+        );
+    }
+    Ok(())
+}

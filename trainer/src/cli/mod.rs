@@ -1,0 +1,34 @@
+//! The subcommands of `baichuan`, one file each: its arguments (clap) and what it runs.
+//! Errors carry context naming the file or flag at fault (anyhow), and end with a HINT where a
+//! fix is known. Helpers shared by several subcommands live here.
+
+pub mod bench;
+pub mod eval;
+pub mod export;
+pub mod generate;
+pub mod info;
+pub mod init;
+pub mod launch;
+pub mod plot;
+pub mod prepare;
+pub mod tokenize;
+pub mod train;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use baichuan_data::Tokenizer;
+use baichuan_model::{hf, Baichuan};
+use baichuan_trainer::config::DeviceChoice;
+use tch::{Device, Kind};
+
+/// Loads a model directory with its tokenizer onto `device` (bf16 on CUDA, fp32 on the CPU),
+/// for inference.
+pub fn load_for_inference(model: &Path, device: DeviceChoice) -> Result<(Baichuan, Tokenizer)> {
+    let tokenizer = Tokenizer::open(&model.join(hf::TOKENIZER_FILE))
+        .with_context(|| format!("{}: the model directory needs its tokenizer.model", model.display()))?;
+    let mut m = hf::load_pretrained(model, Device::Cpu).with_context(|| format!("loading {}", model.display()))?;
+    let device = device.resolve().context("--device")?;
+    m.to(device, if device.is_cuda() { Kind::BFloat16 } else { Kind::Float });
+    Ok((m, tokenizer))
+}

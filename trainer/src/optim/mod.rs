@@ -1,0 +1,7 @@
+//! The optimizer: AdamW over the flat parameter buffer, with fp32 master weights and moments
+//! for this rank's ZeRO range, global gradient-norm clipping, and on CUDA the fused update
+//! kernel of `baichuan-cuda`. The learning-rate schedule is `schedule.rs`.
+
+mod adamw;
+
+pub use adamw::{AdamWParams, FlatAdamW};

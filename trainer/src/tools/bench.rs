@@ -1,0 +1,201 @@
+//! `baichuan bench`: a training step's tokens/s, MFU, memory and its split into forward,
+//! backward, gradient wait and optimizer ([`train_step`]).
+//!
+//! `baichuan bench comm`: all-reduce bandwidth of a communication backend across message
+//! sizes, beside this machine's own ceilings measured in the same run (memory copy and a
+//! single loopback TCP stream).
+//!
+//! Bandwidths follow nccl-tests' conventions: algorithm bandwidth = bytes / time; bus
+//! bandwidth = algbw x 2(W-1)/W for all-reduce, which is comparable with link speed.
+//! The ranks are threads of this process, each with its own store connection and ring
+//! sockets, so the measurement covers the same code path as multi-process training.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::RunConfig;
+use crate::dist::comm::{Communicator, ReduceOp, Solo};
+use crate::dist::tcp::run_local_ranks;
+use crate::metrics::mfu::{device_memory_mb, peak_flops};
+use crate::trainer::Trainer;
+
+/// One message size's result.
+#[derive(Debug, Clone)]
+pub struct CommRow {
+    pub bytes: usize,
+    pub seconds: f64,
+    pub algbw_gbs: f64,
+    pub busbw_gbs: f64,
+}
+
+/// Bytes per second of copying a 256 MiB buffer (read + write counted).
+pub fn memcpy_bandwidth() -> f64 {
+    let n = 256 << 20;
+    let src = vec![1u8; n];
+    let mut dst = vec![0u8; n];
+    dst.copy_from_slice(&src); // fault the pages in
+    let reps = 4;
+    let start = Instant::now();
+    for i in 0..reps {
+        dst.copy_from_slice(&src);
+        std::hint::black_box(&dst[i]);
+    }
+    2.0 * (n * reps) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Bytes per second through one loopback TCP connection.
+pub fn loopback_tcp_bandwidth() -> Result<f64> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let total = 512usize << 20;
+    let reader = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        let mut buf = vec![0u8; 4 << 20];
+        let mut got = 0;
+        while got < total {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        Ok(())
+    });
+    let mut s = std::net::TcpStream::connect(addr)?;
+    let chunk = vec![7u8; 4 << 20];
+    let start = Instant::now();
+    for _ in 0..total / chunk.len() {
+        s.write_all(&chunk)?;
+    }
+    drop(s);
+    reader.join().expect("reader thread")?;
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// All-reduce timings for `world` ranks over the tcp backend.
+pub fn tcp_all_reduce(world: usize, sizes: &[usize], min_time: Duration) -> Result<Vec<CommRow>> {
+    let sizes = sizes.to_vec();
+    let per_rank = run_local_ranks(world, move |comm| -> Result<Vec<CommRow>> {
+        let mut rows = Vec::new();
+        for &bytes in &sizes {
+            let buf = Tensor::ones([(bytes / 4) as i64], (Kind::Float, tch::Device::Cpu));
+            let warm = Instant::now();
+            comm.all_reduce(&buf, ReduceOp::Sum).wait()?;
+            // the ranks agree on an iteration count from the mean warm-up time
+            let mean = comm.all_reduce_scalar(warm.elapsed().as_secs_f64(), ReduceOp::Avg)?;
+            let iters = (min_time.as_secs_f64() / mean.max(1e-6)).clamp(3.0, 1000.0) as u64;
+            comm.barrier()?;
+            let start = Instant::now();
+            for _ in 0..iters {
+                comm.all_reduce(&buf, ReduceOp::Sum).wait()?;
+            }
+            let seconds = start.elapsed().as_secs_f64() / iters as f64;
+            let algbw = bytes as f64 / seconds / 1e9;
+            rows.push(CommRow {
+                bytes,
+                seconds,
+                algbw_gbs: algbw,
+                busbw_gbs: algbw * 2.0 * (world - 1) as f64 / world as f64,
+            });
+        }
+        Ok(rows)
+    })?;
+    per_rank.into_iter().next().context("no ranks")?
+}
+
+/// Where one training step's time goes, medians over the timed steps (seconds).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepBench {
+    pub device: String,
+    pub precision: String,
+    pub parameters: u64,
+    pub tokens_per_step: u64,
+    pub step_s: f64,
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub comm_wait_s: f64,
+    pub optimizer_s: f64,
+    pub tokens_per_s: f64,
+    pub mfu: f64,
+    pub peak: f64,
+    pub peak_source: String,
+    pub peak_memory_mb: f64,
+    pub attention: String,
+    /// Which AdamW update ran (fused kernel or tensor ops, and why).
+    pub optimizer: String,
+    /// Which rotation the training block ran (kernel or ATen ops).
+    pub rotary: String,
+    /// Which cross-entropy ran (kernel or ATen ops, and the kernel's check).
+    pub loss: String,
+    /// Which SwiGLU product ran (kernel, spliced out of autograd, or ATen ops).
+    pub swiglu: String,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Trains `config`'s model on random tokens: `warmup` untimed steps, then `steps` timed ones
+/// with the device synchronised between phases (single process, no data loading). The model,
+/// optimizer, reducer and kernels are built as `train` builds them ([`Trainer::new`]).
+pub fn train_step(config: &RunConfig, steps: usize, warmup: usize) -> Result<StepBench> {
+    let resolved = config.validate(1)?;
+    let (t, mc, device) = (&config.train, &resolved.model, resolved.device);
+    tch::manual_seed(config.job.seed as i64);
+    let model = baichuan_model::Baichuan::new(mc, Device::Cpu)?;
+    let mut tr = Trainer::new(config, &resolved, model, device, &Solo)?;
+    let seq = config.data.seq_len;
+    let rows = t.micro_batch_size * resolved.grad_accum;
+    let (mut fwd, mut bwd, mut wait, mut optim, mut whole) = (vec![], vec![], vec![], vec![], vec![]);
+    for s in 0..warmup + steps {
+        let tokens = Tensor::randint(mc.vocab_size, [rows, seq + 1], (Kind::Int64, device));
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+        let start = Instant::now();
+        let out = tr.step(&tokens, t.lr, s as u64 + 1, &Solo, true)?;
+        if s >= warmup {
+            fwd.push(out.times.forward_s);
+            bwd.push(out.times.backward_s);
+            wait.push(out.times.comm_wait_s);
+            optim.push(out.times.optimizer_s);
+            whole.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let tokens_per_step = (t.global_batch_size * seq) as u64;
+    let step_s = median(whole);
+    let tps = tokens_per_step as f64 / step_s;
+    let (peak, peak_source) = peak_flops(device, tr.kind);
+    let k = &tr.kernels;
+    Ok(StepBench {
+        device: format!("{device:?}"),
+        precision: format!("{:?}", t.precision).to_lowercase(),
+        parameters: mc.num_parameters(),
+        tokens_per_step,
+        step_s,
+        forward_s: median(fwd),
+        backward_s: median(bwd),
+        comm_wait_s: median(wait),
+        optimizer_s: median(optim),
+        tokens_per_s: tps,
+        mfu: mc.flops_per_token(seq) * tps / peak,
+        peak,
+        peak_source,
+        peak_memory_mb: device_memory_mb(device),
+        attention: baichuan_model::baichuan::attention_backend(mc, t.micro_batch_size, seq, tr.kind, device)
+            .to_string(),
+        rotary: k.rotary.clone(),
+        loss: k.loss.clone(),
+        swiglu: k.swiglu.clone(),
+        optimizer: if tr.opt.is_fused() {
+            k.optimizer.clone()
+        } else {
+            k.optimizer
+                .replace("fused CUDA kernel (NVRTC)", "tensor ops (the fused kernel fell back)")
+        },
+    })
+}
