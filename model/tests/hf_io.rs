@@ -127,3 +127,28 @@ fn broken_directories_give_errors_naming_the_file() {
     let err = load_pretrained(&no_weights, Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("convert_bin_to_safetensors"), "{err}");
 }
+
+/// The size and CRC-32 that `write_safetensors` computes while streaming equal those of the
+/// file read back, and the file is a valid safetensors file with the tensors written.
+#[test]
+fn written_files_report_their_own_size_and_crc() {
+    let dir = temp("crc");
+    tch::manual_seed(3);
+    let tensors = vec![
+        ("b".to_string(), tch::Tensor::randn([3, 5], (Kind::Float, Device::Cpu))),
+        ("a".to_string(), tch::Tensor::randn([7], (Kind::BFloat16, Device::Cpu))),
+        ("empty".to_string(), tch::Tensor::zeros([0], (Kind::Float, Device::Cpu))),
+    ];
+    let path = dir.join("t.safetensors");
+    let w = hf::write_safetensors(&tensors, &path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(w.bytes, bytes.len() as u64);
+    assert_eq!(w.crc32, crc32fast::hash(&bytes));
+    let back = hf::read_safetensors(&path).unwrap();
+    assert_eq!(back.len(), 3);
+    for (name, t) in &tensors {
+        let (_, got) = back.iter().find(|(n, _)| n == name).expect("every tensor is read back");
+        assert_eq!(got.kind(), t.kind());
+        assert!(got.equal(t), "{name} differs");
+    }
+}

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use baichuan_model::hf;
@@ -105,10 +106,25 @@ fn candidates(dir: &Path) -> Vec<PathBuf> {
     candidates
 }
 
-/// Reads `path`'s manifest and verifies the files a rank with optimizer range `range` reads.
-fn check_mine(path: &Path, range: (usize, usize)) -> Result<Manifest> {
+/// Reads `path`'s manifest and verifies the files a rank with optimizer range `range` reads;
+/// `report` says how many bytes that was and how long it took.
+fn check_mine(path: &Path, range: (usize, usize), report: bool) -> Result<Manifest> {
+    let started = Instant::now();
     let m = read_manifest(path)?;
-    verify_files(path, &m, &m.files_for_range(range.0, range.1))?;
+    let names = m.files_for_range(range.0, range.1);
+    verify_files(path, &m, &names)?;
+    if report {
+        let bytes: u64 = names.iter().filter_map(|n| m.files.get(n)).map(|e| e.bytes).sum();
+        let s = started.elapsed().as_secs_f64();
+        println!(
+            "checkpoint: verified {} file(s), {:.2} GB, of {} in {:.0} ms ({:.2} GB/s; each rank checks the files it reads)",
+            names.len(),
+            bytes as f64 / 1e9,
+            path.display(),
+            s * 1e3,
+            bytes as f64 / 1e9 / s.max(1e-9)
+        );
+    }
     Ok(m)
 }
 
@@ -132,7 +148,7 @@ pub fn resume_point(
     match resume {
         Resume::No => Ok(None),
         Resume::From(path) => {
-            let mine = check_mine(path, range);
+            let mine = check_mine(path, range, comm.rank() == 0);
             if !all_ranks(mine.is_ok(), comm)? {
                 mine?;
                 bail!("{}: damaged for another rank (see its output)", path.display());
@@ -150,7 +166,7 @@ pub fn resume_point(
                 );
             }
             for c in candidates {
-                let mine = check_mine(&c, range);
+                let mine = check_mine(&c, range, comm.rank() == 0);
                 let agreed = all_ranks(mine.is_ok(), comm)?;
                 match mine {
                     Ok(m) if agreed => return Ok(Some((c, m))),
@@ -259,4 +275,138 @@ pub fn load_range(path: &Path, m: &Manifest, start: usize, len: usize) -> Result
         it.next().expect("exp_avg"),
         it.next().expect("exp_avg_sq"),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{FileEntry, ShardEntry};
+    use super::*;
+    use crate::dist::tcp::run_local_ranks;
+    use baichuan_data::LoaderState;
+
+    /// A checkpoint directory of `files` (name, content) with a manifest of `format`, whose
+    /// optimizer shards are `shards` (file, start, len) of a flat order of `total` values.
+    fn fake(dir: &Path, format: u32, files: &[(&str, &[u8])], shards: &[(&str, usize, usize)]) {
+        fs::create_dir_all(dir.join("optim")).unwrap();
+        let mut entries = HashMap::new();
+        for (name, bytes) in files {
+            fs::write(dir.join(name), bytes).unwrap();
+            let entry = if format == 1 {
+                FileEntry {
+                    bytes: bytes.len() as u64,
+                    crc32: None,
+                    fnv64: Some(format!("{:016x}", baichuan_data::hash::fnv1a64(bytes))),
+                }
+            } else {
+                FileEntry::crc32(bytes.len() as u64, crc32fast::hash(bytes))
+            };
+            entries.insert(name.to_string(), entry);
+        }
+        let m = Manifest {
+            format_version: format,
+            step: 1,
+            tokens: 1,
+            world_size: shards.len(),
+            zero_stage: 1,
+            precision: "fp32".into(),
+            seed: 0,
+            optimizer_step: 1,
+            loader: LoaderState {
+                epoch: 0,
+                next_sample: 0,
+            },
+            scaler: LossScaler::disabled(),
+            skipped_bad_steps: 0,
+            train_tokens: None,
+            slots: Vec::new(),
+            shards: shards
+                .iter()
+                .map(|&(file, start, len)| ShardEntry {
+                    file: file.into(),
+                    start,
+                    len,
+                })
+                .collect(),
+            files: entries,
+            config: String::new(),
+        };
+        fs::write(dir.join(MANIFEST), serde_json::to_string(&m).unwrap()).unwrap();
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("baichuan-load-{name}-{}", std::process::id()));
+        if dir.exists() {
+            fs::remove_dir_all(&dir).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn format_1_checkpoints_verify_with_fnv_and_damage_is_found() {
+        let dir = temp("v1");
+        let files: [(&str, &[u8]); 2] = [("model.safetensors", b"weights"), ("optim/a", b"state")];
+        fake(&dir, 1, &files, &[("optim/a", 0, 4)]);
+        assert_eq!(verify(&dir).unwrap().format_version, 1);
+        fs::write(dir.join("optim/a"), b"stat!").unwrap(); // same size, other bytes
+        let e = verify(&dir).unwrap_err().to_string();
+        assert!(e.contains("optim/a is damaged") && e.contains("checksum"), "{e}");
+        fs::write(dir.join("optim/a"), b"st").unwrap(); // truncated
+        let e = verify(&dir).unwrap_err().to_string();
+        assert!(e.contains("optim/a is damaged (2 bytes; the manifest says 5)"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_with_a_hint() {
+        let dir = temp("v9");
+        fake(&dir, FORMAT_VERSION + 1, &[("model.safetensors", b"w")], &[]);
+        let e = read_manifest(&dir).unwrap_err().to_string();
+        assert!(
+            e.contains("newer than this baichuan reads") && e.contains("HINT"),
+            "{e}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Each rank verifies only the files it reads, and the ranks agree: a shard damaged in the
+    /// newest checkpoint, read by rank 1 only, makes both ranks resume from the one before.
+    #[test]
+    fn ranks_agree_on_the_newest_checkpoint_every_rank_can_read() {
+        let dir = temp("agree");
+        let files: [(&str, &[u8]); 3] = [
+            ("model.safetensors", b"weights"),
+            ("optim/r0", b"rank zero"),
+            ("optim/r1", b"rank one"),
+        ];
+        let shards = [("optim/r0", 0, 4), ("optim/r1", 4, 4)];
+        for step in ["step-00000001", "step-00000002"] {
+            fake(&dir.join(step), 2, &files, &shards);
+        }
+        fs::write(dir.join(LATEST), "step-00000002\n").unwrap();
+        fs::write(dir.join("step-00000002/optim/r1"), b"rank ONE").unwrap();
+        // rank 0 alone would take the newest: its files are intact
+        let alone = resume_point(&Resume::Latest, &dir, (0, 4), &crate::dist::comm::Solo).unwrap();
+        assert!(alone.unwrap().0.ends_with("step-00000002"));
+        let d = dir.clone();
+        let picked = run_local_ranks(2, move |comm| {
+            let range = if comm.rank() == 0 { (0, 4) } else { (4, 4) };
+            resume_point(&Resume::Latest, &d, range, comm)
+                .map(|found| found.map(|(path, _)| path))
+                .map_err(|e| e.to_string())
+        })
+        .unwrap();
+        for (rank, p) in picked.into_iter().enumerate() {
+            let p = p.unwrap().expect("a checkpoint");
+            assert!(p.ends_with("step-00000001"), "rank {rank} picked {}", p.display());
+        }
+        // asked for the damaged one explicitly, every rank fails
+        let d = dir.clone();
+        let from = run_local_ranks(2, move |comm| {
+            let range = if comm.rank() == 0 { (0, 4) } else { (4, 4) };
+            resume_point(&Resume::From(d.join("step-00000002")), &d, range, comm).is_err()
+        })
+        .unwrap();
+        assert_eq!(from, vec![true, true]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
