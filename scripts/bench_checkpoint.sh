@@ -5,10 +5,12 @@
 #   - save: bytes of one checkpoint over the writer's own "writing took N ms" (checksums
 #     included: format 1 read every file back for FNV-1a, format 2 computes CRC-32 as it writes);
 #   - resume: wall time of `train` resuming with nothing left to train (verify, load the
-#     state, write the final model directory), and this build's own "verified ... GB/s" line.
+#     state, write the final model directory), and this build's own "verified ... GB/s" line;
+#     with OLD, this build also resumes the older binary's format-1 checkpoint, verifying it
+#     with FNV-1a as that binary did (the same files, the same code path otherwise).
 # The files were just written, so the page cache serves the reads: the checksum's own speed
 # is measured, not the disk's (on a cold shared filesystem the read bandwidth bounds both).
-#   scripts/bench_checkpoint.sh            OLD=/tmp/baichuan-old scripts/bench_checkpoint.sh
+#   scripts/bench_checkpoint.sh [REPEATS]  OLD=/tmp/baichuan-old scripts/bench_checkpoint.sh [REPEATS]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -35,13 +37,19 @@ measure() {  # label binary
   local verified
   verified=$(grep -o 'verified .*' "$WORK/$label-resume.log" | head -1 || true)
   printf '%-5s checkpoint %.2f GB | save %6d ms = %5.2f GB/s | resume (verify + load + final model) %5.2f s | %s\n' \
-    "$label" "$(echo "$bytes / 1e9" | bc -l)" "$ms" "$(echo "$bytes / 1e9 / ($ms / 1000)" | bc -l)" \
+    "$label" "$(echo "$bytes / 1000000000" | bc -l)" "$ms" "$(echo "$bytes / 1000000 / $ms" | bc -l)" \
     "$(echo "$t1 - $t0" | bc -l)" "${verified:-(no verification line in this build)}"
 }
 
 mkdir -p "$WORK"
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(df -h "$WORK" | tail -1 | awk '{print $1}')"
-if [ -n "${OLD:-}" ]; then
-  measure old "$OLD"
-fi
-measure new "$NEW"
+for _ in $(seq "${1:-2}"); do  # interleaved repeats: this machine's disk varies run to run
+  if [ -n "${OLD:-}" ]; then
+    measure old "$OLD"
+    # the older binary's checkpoint (format 1, FNV-1a) resumed by this build: it still loads, and
+    # this build's verification line gives the FNV-1a rate on the same files
+    "$NEW" train "${ARGS[@]}" --set job.run_dir="$WORK/old" >"$WORK/old-by-new.log" 2>&1
+    echo "      format-1 checkpoint resumed by this build: $(grep -o 'verified .*' "$WORK/old-by-new.log" | head -1)"
+  fi
+  measure new "$NEW"
+done

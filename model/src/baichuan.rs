@@ -7,31 +7,12 @@
 //! in fp32, causal attention through libtorch's fused `scaled_dot_product_attention`
 //! (FlashAttention kernels on CUDA), `down(silu(gate(x)) * up(x))`, no biases, untied head.
 //!
-//! Two implementations of the element-wise parts compute the same function: the reference ops
-//! above, written as the Hugging Face code writes them, and the default fused ops, which cut
-//! memory passes and autograd nodes: RMSNorm through ATen's `rms_norm` (one fused kernel
-//! forward and backward on CUDA; variance and weight product in fp32, one rounding), rotary
-//! applied to Q and K together as `x * cos + roll(x) * sin'` (sign folded into `sin'`) in two
-//! kernels, and Q/K/V split with `split`/`unbind`, whose backward is one concatenation instead
-//! of a zero-filled buffer per slice. `Baichuan::set_fused_ops` switches between them.
-//!
-//! For training, `Block::train_forward`/`train_backward` splice the rotation out of autograd
-//! (tch cannot define autograd functions): graph S1 runs from the block input to QKV, the
-//! rotation makes leaves of Q and K (V is a leaf view of QKV), graph S2 runs from those leaves
-//! to the output; backward runs S2, rotates Q's and K's gradients back, then runs S1. The
-//! rotation is a `RotaryKernel` (the trainer installs CUDA kernels) or the same rotation in ATen
-//! ops. Where a `SwigluKernel` is installed (CUDA), the MLP product is spliced out too: S2 ends
-//! at the residual stream and the gate and up projections, the kernel computes
-//! `silu(g) * u`, and the down projection runs outside autograd with its backward by hand, so
-//! the block keeps neither `silu(g)` nor a graph for the product. Graphs are started from
-//! their known gradients (`crate::autograd`). The spliced block's gradients equal one graph's
-//! (tests in trainer/src/step.rs and trainer/tests/rotary_kernel.rs).
-//!
-//! The training loss likewise has an explicit operator, `LossKernel`: per-row token
-//! cross-entropy of the logits that, asked for the gradient, writes it over the logits, so the
-//! trainer can run the head's GEMMs by hand and never hand autograd the (N, V) logits (the
-//! trainer installs a CUDA kernel; `cross_entropy_aten` is the same in ATen ops, tested
-//! against ATen's `cross_entropy` with autograd).
+//! The element-wise parts have two forms computing the same function (`set_fused_ops`): the
+//! Hugging Face formulation, and fused ops with fewer memory passes and autograd nodes. For
+//! training, `Block::train_forward`/`train_backward` splice the rotation (and, with a
+//! `SwigluKernel`, the MLP product) out of autograd, and `LossKernel` writes the logits'
+//! gradient in place; docs/ARCHITECTURE.md (section 3) describes the splices and where the CUDA
+//! kernels slot in.
 //!
 //! Parameters are plain tensors named by their Hugging Face keys. The model exposes its
 //! pieces (`embed`, `layers[i].forward`, `head`) so that the trainer can run the layer-wise

@@ -10,21 +10,21 @@
 //! the parameters; rank 0 logs, and checkpoints are written as `checkpoint.*` says. See
 //! docs/ARCHITECTURE.md for the schedule and the distribution contract.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use baichuan_data::Batch;
-use baichuan_model::{hf, Baichuan};
+use baichuan_model::{hf, Baichuan, ModelConfig};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::save::RunState;
-use crate::checkpoint::{self, Resume, SaveContext, Snapshot};
+use crate::checkpoint::{self, Checkpointer, Resume, SaveContext, Snapshot};
 use crate::config::{GradAccumDtype, Precision, Resolved, RunConfig, TrainConfig};
-use crate::dataset;
+use crate::dataset::{self, Datasets};
 use crate::dist::buckets::GradReducer;
 use crate::dist::comm::{Communicator, ReduceOp};
 use crate::dist::store::StoreClient;
@@ -94,6 +94,8 @@ pub struct Trainer {
     pub kernels: Kernels,
     pub device: Device,
     pub kind: Kind,
+    rank: usize,
+    world: usize,
     train: TrainConfig,
     accum: i64,
     recompute: Vec<bool>,
@@ -147,6 +149,8 @@ impl Trainer {
             kernels,
             device,
             kind,
+            rank,
+            world,
             train: t.clone(),
             accum: resolved.grad_accum,
             recompute,
@@ -279,6 +283,35 @@ impl Trainer {
             .full_master(comm, self.sharded.as_deref())?
             .to_device(Device::Cpu))
     }
+
+    /// Gathers the fp32 weights; rank 0 writes them to `dir` as a Hugging Face model directory
+    /// with the tokenizer.
+    pub fn save_model(&self, dir: &Path, model: &ModelConfig, tokenizer: &Path, comm: &dyn Communicator) -> Result<()> {
+        let master = self.full_master(comm)?;
+        if comm.rank() == 0 {
+            let slots = checkpoint::slot_entries(&self.opt.slots);
+            checkpoint::write_model_dir(dir, &slots, &master, model, Some(tokenizer))?;
+        }
+        Ok(())
+    }
+
+    /// This rank's checkpoint state after `step`, copied to host memory.
+    pub fn snapshot(&self, config: &RunConfig, data: &Datasets, step: u64, tokens_per_step: u64) -> Snapshot {
+        Snapshot::take(
+            &self.opt,
+            RunState {
+                config,
+                loader: data.train.state(),
+                train_tokens: data.train_tokens,
+                scaler: &self.scaler,
+                skipped_bad_steps: self.guard.total,
+                step,
+                tokens: step * tokens_per_step,
+                rank: self.rank,
+                world: self.world,
+            },
+        )
+    }
 }
 
 /// A batch's tokens as an int64 tensor (B, T+1) on the CPU.
@@ -371,73 +404,20 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         None => Baichuan::new(mc, Device::Cpu)?,
     };
     let mut tr = Trainer::new(config, &resolved, model, device, comm)?;
-
-    // resume: weights, optimizer range (resharded to this world), data position, scaler
     let ckpt_dir = config
         .checkpoint
         .dir
         .clone()
         .unwrap_or_else(|| run_dir.join("checkpoints"));
+    let resumed_at = resume(config, opts, &ckpt_dir, &mut tr, &mut data, comm)?;
+    let start = resumed_at.unwrap_or(0);
+    let mut saver = checkpointer(config, &env, store_addr.as_deref(), ckpt_dir, mc, &tok_path)?;
+    let rates = Rates::new(config, &resolved, &tr, world);
     if main {
-        std::fs::create_dir_all(&ckpt_dir).with_context(|| format!("creating {}", ckpt_dir.display()))?;
-        checkpoint::clean_temporaries(&ckpt_dir);
+        print_plan(config, &resolved, &tr, comm, (rates.peak, &rates.peak_source));
     }
-    comm.barrier()?;
-    let found = checkpoint::resume_point(&opts.resume, &ckpt_dir, tr.opt.shard, comm)?;
-    let mut start = 0;
-    if let Some((path, m)) = &found {
-        let r = checkpoint::restore(path, m, &mut tr.opt, &mut data, main)?;
-        (start, tr.scaler, tr.guard.total) = (r.step, r.scaler, r.skipped_bad_steps);
-        if main {
-            println!(
-                "resumed from {} (step {}, saved by {} rank(s) at ZeRO stage {}; now {world} at stage {})",
-                path.display(),
-                m.step,
-                m.world_size,
-                m.zero_stage,
-                t.zero_stage
-            );
-        }
-    }
-    if start >= t.steps && main {
-        println!(
-            "the run already reached train.steps = {} (checkpoint at step {start}); nothing to train. HINT: raise \
-             train.steps, pass --no-resume, or use another job.run_dir",
-            t.steps
-        );
-    }
-    let writer_store = match &store_addr {
-        // the writer thread talks to the store on a connection of its own
-        Some(addr) if world > 1 => Some(Arc::new(StoreClient::connect(
-            addr,
-            &env.token,
-            rank,
-            world,
-            env.timeout,
-        )?)),
-        _ => None,
-    };
-    let mut saver = checkpoint::Checkpointer::new(
-        SaveContext {
-            dir: ckpt_dir,
-            store: writer_store,
-            model: mc.clone(),
-            tokenizer: main.then(|| tok_path.clone()),
-            keep_last: config.checkpoint.keep_last,
-        },
-        &config.checkpoint,
-        main,
-    );
-    let (peak, peak_src) = metrics::peak_flops(device, tr.kind);
-    if main {
-        print_plan(config, &resolved, &tr, comm, (peak, &peak_src));
-    }
-    let mut log = main
-        .then(|| MetricsLog::open(run_dir, found.as_ref().map(|(_, m)| m.step)))
-        .transpose()?;
+    let mut log = main.then(|| MetricsLog::open(run_dir, resumed_at)).transpose()?;
     let bar = progress_bar(t.steps, start, main);
-    let tokens_per_step = (t.global_batch_size * config.data.seq_len) as u64;
-    let flops_per_token = mc.flops_per_token(config.data.seq_len);
     let mut losses = Vec::with_capacity(t.steps as usize);
     let watchdog = config
         .dist
@@ -448,6 +428,11 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             w.beat(step, phase)
         }
     };
+    let disarm = || {
+        if let Some(w) = &watchdog {
+            w.disarm(); // writing files has no time bound: a slow filesystem is not a hang
+        }
+    };
 
     for s in start..t.steps {
         let t0 = Instant::now();
@@ -455,42 +440,22 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let out = tr.step(&batch_tensor(&data.train.next_batch()), lr, s + 1, comm, false)?;
         let dt = t0.elapsed().as_secs_f64();
         let last = s + 1 == t.steps;
-        let valid_loss =
-            if !data.valid.is_empty() && config.eval.interval > 0 && ((s + 1) % config.eval.interval == 0 || last) {
-                beat(s + 1, "validation");
-                Some(tr.validate(&data.valid, comm)?)
-            } else {
-                None
-            };
+        let evaluate = config.eval.interval > 0 && ((s + 1) % config.eval.interval == 0 || last);
+        let valid_loss = if !data.valid.is_empty() && evaluate {
+            beat(s + 1, "validation");
+            Some(tr.validate(&data.valid, comm)?)
+        } else {
+            None
+        };
         losses.push(out.loss);
         if let Some(log) = log.as_mut() {
-            let tps = tokens_per_step as f64 / dt;
-            let record = StepRecord {
-                step: s + 1,
-                tokens: (s + 1) * tokens_per_step,
-                loss: out.loss,
-                lr,
-                grad_norm: out.grad_norm,
-                tokens_per_s: tps,
-                mfu: flops_per_token * tps / world as f64 / peak,
-                step_time_s: dt,
-                peak_memory_mb: metrics::peak_memory_mb(device),
-                comm_wait_s: tr.reducer.wait.as_secs_f64(),
-                bucket_issue_ms: tr
-                    .reducer
-                    .issued
-                    .iter()
-                    .map(|i| (*i - out.last_micro_start).as_secs_f64() * 1e3)
-                    .collect(),
-                backward_end_ms: (out.backward_end - out.last_micro_start).as_secs_f64() * 1e3,
-                loss_scale: tr.scaler.scale,
-                skipped_steps: tr.scaler.skipped + tr.guard.total,
-                valid_loss,
-                valid_ppl: valid_loss.map(f64::exp),
-            };
+            let record = rates.record(s + 1, lr, dt, &out, valid_loss, &tr);
             log.write(&record)?;
-            let shown = (s + 1) % t.log_interval == 0 || s == 0 || last || valid_loss.is_some();
-            report_step(&bar, &record, shown);
+            report_step(
+                &bar,
+                &record,
+                (s + 1) % t.log_interval == 0 || s == 0 || last || valid_loss.is_some(),
+            );
         }
         // checkpoint: by steps, by time, at the end, on SIGTERM or --stop-after
         let term = any_rank(TERMINATE.load(Ordering::SeqCst), comm)?;
@@ -498,64 +463,180 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         if saver.due(s + 1, t.steps, term || stop_here, comm)? {
             beat(s + 1, "a checkpoint's copy to host memory");
             let copy_start = Instant::now();
-            let snap = Snapshot::take(
-                &tr.opt,
-                RunState {
-                    config,
-                    loader: data.train.state(),
-                    train_tokens: data.train_tokens,
-                    scaler: &tr.scaler,
-                    skipped_bad_steps: tr.guard.total,
-                    step: s + 1,
-                    tokens: (s + 1) * tokens_per_step,
-                    rank,
-                    world,
-                },
-            );
-            if let Some(w) = &watchdog {
-                w.disarm(); // writing files has no time bound: a slow filesystem is not a hang
-            }
+            let snap = tr.snapshot(config, &data, s + 1, rates.tokens_per_step);
+            disarm();
             saver.save(snap, copy_start.elapsed(), !(term || stop_here || last))?;
         }
         beat(s + 1, "the next step");
         if term || stop_here {
-            if let Some(w) = &watchdog {
-                w.disarm();
-            }
+            disarm();
             if main {
                 let why = if term { "SIGTERM" } else { "--stop-after" };
                 println!("stopping after step {} ({why}); resume with the same command", s + 1);
             }
             saver.wait()?;
             comm.barrier()?;
-            return Ok(TrainSummary {
-                main,
-                first_step: start + 1,
-                losses,
-                model_dir: run_dir.join("model"),
-                tokens: (s + 1) * tokens_per_step,
-            });
+            let tokens = (s + 1) * rates.tokens_per_step;
+            return Ok(TrainSummary::new(main, start, losses, run_dir, tokens));
         }
     }
     bar.finish_and_clear();
     drop(watchdog); // the final saves have no time bound
     saver.wait()?;
-
-    let master = tr.full_master(comm)?;
     let model_dir = run_dir.join("model");
+    tr.save_model(&model_dir, mc, &tok_path, comm)?;
     if main {
-        let slots = checkpoint::slot_entries(&tr.opt.slots);
-        checkpoint::write_model_dir(&model_dir, &slots, &master, mc, Some(&tok_path))?;
         println!("saved the trained model to {}", model_dir.display());
     }
     comm.barrier()?;
-    Ok(TrainSummary {
+    Ok(TrainSummary::new(
         main,
-        first_step: start + 1,
+        start,
         losses,
-        model_dir,
-        tokens: t.steps * tokens_per_step,
-    })
+        run_dir,
+        t.steps * rates.tokens_per_step,
+    ))
+}
+
+/// Resumes as `opts.resume` says from `ckpt_dir` (created, and cleared of interrupted saves,
+/// by rank 0): the weights, this rank's optimizer range (resharded to this world), the data
+/// position, the loss scaler and the bad-step count. Returns the step resumed at, if any.
+fn resume(
+    config: &RunConfig,
+    opts: &TrainOptions,
+    ckpt_dir: &Path,
+    tr: &mut Trainer,
+    data: &mut Datasets,
+    comm: &dyn Communicator,
+) -> Result<Option<u64>> {
+    let main = comm.rank() == 0;
+    if main {
+        std::fs::create_dir_all(ckpt_dir).with_context(|| format!("creating {}", ckpt_dir.display()))?;
+        checkpoint::clean_temporaries(ckpt_dir);
+    }
+    comm.barrier()?;
+    let Some((path, m)) = checkpoint::resume_point(&opts.resume, ckpt_dir, tr.opt.shard, comm)? else {
+        return Ok(None);
+    };
+    let r = checkpoint::restore(&path, &m, &mut tr.opt, data, main)?;
+    (tr.scaler, tr.guard.total) = (r.scaler, r.skipped_bad_steps);
+    let steps = config.train.steps;
+    if main {
+        println!(
+            "resumed from {} (step {}, saved by {} rank(s) at ZeRO stage {}; now {} at stage {})",
+            path.display(),
+            m.step,
+            m.world_size,
+            m.zero_stage,
+            comm.world(),
+            config.train.zero_stage
+        );
+        if r.step >= steps {
+            println!(
+                "the run already reached train.steps = {steps} (checkpoint at step {}); nothing to train. HINT: \
+                 raise train.steps, pass --no-resume, or use another job.run_dir",
+                r.step
+            );
+        }
+    }
+    Ok(Some(r.step))
+}
+
+/// The run's checkpoint writer; across ranks its thread talks to the store (at `store_addr`)
+/// on a connection of its own.
+fn checkpointer(
+    config: &RunConfig,
+    env: &DistEnv,
+    store_addr: Option<&str>,
+    dir: PathBuf,
+    model: &ModelConfig,
+    tokenizer: &Path,
+) -> Result<Checkpointer> {
+    let store = match store_addr {
+        Some(addr) if env.world > 1 => Some(Arc::new(StoreClient::connect(
+            addr,
+            &env.token,
+            env.rank,
+            env.world,
+            env.timeout,
+        )?)),
+        _ => None,
+    };
+    let main = env.rank == 0;
+    let ctx = SaveContext {
+        dir,
+        store,
+        model: model.clone(),
+        tokenizer: main.then(|| tokenizer.to_path_buf()),
+        keep_last: config.checkpoint.keep_last,
+    };
+    Ok(Checkpointer::new(ctx, &config.checkpoint, main))
+}
+
+/// The per-step constants of the metrics: tokens per step, FLOPs per token, the device's peak.
+struct Rates {
+    tokens_per_step: u64,
+    flops_per_token: f64,
+    peak: f64,
+    peak_source: String,
+    world: usize,
+}
+
+impl Rates {
+    fn new(config: &RunConfig, resolved: &Resolved, tr: &Trainer, world: usize) -> Self {
+        let (peak, peak_source) = metrics::peak_flops(tr.device, tr.kind);
+        Rates {
+            tokens_per_step: (config.train.global_batch_size * config.data.seq_len) as u64,
+            flops_per_token: resolved.model.flops_per_token(config.data.seq_len),
+            peak,
+            peak_source,
+            world,
+        }
+    }
+
+    /// The metrics line of `step`, which took `dt` seconds.
+    fn record(
+        &self,
+        step: u64,
+        lr: f64,
+        dt: f64,
+        out: &StepOutcome,
+        valid_loss: Option<f64>,
+        tr: &Trainer,
+    ) -> StepRecord {
+        let tps = self.tokens_per_step as f64 / dt;
+        let since_last = |i: &Instant| (*i - out.last_micro_start).as_secs_f64() * 1e3;
+        StepRecord {
+            step,
+            tokens: step * self.tokens_per_step,
+            loss: out.loss,
+            lr,
+            grad_norm: out.grad_norm,
+            tokens_per_s: tps,
+            mfu: self.flops_per_token * tps / self.world as f64 / self.peak,
+            step_time_s: dt,
+            peak_memory_mb: metrics::peak_memory_mb(tr.device),
+            comm_wait_s: tr.reducer.wait.as_secs_f64(),
+            bucket_issue_ms: tr.reducer.issued.iter().map(since_last).collect(),
+            backward_end_ms: since_last(&out.backward_end),
+            loss_scale: tr.scaler.scale,
+            skipped_steps: tr.scaler.skipped + tr.guard.total,
+            valid_loss,
+            valid_ppl: valid_loss.map(f64::exp),
+        }
+    }
+}
+
+impl TrainSummary {
+    fn new(main: bool, start: u64, losses: Vec<f64>, run_dir: &Path, tokens: u64) -> Self {
+        TrainSummary {
+            main,
+            first_step: start + 1,
+            losses,
+            model_dir: run_dir.join("model"),
+            tokens,
+        }
+    }
 }
 
 /// Runs `f` on rank 0 first, then on the other ranks (rank 0 fills a cache the others read).

@@ -279,10 +279,9 @@ pub fn load_range(path: &Path, m: &Manifest, start: usize, len: usize) -> Result
 
 #[cfg(test)]
 mod tests {
-    use super::super::{FileEntry, ShardEntry};
+    use super::super::FileEntry;
     use super::*;
     use crate::dist::tcp::run_local_ranks;
-    use baichuan_data::LoaderState;
 
     /// A checkpoint directory of `files` (name, content) with a manifest of `format`, whose
     /// optimizer shards are `shards` (file, start, len) of a flat order of `total` values.
@@ -302,34 +301,7 @@ mod tests {
             };
             entries.insert(name.to_string(), entry);
         }
-        let m = Manifest {
-            format_version: format,
-            step: 1,
-            tokens: 1,
-            world_size: shards.len(),
-            zero_stage: 1,
-            precision: "fp32".into(),
-            seed: 0,
-            optimizer_step: 1,
-            loader: LoaderState {
-                epoch: 0,
-                next_sample: 0,
-            },
-            scaler: LossScaler::disabled(),
-            skipped_bad_steps: 0,
-            train_tokens: None,
-            slots: Vec::new(),
-            shards: shards
-                .iter()
-                .map(|&(file, start, len)| ShardEntry {
-                    file: file.into(),
-                    start,
-                    len,
-                })
-                .collect(),
-            files: entries,
-            config: String::new(),
-        };
+        let m = super::super::test_manifest(format, shards, entries);
         fs::write(dir.join(MANIFEST), serde_json::to_string(&m).unwrap()).unwrap();
     }
 

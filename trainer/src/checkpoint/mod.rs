@@ -201,6 +201,44 @@ pub fn list(dir: &Path) -> Vec<PathBuf> {
     steps
 }
 
+/// A manifest of format `format` with optimizer shards `shards` (file, start, len) and file
+/// entries `files`, for tests.
+#[cfg(test)]
+pub(crate) fn test_manifest(
+    format: u32,
+    shards: &[(&str, usize, usize)],
+    files: HashMap<String, FileEntry>,
+) -> Manifest {
+    Manifest {
+        format_version: format,
+        step: 1,
+        tokens: 1,
+        world_size: shards.len(),
+        zero_stage: 1,
+        precision: "fp32".into(),
+        seed: 0,
+        optimizer_step: 1,
+        loader: LoaderState {
+            epoch: 0,
+            next_sample: 0,
+        },
+        scaler: LossScaler::disabled(),
+        skipped_bad_steps: 0,
+        train_tokens: None,
+        slots: Vec::new(),
+        shards: shards
+            .iter()
+            .map(|&(file, start, len)| ShardEntry {
+                file: file.into(),
+                start,
+                len,
+            })
+            .collect(),
+        files,
+        config: String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,32 +266,7 @@ mod tests {
 
     #[test]
     fn a_rank_reads_the_weights_and_only_the_shards_overlapping_its_range() {
-        let shard = |file: &str, start, len| ShardEntry {
-            file: file.into(),
-            start,
-            len,
-        };
-        let m = Manifest {
-            format_version: FORMAT_VERSION,
-            step: 1,
-            tokens: 1,
-            world_size: 3,
-            zero_stage: 1,
-            precision: "fp32".into(),
-            seed: 0,
-            optimizer_step: 1,
-            loader: LoaderState {
-                epoch: 0,
-                next_sample: 0,
-            },
-            scaler: LossScaler::disabled(),
-            skipped_bad_steps: 0,
-            train_tokens: None,
-            slots: Vec::new(),
-            shards: vec![shard("a", 0, 4), shard("b", 4, 4), shard("c", 8, 2)],
-            files: HashMap::new(),
-            config: String::new(),
-        };
+        let m = test_manifest(FORMAT_VERSION, &[("a", 0, 4), ("b", 4, 4), ("c", 8, 2)], HashMap::new());
         assert_eq!(m.files_for_range(0, 4), vec!["model.safetensors", "a"]);
         assert_eq!(m.files_for_range(3, 2), vec!["model.safetensors", "a", "b"]);
         assert_eq!(m.files_for_range(8, 2), vec!["model.safetensors", "c"]);

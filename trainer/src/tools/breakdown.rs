@@ -113,6 +113,28 @@ fn measure_many(
     }
 }
 
+/// The row of an op run outside autograd, as training runs its splices: `forward` alone, and
+/// `train` (forward and the hand-written backward), `count` times per micro-batch with `flops`
+/// per call, timed on `device` over `reps` calls.
+fn spliced(
+    name: String,
+    (count, flops): (f64, f64),
+    (device, reps): (Device, usize),
+    forward: &mut dyn FnMut(),
+    train: &mut dyn FnMut(),
+) -> OpRow {
+    let (forward_ms, _) = time(device, reps, forward);
+    let (train_ms, host_ms) = time(device, reps, train);
+    OpRow {
+        name,
+        count,
+        forward_ms,
+        train_ms,
+        host_ms,
+        flops,
+    }
+}
+
 /// The breakdown for `config`'s model shapes (one block is built; its time is multiplied by
 /// the configured layer count).
 pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
@@ -174,25 +196,17 @@ pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
         .map(|_| Tensor::randn([b, nh, s, hd], (kind, device)).transpose(1, 2))
         .collect();
     let rotary = &model.rotary;
-    let (forward_ms, _) = time(device, reps, &mut || {
-        let _ = rotary.rotate_qk(&qkv);
-    });
-    let (train_ms, host_ms) = time(device, reps, &mut || {
-        let _ = rotary.rotate_qk(&qkv);
-        let _ = rotary.unrotate(&grads[0], &grads[1], &grads[2]);
-    });
-    rows.push(OpRow {
-        name: format!(
-            // the splice's extra engine run shows in the whole-block rows, not here
+    rows.push(spliced(
+        // the splice's extra engine run shows in the whole-block rows, not here
+        format!(
             "rotary on Q, K (spliced, {} only)",
             rotary_kind.trim_start_matches("rotary: ")
         ),
-        count: layers,
-        forward_ms,
-        train_ms,
-        host_ms,
-        flops: 0.0,
-    });
+        (layers, 0.0),
+        (device, reps),
+        &mut || drop(rotary.rotate_qk(&qkv)),
+        &mut || drop((rotary.rotate_qk(&qkv), rotary.unrotate(&grads[0], &grads[1], &grads[2]))),
+    ));
     model.set_fused_ops(false);
     let rotary = &model.rotary;
     rows.push(measure_many(
@@ -252,21 +266,13 @@ pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
     if let Some(k) = &swiglu {
         // spliced out of autograd, as training runs it with the kernel
         let da = a.randn_like();
-        let (forward_ms, _) = time(device, reps, &mut || {
-            let _ = k.forward(&a, &c);
-        });
-        let (train_ms, host_ms) = time(device, reps, &mut || {
-            let _ = k.forward(&a, &c);
-            let _ = k.backward(&a, &c, &da);
-        });
-        rows.push(OpRow {
-            name: format!("silu(gate) * up ({})", k.describe()),
-            count: layers,
-            forward_ms,
-            train_ms,
-            host_ms,
-            flops: 0.0,
-        });
+        rows.push(spliced(
+            format!("silu(gate) * up ({})", k.describe()),
+            (layers, 0.0),
+            (device, reps),
+            &mut || drop(k.forward(&a, &c)),
+            &mut || drop((k.forward(&a, &c), k.backward(&a, &c, &da))),
+        ));
     }
     let h = leaf(&[b, s, f]);
     rows.push(measure("down GEMM", layers, gemm(f, d), reps, &[&h, down], &|| {
@@ -282,21 +288,16 @@ pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
         model.set_fused_ops(fused);
         let label = if fused { "fused" } else { "reference" };
         let blk = &model.layers[0];
-        let (forward_ms, _) = time(device, reps, &mut || {
-            let _ = blk.train_forward(&x, &model.rotary);
-        });
-        let (train_ms, host_ms) = time(device, reps, &mut || {
-            let tape = blk.train_forward(&x, &model.rotary);
-            let _ = blk.train_backward(tape, &x, &g, &model.rotary, true);
-        });
-        rows.push(OpRow {
-            name: format!("whole block ({label} ops)"),
-            count: if fused == t.fused_ops { layers } else { 0.0 },
-            forward_ms,
-            train_ms,
-            host_ms,
-            flops: block_flops,
-        });
+        rows.push(spliced(
+            format!("whole block ({label} ops)"),
+            (if fused == t.fused_ops { layers } else { 0.0 }, block_flops),
+            (device, reps),
+            &mut || drop(blk.train_forward(&x, &model.rotary)),
+            &mut || {
+                let tape = blk.train_forward(&x, &model.rotary);
+                drop(blk.train_backward(tape, &x, &g, &model.rotary, true));
+            },
+        ));
     }
     model.set_fused_ops(t.fused_ops);
     // the head: final norm, the V-wide GEMMs and the chunked fp32 loss, as training runs it;
@@ -311,26 +312,28 @@ pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
             break;
         }
         model.loss_kernel = if with_kernel { kernel.clone() } else { None };
-        let (forward_ms, _) = time(device, reps, &mut || {
-            let _ = crate::step::chunked_cross_entropy(&model, &top, &targets, chunk, None);
-        });
-        let (train_ms, host_ms) = time(device, reps, &mut || {
-            let _ = crate::step::chunked_cross_entropy(&model, &top, &targets, chunk, Some(1.0 / m));
-        });
+        let name = format!(
+            "head GEMMs + chunked loss ({})",
+            model.loss_kernel.as_ref().map_or("ATen ops".into(), |k| k.describe())
+        );
+        rows.push(spliced(
+            name,
+            (if with_kernel { 1.0 } else { 0.0 }, gemm(d, v)),
+            (device, reps),
+            &mut || drop(crate::step::chunked_cross_entropy(&model, &top, &targets, chunk, None)),
+            &mut || {
+                drop(crate::step::chunked_cross_entropy(
+                    &model,
+                    &top,
+                    &targets,
+                    chunk,
+                    Some(1.0 / m),
+                ))
+            },
+        ));
         for p in head_params {
             p.shallow_clone().zero_grad();
         }
-        rows.push(OpRow {
-            name: format!(
-                "head GEMMs + chunked loss ({})",
-                model.loss_kernel.as_ref().map_or("ATen ops".into(), |k| k.describe())
-            ),
-            count: if with_kernel { 1.0 } else { 0.0 },
-            forward_ms,
-            train_ms,
-            host_ms,
-            flops: gemm(d, v),
-        });
     }
     model.loss_kernel = kernel;
     let ids = Tensor::randint(v, [b, s], (Kind::Int64, device));
