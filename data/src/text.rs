@@ -23,7 +23,12 @@ pub struct TextStats {
     pub invalid_utf8_lines: u64,
 }
 
-/// Expands files and directories (recursively, `.txt`/`.jsonl` files) into a sorted list.
+/// A directory holding a file of this name is skipped when listing inputs: the side outputs of
+/// `baichuan filter` and `baichuan dedup` (removed text and reasons) live in one.
+pub const SIDE_OUTPUT_MARKER: &str = ".baichuan-side-output";
+
+/// Expands files and directories (recursively, `.txt`/`.jsonl` files) into a sorted list,
+/// skipping directories marked with [`SIDE_OUTPUT_MARKER`].
 pub fn list_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
     let mut out = Vec::new();
     for input in inputs {
@@ -34,6 +39,9 @@ pub fn list_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
         if meta.is_dir() {
             let mut stack = vec![input.clone()];
             while let Some(dir) = stack.pop() {
+                if dir.join(SIDE_OUTPUT_MARKER).exists() {
+                    continue;
+                }
                 let entries = fs::read_dir(&dir).map_err(|e| DataError::Input {
                     path: dir.display().to_string(),
                     msg: e.to_string(),

@@ -1,0 +1,5 @@
+pub mod fasttext {
+    #[derive(Debug, thiserror::Error)]
+    #[error("x")]
+    pub struct FastTextError;
+}
