@@ -36,6 +36,8 @@ enum Command {
         #[command(subcommand)]
         what: cli::eval::EvalCommand,
     },
+    /// Remove exact and near-duplicate documents and sentences (MinHash-LSH), in stages or at once.
+    Dedup(cli::dedup::DedupArgs),
     /// Plot the metrics of one or more run directories (overlaid) into a PNG.
     Plot(cli::plot::PlotArgs),
     /// Parameter count, FLOPs per token, the per-GPU memory plan and the checkpoint of a config.
@@ -56,6 +58,7 @@ fn main() -> Result<()> {
         Command::Export(a) => cli::export::run(a),
         Command::Generate(a) => cli::generate::run(a),
         Command::Eval { what } => cli::eval::run(what),
+        Command::Dedup(a) => cli::dedup::run(a),
         Command::Plot(a) => cli::plot::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::Prepare(a) => cli::prepare::run(a),
