@@ -264,7 +264,8 @@ def main():
                     for k, v in st.get("stats", {}).items():
                         if k == "dropped" or k.startswith("dropped_"):
                             n = v.get("total", v) if isinstance(v, dict) else v
-                            per_filter.setdefault(st["name"], {})[k] = n
+                            name = re.sub(r"[^\x20-\x7e]", "", st["name"].split(":")[-1]).strip()
+                            per_filter.setdefault(name, {})[k] = n
         except (OSError, ValueError, KeyError, TypeError):
             pass
     res = {

@@ -28,9 +28,9 @@ Documents (about N MiB in total, planted copies included):
     --edit-rates (default 0, 5, 10, 20, 40 %): that fraction of words (English) or characters (Chinese) is replaced, deleted or
     a random word/character inserted. Copies go to random later positions (possibly later files).
 
-Shingles for "jaccard": lowercase, every character that is not alphanumeric becomes a space; English:
-word 5-grams over the whitespace-split words; Chinese: character 5-grams over the alphanumeric
-characters (whitespace dropped). A document with fewer than 5 tokens is one shingle.
+Shingles for "jaccard": lowercase; units are runs of letters/digits, every other character separates
+them, and each CJK character is a unit of its own; shingles are 5-grams of units (word 5-grams for
+English, character 5-grams for Chinese). A document with fewer than 5 units is one shingle.
 Deterministic for a given --seed (and sample).
 """
 
@@ -43,7 +43,9 @@ import sys
 import time
 
 MIB = 1 << 20
-CJK_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+CJK_RE = re.compile(f"[{CJK}]")
+UNIT_RE = re.compile(rf"[{CJK}]|[^\W_{CJK}]+")
 NONALNUM_RE = re.compile(r"[^\w]|_")
 SENT_SPLIT_RE = re.compile(r"(?<=[.;:?!])\s+")
 
@@ -51,12 +53,15 @@ SENT_SPLIT_RE = re.compile(r"(?<=[.;:?!])\s+")
 # ---------------------------------------------------------------- shingles
 
 
-def shingles(text, lang, n=5):
-    """Set of n-gram shingles as described in the module docstring."""
-    if lang == "zh":
-        toks = [c for c in text.lower() if c.isalnum()]
-    else:
-        toks = NONALNUM_RE.sub(" ", text.lower()).split()
+def units(text):
+    """Lowercase; words are runs of letters/digits (anything else separates them), and every CJK
+    character is a unit of its own (so Chinese gets character n-grams, English word n-grams)."""
+    return UNIT_RE.findall(text.lower())
+
+
+def shingles(text, lang=None, n=5):
+    """Set of n-gram shingles (tuples of units); a text with fewer than n units is one shingle."""
+    toks = units(text)
     if not toks:
         return set()
     if len(toks) < n:
@@ -69,12 +74,6 @@ def jaccard(a, b):
         return 1.0
     inter = len(a & b)
     return inter / (len(a) + len(b) - inter)
-
-
-def doc_lang(text):
-    """The rule used here (and suggested to the Rust side): Chinese when >30% of non-space chars are CJK."""
-    chars = [c for c in text if not c.isspace()]
-    return "zh" if chars and sum(1 for c in chars if CJK_RE.match(c)) > 0.3 * len(chars) else "en"
 
 
 # ---------------------------------------------------------------- sources
@@ -376,8 +375,7 @@ def main():
         "originals_with_copies": len(picked), "copies_by_edit_rate": {str(k): v for k, v in by_rate.items()},
         "zh_base_docs": sum(1 for b in base if b[1] == "zh"),
         "round0_docs_used": sum(1 for b in base if b[2] == 0), "round0_dropped_as_near_dup": len(drop),
-        "shingles": "lowercase, non-alphanumeric -> space; en: word 5-grams; zh: char 5-grams of alnum chars",
-        "seconds": round(time.time() - t0, 1),
+        "shingles": "5-grams of units: lowercase, runs of letters/digits, each CJK character a unit",
     }
     if args.verify:
         tv = time.time()
@@ -386,10 +384,11 @@ def main():
         meta["verify_base_max_jaccard"] = [
             {"jaccard": round(j, 4), "a_round": base[a][2], "b_round": base[b][2], "lang": base[a][1]} for j, a, b in top
         ]
-        meta["verify_seconds"] = round(time.time() - tv, 1)
+        print(f"verify: {time.time() - tv:.1f} s", file=sys.stderr)
     with open(os.path.join(args.out, "meta.json"), "w") as mf:
         json.dump(meta, mf, indent=1)
     print(json.dumps(meta), file=sys.stderr)
+    print(f"make_dup_corpus: {total / MIB:.1f} MiB, {len(entries)} docs in {time.time() - t0:.1f} s", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -60,3 +60,21 @@ pub fn write_stats(out: &Path, stats: &crate::Stats) -> Result<()> {
     let text = serde_json::to_string_pretty(stats).map_err(|e| output_err(out, e))?;
     write_atomic(&out.join(STATS_FILE), text.as_bytes())
 }
+
+/// Records the stats of one task of a run's last stage under `work/stats/`; once every task's
+/// are there (whichever task finishes last sees them all), merges them into `out/stats.json`.
+pub fn merge_task_stats(work: &Path, out: &Path, task: crate::Task, stats: &crate::Stats) -> Result<Option<crate::Stats>> {
+    let dir = work.join("stats");
+    fs::create_dir_all(&dir).map_err(|e| output_err(&dir, e))?;
+    let mine = dir.join(format!("t{:05}of{:05}.json", task.index, task.count));
+    write_atomic(&mine, serde_json::to_string(stats).map_err(|e| output_err(&mine, e))?.as_bytes())?;
+    let mut total = crate::Stats::default();
+    for i in 0..task.count {
+        let path = dir.join(format!("t{i:05}of{:05}.json", task.count));
+        let Ok(text) = fs::read_to_string(&path) else { return Ok(None) };
+        let s: crate::Stats = serde_json::from_str(&text).map_err(|e| crate::input_err(&path, e))?;
+        total.merge(&s);
+    }
+    write_stats(out, &total)?;
+    Ok(Some(total))
+}

@@ -77,10 +77,47 @@ impl Task {
         mine
     }
 
+    /// The marker file saying this task finished a stage (`DIR/tIIIIIofNNNNN.done`).
+    pub fn done_marker(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        dir.join(format!("t{:05}of{:05}.done", self.index, self.count))
+    }
+
     /// Whether this task owns item `i` of a list dealt round-robin (bands, for instance).
     pub fn owns(&self, i: usize) -> bool {
         i % self.count == self.index
     }
+}
+
+/// The task count of a finished stage whose tasks leave `done_marker`s in `dir`: exactly one
+/// count, and every task of it present, or an error saying which are missing.
+pub fn finished_tasks(dir: &std::path::Path, stage: &str) -> Result<usize> {
+    use crate::input_err;
+    let mut done: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    let entries = std::fs::read_dir(dir).map_err(|e| input_err(dir, format!("{e}; HINT: run the {stage} stage first")))?;
+    for e in entries {
+        let name = e.map_err(|e| input_err(dir, e))?.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".done") {
+            let parts: Vec<usize> = stem.trim_start_matches('t').split("of").filter_map(|p| p.parse().ok()).collect();
+            if let [i, n] = parts[..] {
+                done.entry(n).or_default().push(i);
+            }
+        }
+    }
+    if done.len() != 1 {
+        return Err(input_err(
+            dir,
+            format!(
+                "{stage} stage finished by {} different task counts; HINT: clear the work directory and rerun the {stage} stage with one --tasks",
+                done.len()
+            ),
+        ));
+    }
+    let (n, tasks) = done.into_iter().next().expect("one count");
+    let missing: Vec<usize> = (0..n).filter(|i| !tasks.contains(i)).collect();
+    if !missing.is_empty() {
+        return Err(input_err(dir, format!("{stage} tasks {missing:?} of {n} have not finished; HINT: rerun them")));
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -36,6 +36,13 @@ enum Command {
         #[command(subcommand)]
         what: cli::eval::EvalCommand,
     },
+    /// Filter documents and lines by heuristic rules, boilerplate and a quality model.
+    Filter(cli::filter::FilterArgs),
+    /// Train and apply document quality scorers (fastText classifier, model perplexity).
+    Quality {
+        #[command(subcommand)]
+        what: cli::quality::QualityCommand,
+    },
     /// Remove exact and near-duplicate documents and sentences (MinHash-LSH), in stages or at once.
     Dedup(cli::dedup::DedupArgs),
     /// Plot the metrics of one or more run directories (overlaid) into a PNG.
@@ -59,6 +66,8 @@ fn main() -> Result<()> {
         Command::Generate(a) => cli::generate::run(a),
         Command::Eval { what } => cli::eval::run(what),
         Command::Dedup(a) => cli::dedup::run(a),
+        Command::Filter(a) => cli::filter::run(a),
+        Command::Quality { what } => cli::quality::run(what),
         Command::Plot(a) => cli::plot::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::Prepare(a) => cli::prepare::run(a),

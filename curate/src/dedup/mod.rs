@@ -22,7 +22,6 @@ pub mod minhash;
 pub mod records;
 pub mod sentence;
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -30,7 +29,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::corpus::{list_inputs, write_atomic, Doc, DocReader, DocWriter, InputFile, Progress, SideWriter};
-use crate::manifest::{read_stats, write_stats, RunManifest};
+use crate::manifest::{merge_task_stats, read_stats, write_stats, RunManifest};
 use crate::{input_err, output_err, CurateError, Result, Stats, Task};
 use minhash::{exact_key, units, LshParams, MinHasher};
 use records::{create_dir, ItemId, Removal};
@@ -186,42 +185,12 @@ impl Ctx<'_> {
         if buffered > 0 || runs == 0 {
             flush(&mut bufs, &mut runs)?;
         }
-        let done = self.work.join("sig").join(format!("t{:05}of{:05}.done", task.index, task.count));
-        write_atomic(&done, format!("{runs} runs\n").as_bytes())
-    }
-
-    /// The task count of a complete signatures stage, checking every task finished.
-    fn signature_tasks(&self) -> Result<usize> {
-        let dir = self.work.join("sig");
-        let mut done: HashMap<usize, Vec<usize>> = HashMap::new();
-        for e in fs::read_dir(&dir).map_err(|e| input_err(&dir, format!("{e}; HINT: run the signatures stage first")))? {
-            let name = e.map_err(|e| input_err(&dir, e))?.file_name().to_string_lossy().into_owned();
-            if let Some(stem) = name.strip_suffix(".done") {
-                let parts: Vec<usize> = stem.trim_start_matches('t').split("of").filter_map(|p| p.parse().ok()).collect();
-                if let [i, n] = parts[..] {
-                    done.entry(n).or_default().push(i);
-                }
-            }
-        }
-        let mut counts: Vec<_> = done.into_iter().collect();
-        if counts.len() != 1 {
-            return Err(input_err(
-                &dir,
-                format!("signatures from {} different task counts; HINT: clear the work directory and rerun the signatures stage with one --tasks", counts.len()),
-            ));
-        }
-        let (n, mut tasks) = counts.pop().expect("one count");
-        tasks.sort_unstable();
-        let missing: Vec<usize> = (0..n).filter(|i| tasks.binary_search(i).is_err()).collect();
-        if !missing.is_empty() {
-            return Err(input_err(&dir, format!("signatures tasks {missing:?} of {n} have not finished; HINT: rerun them")));
-        }
-        Ok(n)
+        write_atomic(&task.done_marker(&self.work.join("sig")), format!("{runs} runs\n").as_bytes())
     }
 
     /// Stage 2 for the bands `task` owns (in parallel).
     fn buckets(&self, task: Task) -> Result<()> {
-        let n = self.signature_tasks()?;
+        let n = crate::task::finished_tasks(&self.work.join("sig"), "signatures")?;
         let tag = format!("of{n:05}-");
         let nb = self.opts.lsh.bands + 1;
         let bands: Vec<usize> = (0..nb).filter(|&b| task.owns(b)).collect();
@@ -398,23 +367,6 @@ impl Ctx<'_> {
             text,
         }
     }
-
-    /// Stats of a finished write stage: this task's, merged with the others' once all are there.
-    fn finish_write(&self, task: Task, stats: &Stats) -> Result<Option<Stats>> {
-        let dir = self.work.join("stats");
-        create_dir(&dir)?;
-        let mine = dir.join(format!("t{:05}of{:05}.json", task.index, task.count));
-        write_atomic(&mine, serde_json::to_string(stats).map_err(|e| output_err(&mine, e))?.as_bytes())?;
-        let mut total = Stats::default();
-        for i in 0..task.count {
-            let path = dir.join(format!("t{i:05}of{:05}.json", task.count));
-            let Ok(text) = fs::read_to_string(&path) else { return Ok(None) };
-            let s: Stats = serde_json::from_str(&text).map_err(|e| input_err(&path, e))?;
-            total.merge(&s);
-        }
-        write_stats(self.out, &total)?;
-        Ok(Some(total))
-    }
 }
 
 /// A removed document or sentence in `OUT/removed/<name>.jsonl`.
@@ -485,7 +437,7 @@ pub fn run_stage(
         Stage::Clusters => Ok(None),
         Stage::Write => {
             let stats = ctx.write(task)?;
-            ctx.finish_write(task, &stats)
+            merge_task_stats(work, out, task, &stats)
         }
     }
 }

@@ -100,8 +100,14 @@ pub fn run_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Merges sorted runs and calls `group` once per key with that key's items in order.
+/// Merges sorted runs and calls `group` once per key shared by two or more items, with the
+/// items in order.
 pub fn merge_runs(runs: &[PathBuf], mut group: impl FnMut(&[ItemId]) -> Result<()>) -> Result<()> {
+    merge_runs_keyed(runs, |_, items| group(items))
+}
+
+/// As [`merge_runs`], with the key.
+pub fn merge_runs_keyed(runs: &[PathBuf], mut group: impl FnMut(u128, &[ItemId]) -> Result<()>) -> Result<()> {
     let mut readers = runs.iter().map(|p| RecordReader::open(p, 28)).collect::<Result<Vec<_>>>()?;
     let mut heap = BinaryHeap::new();
     let decode = |b: &[u8]| (u128::from_le_bytes(b[..16].try_into().expect("16 bytes")), ItemId::get(&b[16..]));
@@ -115,8 +121,8 @@ pub fn merge_runs(runs: &[PathBuf], mut group: impl FnMut(&[ItemId]) -> Result<(
     let mut items: Vec<ItemId> = Vec::new();
     while let Some(Reverse((k, id, i))) = heap.pop() {
         if current != Some(k) {
-            if items.len() > 1 {
-                group(&items)?;
+            if let (Some(key), true) = (current, items.len() > 1) {
+                group(key, &items)?;
             }
             items.clear();
             current = Some(k);
@@ -127,8 +133,8 @@ pub fn merge_runs(runs: &[PathBuf], mut group: impl FnMut(&[ItemId]) -> Result<(
             heap.push(Reverse((k2, id2, i)));
         }
     }
-    if items.len() > 1 {
-        group(&items)?;
+    if let (Some(key), true) = (current, items.len() > 1) {
+        group(key, &items)?;
     }
     Ok(())
 }

@@ -6,12 +6,14 @@ pub mod bench;
 pub mod dedup;
 pub mod eval;
 pub mod export;
+pub mod filter;
 pub mod generate;
 pub mod info;
 pub mod init;
 pub mod launch;
 pub mod plot;
 pub mod prepare;
+pub mod quality;
 pub mod tokenize;
 pub mod train;
 
@@ -50,10 +52,7 @@ pub fn thread_pool(jobs: Option<usize>) -> Result<()> {
 }
 
 /// Runs `work` while a progress bar shows the stage, bytes, documents, MB/s and ETA.
-pub fn with_progress<T>(progress: &Progress, work: impl FnOnce() -> T + Send) -> T
-where
-    T: Send,
-{
+pub fn with_progress<T>(progress: &Progress, work: impl FnOnce() -> T) -> T {
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{msg:>12} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {prefix}")
             .expect("valid template"),
