@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# Data-curation throughput and memory: `baichuan dedup` / `baichuan filter` against datatrove 0.10.1
-# (MinHash dedup, FineWeb's 14 bands x 8 rows on word 5-grams; Gopher repetition + Gopher quality + C4
-# + FineWeb quality filters) on the same corpus with the same number of workers, plus the recall and
-# precision of each tool's dedup against the planted near-duplicates.
-#   scripts/bench_curate.sh [MB...]          (default: 100 400; e.g. `scripts/bench_curate.sh 5` as a smoke test)
-# Needs target/release/baichuan (with the dedup and filter commands) and .venv with datatrove, spacy,
-# orjson, xxhash, numpy (install: .venv/bin/pip install datatrove==0.10.1 spacy orjson xxhash).
+# Data-curation throughput and memory: `baichuan-curate dedup` / `filter` (the libtorch-free build of
+# `baichuan dedup` / `filter`) against datatrove 0.10.1 (MinHash dedup with FineWeb's 14 bands x 8 rows
+# on word 5-grams; Gopher repetition + Gopher quality + C4 + FineWeb quality filters) on the same corpus
+# with the same number of workers, plus the recall and precision of each tool's dedup against the
+# planted near-duplicates.
+#   scripts/bench_curate.sh [MB...]          (default: 100 400; `scripts/bench_curate.sh 5` is a smoke test)
+# Needs target/release/baichuan-curate and .venv with datatrove, orjson, xxhash, numpy (spacy for the
+# stock datatrove tokenizer): .venv/bin/pip install datatrove==0.10.1 spacy orjson xxhash.
 # Environment: JOBS (default nproc) workers for both tools; BENCH_FORMAT jsonl|txt (default jsonl: lines
 # inside documents, which the line-based filters need); BENCH_SEED (1); BENCH_FILES (default: a multiple
-# of JOBS, at least 8: datatrove parallelises by file); DT_TOKENIZER spacy|simple (spacy: datatrove's
-# stock English tokenizer; simple: regex words + CJK characters, the baichuan shingling); ONLY=datatrove
-# or ONLY=baichuan runs one side; BENCH_DIR work folder (default /tmp/baichuan-bench-curate);
-# BENCH_NOTES the notes file to append to; BAICHUAN_BIN another binary (default target/release/baichuan).
+# of JOBS, at least 8: datatrove parallelises by file); DT_TOKENIZER spacy|simple for datatrove's dedup
+# (spacy: its stock English tokenizer; simple: regex words + CJK characters, baichuan's shingling);
+# DT_FILTER_TOKENIZER for datatrove's filters (default baichuan: the word and sentence splitters of
+# baichuan's rules from scripts/reference/oracle_filters.py, so both tools make the same decisions on
+# English; spacy is datatrove's stock); baichuan's filter runs with boilerplate counting off (datatrove
+# has none); ONLY=datatrove or ONLY=baichuan runs one side; BENCH_DIR work folder (default
+# /tmp/baichuan-bench-curate); BENCH_NOTES the notes file to append to; BC_MEMORY_MB the run buffer of
+# baichuan (--memory-mb, default 256; a buffer smaller than the corpus's records shows memory staying
+# flat); BAICHUAN_BIN another binary.
 # Corpora are built once by scripts/make_dup_corpus.py and cached under .cache/bench_curate/.
 # Measured: wall seconds of the whole command (datatrove: all four stages in-process, imports excluded);
 # peak memory: baichuan under /usr/bin/time -v ("Maximum resident set size"; one process), or, where
@@ -19,9 +25,8 @@
 # datatrove: the peak of the summed RSS (and PSS) of its process tree, sampled from /proc (its pool
 # workers are grandchildren that /usr/bin/time cannot see). Prints a markdown table and appends it, with
 # the raw JSON, the recall tables and the machine, to notes/bench_curate-DATE.md.
-# Duration: datatrove with its stock spaCy tokenizer did 0.14 MB/s for dedup and 0.07 MB/s for the filters
-# with 2 workers on 2 busy cores (Dec 2026), so 100 + 400 MiB there take hours; DT_TOKENIZER=simple makes
-# its dedup about 3x faster. baichuan's own runs are short.
+# Duration on 2 cores: datatrove's filters run at about 0.2 MB/s, so 100 MB takes 9 minutes there;
+# with its stock spaCy tokenizer its dedup is about 3x slower than with DT_TOKENIZER=simple.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -36,13 +41,14 @@ DT_TOK="${DT_TOKENIZER:-spacy}"
 ONLY="${ONLY:-}"
 WORK="${BENCH_DIR:-/tmp/baichuan-bench-curate}"
 CACHE=.cache/bench_curate
-BIN="${BAICHUAN_BIN:-target/release/baichuan}"
+BIN="${BAICHUAN_BIN:-target/release/baichuan-curate}"  # the libtorch-free build of the same commands
 TIME_BIN="${TIME_BIN:-/usr/bin/time}"  # GNU time; a missing path forces the python fallback
 PY=.venv/bin/python
 NOTES="${BENCH_NOTES:-notes/bench_curate-$(date +%F).md}"
 LOAD0="$(cut -d' ' -f1-3 /proc/loadavg)"
 GEN="$(sha256sum scripts/make_dup_corpus.py | cut -c1-8)"   # a changed generator means new corpora
 RUN_BC=1; RUN_DT=1
+BC_MEM=(); [ -n "${BC_MEMORY_MB:-}" ] && BC_MEM=(--memory-mb "$BC_MEMORY_MB")  # run buffer of baichuan (default 256)
 [ "$ONLY" = datatrove ] && RUN_BC=0
 [ "$ONLY" = baichuan ] && RUN_DT=0
 
@@ -125,7 +131,7 @@ for MB in "${SIZES[@]}"; do
       --kept "$WORK/dt-dedup/output" --label "datatrove, ${MB} MiB" --json "$WORK/dt-dedup.score.json" > "$WORK/dt-dedup.score.md"
     log "datatrove filter"
     "$PY" scripts/bench_datatrove_dedup.py --input "$C" --out "$WORK/dt-filter" --workers "$JOBS" \
-      --tokenizer "$DT_TOK" --filters > "$WORK/dt-filter.json" 2> "$WORK/dt-filter.log" \
+      --tokenizer "${DT_FILTER_TOKENIZER:-baichuan}" --filters > "$WORK/dt-filter.json" 2> "$WORK/dt-filter.log" \
       || { tail -30 "$WORK/dt-filter.log" >&2; die "datatrove filter failed"; }
     dt_row "$MB" filter "$WORK/dt-filter.json"
     { echo '```'; cat "$WORK/dt-dedup.json" "$WORK/dt-filter.json"; echo '```'; echo; cat "$WORK/dt-dedup.score.md"; echo; } >> "$RAW"
@@ -134,7 +140,7 @@ for MB in "${SIZES[@]}"; do
 
   if [ $RUN_BC = 1 ]; then
     log "baichuan dedup"
-    run_bc bc-dedup "$WORK/bc-dedup" dedup --input "$C/corpus" --out "$WORK/bc-dedup" --jobs "$JOBS"
+    run_bc bc-dedup "$WORK/bc-dedup" dedup --input "$C/corpus" --out "$WORK/bc-dedup" --jobs "$JOBS" "${BC_MEM[@]}"
     KEPT=$(lines_in "$WORK/bc-dedup")
     row "$MB" baichuan dedup "$DOCS" "$BC_SECS" "$("$PY" -c "print(round($DOCS / $BC_SECS, 1))")" "$BC_RSS" "$BC_PSS" "$((DOCS - KEPT))"
     REMOVED_LINES=$(lines_under "$WORK/bc-dedup/removed")
@@ -143,7 +149,9 @@ for MB in "${SIZES[@]}"; do
       --label "baichuan, ${MB} MiB" --json "$WORK/bc-dedup.score.json" > "$WORK/bc-dedup.score.md"
     if [ "$BC_FILTER" = 1 ]; then
       log "baichuan filter"
-      run_bc bc-filter "$WORK/bc-filter" filter --input "$C/corpus" --out "$WORK/bc-filter" --jobs "$JOBS"
+      # The same work as datatrove's four filters: boilerplate counting (which datatrove lacks) off.
+      printf '[boilerplate]\nenabled = false\n' > "$WORK/filters.toml"
+      run_bc bc-filter "$WORK/bc-filter" filter --input "$C/corpus" --out "$WORK/bc-filter" --jobs "$JOBS" --config "$WORK/filters.toml" "${BC_MEM[@]}"
       KEPT=$(lines_in "$WORK/bc-filter")
       row "$MB" baichuan filter "$DOCS" "$BC_SECS" "$("$PY" -c "print(round($DOCS / $BC_SECS, 1))")" "$BC_RSS" "$BC_PSS" "$((DOCS - KEPT))"
     fi

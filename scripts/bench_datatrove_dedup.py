@@ -64,7 +64,7 @@ def block_torch():
 if "--allow-torch" not in sys.argv:
     _NOTORCH = block_torch()
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference"))
 from peak_mem import TreeMemSampler  # noqa: E402
 
 from datatrove.pipeline.readers.base import BaseDiskReader  # noqa: E402
@@ -145,7 +145,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--filters", action="store_true", help="quality filters instead of MinHash dedup")
-    ap.add_argument("--tokenizer", choices=("spacy", "simple"), default="spacy")
+    ap.add_argument("--tokenizer", choices=("spacy", "simple", "baichuan"), default="spacy")
     ap.add_argument("--allow-torch", action="store_true", help="let spaCy/thinc import torch (+~460 MB per worker)")
     args = ap.parse_args()
 
@@ -189,6 +189,14 @@ def main():
         except ImportError:
             tok_name = "simple (spaCy not installed)"
             language = SimpleTokenizer()
+    elif tok_name == "baichuan":
+        # The word and sentence splitters of baichuan's filters, as scripts/reference/oracle_filters.py
+        # re-implements them: the same decisions as `baichuan filter` on English text.
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference"))
+        from oracle_filters import SplitterTokenizer  # noqa: PLC0415
+
+        tok_name = "baichuan splitters (scripts/reference/oracle_filters.py)"
+        language = SplitterTokenizer()
     else:
         tok_name = "simple (regex words, CJK chars as words)"
         language = SimpleTokenizer()

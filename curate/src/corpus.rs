@@ -53,7 +53,11 @@ pub fn list_inputs(inputs: &[PathBuf]) -> Result<Vec<InputFile>> {
             } else {
                 PathBuf::from(path.file_name().unwrap_or(path.as_os_str()))
             };
-            let name = name.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+            let name = name
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
             let meta = fs::metadata(&path).map_err(|e| input_err(&path, e))?;
             let modified_ns = meta
                 .modified()
@@ -70,10 +74,48 @@ pub fn list_inputs(inputs: &[PathBuf]) -> Result<Vec<InputFile>> {
                 ));
             }
             let jsonl = path.extension().is_some_and(|e| e == "jsonl");
-            out.push(InputFile { path, name, jsonl, bytes: meta.len(), modified_ns });
+            out.push(InputFile {
+                path,
+                name,
+                jsonl,
+                bytes: meta.len(),
+                modified_ns,
+            });
         }
     }
     Ok(out)
+}
+
+/// The input files of a staged run: the first stage (`first_stage`, when `is_first`) records them in
+/// `work/inputs.json` and later stages check theirs against it, so every stage sees the same corpus.
+/// A later stage with no record is an error when `required`.
+pub fn stage_inputs(
+    work: &Path,
+    inputs: &[PathBuf],
+    is_first: bool,
+    first_stage: &str,
+    required: bool,
+) -> Result<Vec<InputFile>> {
+    let files = list_inputs(inputs)?;
+    let path = work.join("inputs.json");
+    if is_first {
+        fs::create_dir_all(work).map_err(|e| output_err(work, e))?;
+        let text = serde_json::to_string_pretty(&files).map_err(|e| output_err(&path, e))?;
+        write_atomic(&path, text.as_bytes())?;
+    } else if required || path.exists() {
+        let text = fs::read_to_string(&path)
+            .map_err(|e| input_err(&path, format!("{e}; HINT: run the {first_stage} stage first")))?;
+        let recorded: Vec<InputFile> = serde_json::from_str(&text).map_err(|e| input_err(&path, e))?;
+        if recorded != files {
+            return Err(input_err(
+                &path,
+                format!(
+                    "the inputs changed since the {first_stage} stage; HINT: rerun every stage on the same --input"
+                ),
+            ));
+        }
+    }
+    Ok(files)
 }
 
 /// One document: its 0-based line in the file, the line as read, and its text.
@@ -120,7 +162,10 @@ impl DocReader {
         let mut taken = 0usize;
         while taken < max_bytes {
             self.buf.clear();
-            let n = self.reader.read_until(b'\n', &mut self.buf).map_err(|e| input_err(&self.path, e))?;
+            let n = self
+                .reader
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|e| input_err(&self.path, e))?;
             if n == 0 {
                 break;
             }
@@ -129,7 +174,10 @@ impl DocReader {
             let line = self.line;
             self.line += 1;
             let line = u32::try_from(line).map_err(|_| {
-                input_err(&self.path, "more than 4294967295 lines; HINT: split the file into smaller files")
+                input_err(
+                    &self.path,
+                    "more than 4294967295 lines; HINT: split the file into smaller files",
+                )
             })?;
             let mut raw: &[u8] = &self.buf;
             raw = raw.strip_suffix(b"\n").unwrap_or(raw);
@@ -145,7 +193,11 @@ impl DocReader {
                 self.empty_lines += 1;
                 continue;
             }
-            let text = if self.jsonl { self.text_of(&raw, line)? } else { raw.clone() };
+            let text = if self.jsonl {
+                self.text_of(&raw, line)?
+            } else {
+                raw.clone()
+            };
             docs.push(Doc { line, raw, text });
         }
         progress.docs.fetch_add(docs.len() as u64, Ordering::Relaxed);
@@ -162,7 +214,10 @@ impl DocReader {
             Some(serde_json::Value::String(s)) => Ok(s.clone()),
             _ => Err(CurateError::Input {
                 path: at(),
-                msg: format!("no string field {:?}; HINT: pass the right key (--text-key)", self.text_key),
+                msg: format!(
+                    "no string field {:?}; HINT: pass the right key (--text-key)",
+                    self.text_key
+                ),
             }),
         }
     }
@@ -182,7 +237,11 @@ impl AtomicFile {
         }
         let tmp = PathBuf::from(format!("{}.tmp", dest.display()));
         let f = File::create(&tmp).map_err(|e| output_err(&tmp, e))?;
-        Ok(AtomicFile { tmp, dest: dest.to_path_buf(), out: BufWriter::with_capacity(1 << 20, f) })
+        Ok(AtomicFile {
+            tmp,
+            dest: dest.to_path_buf(),
+            out: BufWriter::with_capacity(1 << 20, f),
+        })
     }
 
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
@@ -256,11 +315,21 @@ impl SideWriter {
         fs::create_dir_all(removed_dir).map_err(|e| output_err(removed_dir, e))?;
         let marker = removed_dir.join(SIDE_OUTPUT_MARKER);
         if !marker.exists() {
-            fs::write(&marker, "side outputs of baichuan filter/dedup: removed text and reasons\n")
-                .map_err(|e| output_err(&marker, e))?;
+            fs::write(
+                &marker,
+                "side outputs of baichuan filter/dedup: removed text and reasons\n",
+            )
+            .map_err(|e| output_err(&marker, e))?;
         }
-        let name = input.name.strip_suffix(".txt").or(input.name.strip_suffix(".jsonl")).unwrap_or(&input.name);
-        Ok(SideWriter { file: None, dest: removed_dir.join(format!("{name}.jsonl")) })
+        let name = input
+            .name
+            .strip_suffix(".txt")
+            .or(input.name.strip_suffix(".jsonl"))
+            .unwrap_or(&input.name);
+        Ok(SideWriter {
+            file: None,
+            dest: removed_dir.join(format!("{name}.jsonl")),
+        })
     }
 
     pub fn write(&mut self, record: &impl Serialize) -> Result<()> {
@@ -325,7 +394,11 @@ mod tests {
         let dir = temp_dir("rw");
         fs::create_dir_all(dir.join("in/sub")).unwrap();
         fs::write(dir.join("in/a.txt"), "one\n\n  \ntwo\r\nthree").unwrap();
-        fs::write(dir.join("in/sub/b.jsonl"), "{\"id\":1,\"text\":\"x y\"}\n{\"text\":\"z\",\"id\":2}\n").unwrap();
+        fs::write(
+            dir.join("in/sub/b.jsonl"),
+            "{\"id\":1,\"text\":\"x y\"}\n{\"text\":\"z\",\"id\":2}\n",
+        )
+        .unwrap();
         let inputs = list_inputs(&[dir.join("in")]).unwrap();
         let names: Vec<&str> = inputs.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["a.txt", "sub/b.jsonl"]);
@@ -353,12 +426,12 @@ mod tests {
     fn side_outputs_are_skipped_as_inputs() {
         let dir = temp_dir("side");
         fs::write(dir.join("a.txt"), "doc\n").unwrap();
-        let inputs = list_inputs(&[dir.clone()]).unwrap();
+        let inputs = list_inputs(std::slice::from_ref(&dir)).unwrap();
         let mut side = SideWriter::new(&dir.join("removed"), &inputs[0]).unwrap();
         side.write(&serde_json::json!({"text": "gone"})).unwrap();
         side.finish().unwrap();
         assert!(dir.join("removed/a.jsonl").exists());
-        let again = list_inputs(&[dir.clone()]).unwrap();
+        let again = list_inputs(std::slice::from_ref(&dir)).unwrap();
         assert_eq!(again.len(), 1, "the side output is not an input: {again:?}");
     }
 }

@@ -10,6 +10,8 @@
 //! formats the rest of baichuan reads: `.txt` (one document per line) and `.jsonl` with a text
 //! key. Every removal is written to a side output with its reason; nothing is lost silently.
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod corpus;
 pub mod dedup;
 pub mod filter;

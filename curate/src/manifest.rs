@@ -24,13 +24,22 @@ pub struct RunManifest {
 
 impl RunManifest {
     pub fn new(command: &str, settings: serde_json::Value, inputs: &[InputFile]) -> Self {
-        RunManifest { format_version: FORMAT_VERSION, command: command.into(), settings, inputs: inputs.to_vec() }
+        RunManifest {
+            format_version: FORMAT_VERSION,
+            command: command.into(),
+            settings,
+            inputs: inputs.to_vec(),
+        }
     }
 
     /// True when `out` holds a finished run of the same command, settings and inputs.
     pub fn up_to_date(&self, out: &Path) -> bool {
-        let Ok(text) = fs::read_to_string(out.join(MANIFEST_FILE)) else { return false };
-        let Ok(old) = serde_json::from_str::<RunManifest>(&text) else { return false };
+        let Ok(text) = fs::read_to_string(out.join(MANIFEST_FILE)) else {
+            return false;
+        };
+        let Ok(old) = serde_json::from_str::<RunManifest>(&text) else {
+            return false;
+        };
         old == *self && out.join(STATS_FILE).exists()
     }
 
@@ -63,15 +72,27 @@ pub fn write_stats(out: &Path, stats: &crate::Stats) -> Result<()> {
 
 /// Records the stats of one task of a run's last stage under `work/stats/`; once every task's
 /// are there (whichever task finishes last sees them all), merges them into `out/stats.json`.
-pub fn merge_task_stats(work: &Path, out: &Path, task: crate::Task, stats: &crate::Stats) -> Result<Option<crate::Stats>> {
+pub fn merge_task_stats(
+    work: &Path,
+    out: &Path,
+    task: crate::Task,
+    stats: &crate::Stats,
+) -> Result<Option<crate::Stats>> {
     let dir = work.join("stats");
     fs::create_dir_all(&dir).map_err(|e| output_err(&dir, e))?;
     let mine = dir.join(format!("t{:05}of{:05}.json", task.index, task.count));
-    write_atomic(&mine, serde_json::to_string(stats).map_err(|e| output_err(&mine, e))?.as_bytes())?;
+    write_atomic(
+        &mine,
+        serde_json::to_string(stats)
+            .map_err(|e| output_err(&mine, e))?
+            .as_bytes(),
+    )?;
     let mut total = crate::Stats::default();
     for i in 0..task.count {
         let path = dir.join(format!("t{i:05}of{:05}.json", task.count));
-        let Ok(text) = fs::read_to_string(&path) else { return Ok(None) };
+        let Ok(text) = fs::read_to_string(&path) else {
+            return Ok(None);
+        };
         let s: crate::Stats = serde_json::from_str(&text).map_err(|e| crate::input_err(&path, e))?;
         total.merge(&s);
     }

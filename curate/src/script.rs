@@ -4,7 +4,7 @@
 //! sentence splitter every rule uses.
 //!
 //! `words` stands in for NLTK's `word_tokenize` (datatrove's English tokenizer) and `sentences`
-//! for NLTK's punkt: both are simple, documented and CJK-aware, and `scripts/oracle_filters.py`
+//! for NLTK's punkt: both are simple, documented and CJK-aware, and `scripts/reference/oracle_filters.py`
 //! re-implements them in Python so that the Rust rules can be compared with datatrove's own.
 
 /// datatrove `utils/text.py` `PUNCTUATION_SET` (PUNCTUATION ∪ TERMINAL_PUNCTUATION), code points, sorted.
@@ -239,7 +239,10 @@ pub fn sentences(text: &str) -> Vec<(usize, usize)> {
         while i < chars.len() && is_closer(chars[i].1) {
             i += 1;
         }
-        let ends = chars.get(i).map_or(true, |&(_, n)| wide || is_space(n) || is_cjk(n));
+        let ends = chars
+            .get(i)
+            .map(|&(_, n)| wide || is_space(n) || is_cjk(n))
+            .unwrap_or(true);
         if let (true, Some(s)) = (ends, start) {
             spans.push((s, byte_at(i)));
             start = None;

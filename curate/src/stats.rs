@@ -40,12 +40,17 @@ impl Stats {
         self.bytes += o.bytes;
         self.kept_documents += o.kept_documents;
         self.kept_bytes += o.kept_bytes;
+        self.empty_lines += o.empty_lines;
+        self.invalid_utf8_lines += o.invalid_utf8_lines;
+        self.merge_removals(o);
+    }
+
+    /// Adds `o`'s removals (totals and per rule), not its reads or survivors.
+    fn merge_removals(&mut self, o: &Stats) {
         self.removed_documents += o.removed_documents;
         self.removed_bytes += o.removed_bytes;
         self.removed_parts += o.removed_parts;
         self.removed_part_bytes += o.removed_part_bytes;
-        self.empty_lines += o.empty_lines;
-        self.invalid_utf8_lines += o.invalid_utf8_lines;
         for (k, v) in &o.rules {
             let r = self.rules.entry(k.clone()).or_default();
             r.documents += v.documents;
@@ -53,6 +58,15 @@ impl Stats {
             r.parts += v.parts;
             r.part_bytes += v.part_bytes;
         }
+    }
+
+    /// A pass over this pass's survivors: what both removed, and what the second kept.
+    pub fn then(&self, second: &Stats) -> Stats {
+        let mut s = self.clone();
+        s.kept_documents = second.kept_documents;
+        s.kept_bytes = second.kept_bytes;
+        s.merge_removals(second);
+        s
     }
 
     /// A document read.
@@ -139,7 +153,10 @@ mod tests {
         b.kept(5);
         b.removed_part("c4_no_terminal_punct", 2);
         a.merge(&b);
-        assert_eq!((a.documents, a.bytes, a.kept_documents, a.removed_documents), (2, 17, 1, 1));
+        assert_eq!(
+            (a.documents, a.bytes, a.kept_documents, a.removed_documents),
+            (2, 17, 1, 1)
+        );
         assert_eq!(a.rules["c4_no_terminal_punct"].part_bytes, 2);
         assert!(a.summary().contains("gopher_short_doc"));
     }

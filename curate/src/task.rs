@@ -21,16 +21,14 @@ impl Task {
     pub const ALL: Task = Task { index: 0, count: 1 };
 
     /// Flags first, then a SLURM array, then RANK/WORLD_SIZE, else the single task.
-    pub fn resolve(
-        index: Option<usize>,
-        count: Option<usize>,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Task> {
+    pub fn resolve(index: Option<usize>, count: Option<usize>, env: impl Fn(&str) -> Option<String>) -> Result<Task> {
         let parse = |name: &str| -> Result<Option<usize>> {
             match env(name) {
                 None => Ok(None),
                 Some(v) => v.trim().parse().map(Some).map_err(|_| {
-                    CurateError::Options(format!("environment variable {name}={v:?} is not a non-negative integer"))
+                    CurateError::Options(format!(
+                        "environment variable {name}={v:?} is not a non-negative integer"
+                    ))
                 }),
             }
         };
@@ -48,7 +46,8 @@ impl Task {
             }
             _ => {
                 return Err(CurateError::Options(
-                    "--task and --tasks go together; HINT: pass both, or neither to read SLURM_ARRAY_TASK_ID/COUNT".into(),
+                    "--task and --tasks go together; HINT: pass both, or neither to read SLURM_ARRAY_TASK_ID/COUNT"
+                        .into(),
                 ))
             }
         };
@@ -67,7 +66,11 @@ impl Task {
         let mut load = vec![0u64; self.count];
         let mut mine = Vec::new();
         for i in order {
-            let (t, _) = load.iter().enumerate().min_by_key(|&(t, l)| (*l, t)).expect("count > 0");
+            let (t, _) = load
+                .iter()
+                .enumerate()
+                .min_by_key(|&(t, l)| (*l, t))
+                .expect("count > 0");
             load[t] += files[i].bytes.max(1);
             if t == self.index {
                 mine.push(i);
@@ -93,11 +96,20 @@ impl Task {
 pub fn finished_tasks(dir: &std::path::Path, stage: &str) -> Result<usize> {
     use crate::input_err;
     let mut done: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
-    let entries = std::fs::read_dir(dir).map_err(|e| input_err(dir, format!("{e}; HINT: run the {stage} stage first")))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| input_err(dir, format!("{e}; HINT: run the {stage} stage first")))?;
     for e in entries {
-        let name = e.map_err(|e| input_err(dir, e))?.file_name().to_string_lossy().into_owned();
+        let name = e
+            .map_err(|e| input_err(dir, e))?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
         if let Some(stem) = name.strip_suffix(".done") {
-            let parts: Vec<usize> = stem.trim_start_matches('t').split("of").filter_map(|p| p.parse().ok()).collect();
+            let parts: Vec<usize> = stem
+                .trim_start_matches('t')
+                .split("of")
+                .filter_map(|p| p.parse().ok())
+                .collect();
             if let [i, n] = parts[..] {
                 done.entry(n).or_default().push(i);
             }
@@ -115,7 +127,10 @@ pub fn finished_tasks(dir: &std::path::Path, stage: &str) -> Result<usize> {
     let (n, tasks) = done.into_iter().next().expect("one count");
     let missing: Vec<usize> = (0..n).filter(|i| !tasks.contains(i)).collect();
     if !missing.is_empty() {
-        return Err(input_err(dir, format!("{stage} tasks {missing:?} of {n} have not finished; HINT: rerun them")));
+        return Err(input_err(
+            dir,
+            format!("{stage} tasks {missing:?} of {n} have not finished; HINT: rerun them"),
+        ));
     }
     Ok(n)
 }
@@ -132,8 +147,17 @@ mod tests {
 
     #[test]
     fn flags_then_slurm_then_rank() {
-        let slurm = env(&[("SLURM_ARRAY_TASK_ID", "5"), ("SLURM_ARRAY_TASK_COUNT", "4"), ("SLURM_ARRAY_TASK_MIN", "3"), ("RANK", "1"), ("WORLD_SIZE", "2")]);
-        assert_eq!(Task::resolve(Some(1), Some(3), &slurm).unwrap(), Task { index: 1, count: 3 });
+        let slurm = env(&[
+            ("SLURM_ARRAY_TASK_ID", "5"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+            ("SLURM_ARRAY_TASK_MIN", "3"),
+            ("RANK", "1"),
+            ("WORLD_SIZE", "2"),
+        ]);
+        assert_eq!(
+            Task::resolve(Some(1), Some(3), &slurm).unwrap(),
+            Task { index: 1, count: 3 }
+        );
         assert_eq!(Task::resolve(None, None, &slurm).unwrap(), Task { index: 2, count: 4 });
         let rank = env(&[("RANK", "1"), ("WORLD_SIZE", "2")]);
         assert_eq!(Task::resolve(None, None, rank).unwrap(), Task { index: 1, count: 2 });

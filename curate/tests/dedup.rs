@@ -13,7 +13,6 @@ use baichuan_curate::dedup::{self, DedupOptions, Level, Stage};
 use baichuan_curate::{Progress, Task};
 use common::{edit_words, sample_lines, temp_dir, Rng};
 
-
 /// English documents of 40..80 verses joined, with `copies` planted near duplicates each.
 fn corpus(dir: &Path, docs: usize, rng: &mut Rng) -> Vec<String> {
     let verses = sample_lines("kjv.txt");
@@ -38,7 +37,10 @@ fn read_all(dir: &Path) -> BTreeMap<String, String> {
                     stack.push(p);
                 }
             } else if p.extension().is_some_and(|x| x == "txt" || x == "jsonl") {
-                m.insert(p.strip_prefix(dir).unwrap().display().to_string(), fs::read_to_string(&p).unwrap());
+                m.insert(
+                    p.strip_prefix(dir).unwrap().display().to_string(),
+                    fs::read_to_string(&p).unwrap(),
+                );
             }
         }
     }
@@ -61,18 +63,30 @@ fn planted(dir: &Path) -> PathBuf {
             b.push_str(&d.to_uppercase().replace(',', " ,"));
             b.push('\n');
         } else {
-            b.push_str(&format!("Unique filler line number {i} about nothing in particular at all.\n"));
+            b.push_str(&format!(
+                "Unique filler line number {i} about nothing in particular at all.\n"
+            ));
         }
         if i % 7 == 0 {
             // One word in a hundred replaced (at least one): never an exact copy.
-            let words: Vec<&str> = d.split(' ').enumerate().map(|(k, w)| if k % 100 == 3 { "altered" } else { w }).collect();
+            let words: Vec<&str> = d
+                .split(' ')
+                .enumerate()
+                .map(|(k, w)| if k % 100 == 3 { "altered" } else { w })
+                .collect();
             c.push_str(&words.join(" "));
             c.push('\n');
         }
     }
     fs::write(input.join("a.txt"), a).unwrap();
     fs::write(input.join("b.txt"), b).unwrap();
-    fs::write(input.join("c.jsonl"), c.lines().map(|l| format!("{{\"text\":{:?},\"id\":1}}\n", l)).collect::<String>()).unwrap();
+    fs::write(
+        input.join("c.jsonl"),
+        c.lines()
+            .map(|l| format!("{{\"text\":{:?},\"id\":1}}\n", l))
+            .collect::<String>(),
+    )
+    .unwrap();
     input
 }
 
@@ -82,7 +96,16 @@ fn staged(opts: &DedupOptions, input: &Path, out: &Path, tasks: usize) {
     for stage in [Stage::Signatures, Stage::Buckets, Stage::Clusters, Stage::Write] {
         // Tasks in reverse order: nothing may depend on task 0 running first.
         for index in (0..tasks).rev() {
-            dedup::run_stage(opts, stage, Task { index, count: tasks }, &[input.to_path_buf()], out, &work, &p).unwrap();
+            dedup::run_stage(
+                opts,
+                stage,
+                Task { index, count: tasks },
+                &[input.to_path_buf()],
+                out,
+                &work,
+                &p,
+            )
+            .unwrap();
         }
     }
     fs::remove_dir_all(work).unwrap();
@@ -94,12 +117,22 @@ fn exact_and_near_duplicates_go_with_their_representative_whatever_the_task_coun
     let input = planted(&dir);
     let opts = DedupOptions::default();
     let p = Progress::default();
-    let one = dedup::run(&opts, &[input.clone()], &dir.join("one"), false, false, &p).unwrap();
+    let one = dedup::run(&opts, std::slice::from_ref(&input), &dir.join("one"), false, false, &p).unwrap();
     assert!(!one.up_to_date);
     // 12 exact copies in b.txt, 9 near copies (1% of words edited: Jaccard about 0.9, where the
     // S-curve of 14 x 8 finds a pair with probability 0.9996) in c.jsonl.
-    assert_eq!(one.stats.rules["exact_duplicate"].documents, 12, "{}", one.stats.summary());
-    assert_eq!(one.stats.rules["near_duplicate"].documents, 9, "{}", one.stats.summary());
+    assert_eq!(
+        one.stats.rules["exact_duplicate"].documents,
+        12,
+        "{}",
+        one.stats.summary()
+    );
+    assert_eq!(
+        one.stats.rules["near_duplicate"].documents,
+        9,
+        "{}",
+        one.stats.summary()
+    );
     assert_eq!(one.stats.kept_documents, 60 + 48);
     let removed = fs::read_to_string(dir.join("one/removed/b.jsonl")).unwrap();
     let first: serde_json::Value = serde_json::from_str(removed.lines().next().unwrap()).unwrap();
@@ -117,11 +150,21 @@ fn exact_and_near_duplicates_go_with_their_representative_whatever_the_task_coun
     assert_eq!(read_all(&dir.join("three")), reference);
     assert_eq!(read_all(&dir.join("two")), reference);
     let threads = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-    threads.install(|| dedup::run(&opts, &[input.clone()], &dir.join("serial"), false, false, &p).unwrap());
+    threads.install(|| {
+        dedup::run(
+            &opts,
+            std::slice::from_ref(&input),
+            &dir.join("serial"),
+            false,
+            false,
+            &p,
+        )
+        .unwrap()
+    });
     assert_eq!(read_all(&dir.join("serial")), reference);
 
     // Unchanged input and settings: nothing to do.
-    let again = dedup::run(&opts, &[input.clone()], &dir.join("one"), false, false, &p).unwrap();
+    let again = dedup::run(&opts, std::slice::from_ref(&input), &dir.join("one"), false, false, &p).unwrap();
     assert!(again.up_to_date);
     assert_eq!(again.stats, one.stats);
 }
@@ -144,7 +187,10 @@ fn sentence_level_keeps_the_first_occurrence() {
         ),
     )
     .unwrap();
-    let opts = DedupOptions { level: Level::Sentence, ..DedupOptions::default() };
+    let opts = DedupOptions {
+        level: Level::Sentence,
+        ..DedupOptions::default()
+    };
     let out = dir.join("out");
     let r = dedup::run(&opts, &[input], &out, false, false, &Progress::default()).unwrap();
     let kept = fs::read_to_string(out.join("a.txt")).unwrap();
@@ -157,24 +203,50 @@ fn sentence_level_keeps_the_first_occurrence() {
         )
     );
     // The boilerplate twice; the bare poem is a near duplicate of the sentence that quotes it.
-    assert_eq!(r.stats.rules["exact_duplicate_sentence"].parts, 2, "{}", r.stats.summary());
-    assert_eq!(r.stats.rules["near_duplicate_sentence"].parts, 1, "{}", r.stats.summary());
+    assert_eq!(
+        r.stats.rules["exact_duplicate_sentence"].parts,
+        2,
+        "{}",
+        r.stats.summary()
+    );
+    assert_eq!(
+        r.stats.rules["near_duplicate_sentence"].parts,
+        1,
+        "{}",
+        r.stats.summary()
+    );
     assert_eq!(r.stats.rules["only_duplicate_sentences"].documents, 2);
     // "Short one." has fewer than 10 units and is never a duplicate candidate.
     let side = fs::read_to_string(out.join("removed/a.jsonl")).unwrap();
-    assert!(side.contains("\"sentence\":1") && side.contains("\"duplicate_of\":{\"file\":\"a.txt\",\"line\":0,\"sentence\":1}"), "{side}");
+    assert!(
+        side.contains("\"sentence\":1")
+            && side.contains("\"duplicate_of\":{\"file\":\"a.txt\",\"line\":0,\"sentence\":1}"),
+        "{side}"
+    );
 }
 
 #[test]
 fn both_levels_chain_documents_then_sentences() {
     let dir = temp_dir("dedup-both");
     let input = planted(&dir);
-    let opts = DedupOptions { level: Level::Both, ..DedupOptions::default() };
+    let opts = DedupOptions {
+        level: Level::Both,
+        ..DedupOptions::default()
+    };
     let r = dedup::run(&opts, &[input], &dir.join("out"), false, false, &Progress::default()).unwrap();
     assert_eq!(r.stats.rules["exact_duplicate"].documents, 12);
     assert!(dir.join("out/removed/document/b.jsonl").exists());
     assert!(!dir.join("out/work").exists());
-    assert!(dedup::run_stage(&opts, Stage::Signatures, Task::ALL, &[dir.join("in")], &dir.join("x"), &dir.join("w"), &Progress::default()).is_err());
+    assert!(dedup::run_stage(
+        &opts,
+        Stage::Signatures,
+        Task::ALL,
+        &[dir.join("in")],
+        &dir.join("x"),
+        &dir.join("w"),
+        &Progress::default()
+    )
+    .is_err());
 }
 
 #[test]
@@ -184,8 +256,26 @@ fn a_missing_task_is_reported_not_skipped() {
     let opts = DedupOptions::default();
     let work = dir.join("work");
     let p = Progress::default();
-    dedup::run_stage(&opts, Stage::Signatures, Task { index: 0, count: 2 }, &[input.clone()], &dir.join("out"), &work, &p).unwrap();
-    let err = dedup::run_stage(&opts, Stage::Buckets, Task::ALL, &[input.clone()], &dir.join("out"), &work, &p).unwrap_err();
+    dedup::run_stage(
+        &opts,
+        Stage::Signatures,
+        Task { index: 0, count: 2 },
+        std::slice::from_ref(&input),
+        &dir.join("out"),
+        &work,
+        &p,
+    )
+    .unwrap();
+    let err = dedup::run_stage(
+        &opts,
+        Stage::Buckets,
+        Task::ALL,
+        std::slice::from_ref(&input),
+        &dir.join("out"),
+        &work,
+        &p,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("[1] of 2 have not finished"), "{err}");
     fs::write(input.join("a.txt"), "changed\n").unwrap();
     let err = dedup::run_stage(&opts, Stage::Buckets, Task::ALL, &[input], &dir.join("out"), &work, &p).unwrap_err();
@@ -214,13 +304,23 @@ fn detection_follows_the_lsh_s_curve() {
     let input = dir.join("in");
     fs::create_dir_all(&input).unwrap();
     fs::write(input.join("pairs.txt"), lines.join("\n") + "\n").unwrap();
-    let opts = DedupOptions { lsh: LshParams { bands: 14, rows: 8, ..LshParams::DEFAULT }, ..DedupOptions::default() };
+    let opts = DedupOptions {
+        lsh: LshParams {
+            bands: 14,
+            rows: 8,
+            ..LshParams::DEFAULT
+        },
+        ..DedupOptions::default()
+    };
     dedup::run(&opts, &[input], &dir.join("out"), false, true, &Progress::default()).unwrap();
     let mut found: HashMap<u32, u32> = HashMap::new();
     if let Ok(text) = fs::read_to_string(dir.join("out/removed/pairs.jsonl")) {
         for l in text.lines() {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            found.insert(v["line"].as_u64().unwrap() as u32, v["duplicate_of"]["line"].as_u64().unwrap() as u32);
+            found.insert(
+                v["line"].as_u64().unwrap() as u32,
+                v["duplicate_of"]["line"].as_u64().unwrap() as u32,
+            );
         }
     }
     let hasher = MinHasher::new(opts.lsh);
@@ -250,8 +350,15 @@ fn detection_follows_the_lsh_s_curve() {
     for (bucket, (expected, var, hits, n)) in &buckets {
         // The found count is a sum of Bernoulli(s_curve(J)) draws: allow 4 standard deviations.
         let tolerance = 4.0 * var.sqrt() + 1.0;
-        println!("J in [{:.1}, {:.1}): {n} pairs, found {hits}, S-curve expects {expected:.1} +- {tolerance:.1}", *bucket as f64 / 10.0, (*bucket + 1) as f64 / 10.0);
-        assert!((hits - expected).abs() <= tolerance, "bucket {bucket}: found {hits}, expected {expected:.1}");
+        println!(
+            "J in [{:.1}, {:.1}): {n} pairs, found {hits}, S-curve expects {expected:.1} +- {tolerance:.1}",
+            *bucket as f64 / 10.0,
+            (*bucket + 1) as f64 / 10.0
+        );
+        assert!(
+            (hits - expected).abs() <= tolerance,
+            "bucket {bucket}: found {hits}, expected {expected:.1}"
+        );
     }
     let precision = tp as f64 / (tp + fp).max(1) as f64;
     let recall = tp as f64 / (tp + fn_).max(1) as f64;

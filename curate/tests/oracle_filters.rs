@@ -1,5 +1,5 @@
 //! Agreement with datatrove: ~500 English documents (random runs of KJV verses and crafted bad
-//! documents) go through `FilterConfig::apply` and through `scripts/oracle_filters.py`, which
+//! documents) go through `FilterConfig::apply` and through `scripts/reference/oracle_filters.py`, which
 //! runs datatrove's own filters with the same word and sentence splitters. Keep/drop, reason
 //! and output text must agree on every document.
 //!
@@ -303,7 +303,11 @@ fn crafted_docs(rng: &mut Rng, verses: &[&str]) -> Vec<String> {
 #[test]
 fn rust_filters_agree_with_datatrove() {
     let root = common::root();
-    let (kjv, oracle, python) = (root.join("data/sample/kjv.txt"), root.join("scripts/oracle_filters.py"), common::python());
+    let (kjv, oracle, python) = (
+        root.join("data/sample/kjv.txt"),
+        root.join("scripts/reference/oracle_filters.py"),
+        common::python(),
+    );
     let text = std::fs::read_to_string(&kjv).expect("read kjv.txt");
     let verses: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);

@@ -37,14 +37,14 @@ enum Command {
         what: cli::eval::EvalCommand,
     },
     /// Filter documents and lines by heuristic rules, boilerplate and a quality model.
-    Filter(cli::filter::FilterArgs),
+    Filter(baichuan_curate::cli::filter::FilterArgs),
     /// Train and apply document quality scorers (fastText classifier, model perplexity).
     Quality {
         #[command(subcommand)]
-        what: cli::quality::QualityCommand,
+        what: QualityCommand,
     },
     /// Remove exact and near-duplicate documents and sentences (MinHash-LSH), in stages or at once.
-    Dedup(cli::dedup::DedupArgs),
+    Dedup(baichuan_curate::cli::dedup::DedupArgs),
     /// Plot the metrics of one or more run directories (overlaid) into a PNG.
     Plot(cli::plot::PlotArgs),
     /// Parameter count, FLOPs per token, the per-GPU memory plan and the checkpoint of a config.
@@ -53,6 +53,16 @@ enum Command {
     Prepare(cli::prepare::PrepareArgs),
     /// Encode stdin to ids (or pieces), or decode ids to text.
     Tokenize(cli::tokenize::TokenizeArgs),
+}
+
+#[derive(Subcommand)]
+enum QualityCommand {
+    /// Train a classifier on positive (high-quality) and negative documents (fastText format).
+    Train(baichuan_curate::cli::quality::TrainArgs),
+    /// Score documents with a fastText model (ours or fastText's own .bin).
+    Score(baichuan_curate::cli::quality::ScoreArgs),
+    /// Score documents by a baichuan model's perplexity (lower is more like its training data).
+    Perplexity(cli::perplexity::PerplexityArgs),
 }
 
 fn main() -> Result<()> {
@@ -65,9 +75,13 @@ fn main() -> Result<()> {
         Command::Export(a) => cli::export::run(a),
         Command::Generate(a) => cli::generate::run(a),
         Command::Eval { what } => cli::eval::run(what),
-        Command::Dedup(a) => cli::dedup::run(a),
-        Command::Filter(a) => cli::filter::run(a),
-        Command::Quality { what } => cli::quality::run(what),
+        Command::Dedup(a) => baichuan_curate::cli::dedup::run(a),
+        Command::Filter(a) => baichuan_curate::cli::filter::run(a),
+        Command::Quality { what } => match what {
+            QualityCommand::Train(a) => baichuan_curate::cli::quality::train(a),
+            QualityCommand::Score(a) => baichuan_curate::cli::quality::score(a),
+            QualityCommand::Perplexity(a) => cli::perplexity::run(a),
+        },
         Command::Plot(a) => cli::plot::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::Prepare(a) => cli::prepare::run(a),

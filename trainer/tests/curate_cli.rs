@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{baichuan, output_ok as run_ok, run, temp_dir};
+use common::{baichuan, output_ok as run_ok, run, temp_dir, SMALL};
 
 /// Thresholds for the sample: verses and quatrains are far shorter than web pages, so the
 /// document-length rules are scaled down; every other rule keeps its default.
@@ -19,23 +19,6 @@ min_num_sentences = 1
 min_documents = 3
 "#;
 
-const SMALL: [&str; 14] = [
-    "--set",
-    "model.hidden_size=32",
-    "--set",
-    "model.intermediate_size=64",
-    "--set",
-    "model.num_hidden_layers=1",
-    "--set",
-    "train.micro_batch_size=4",
-    "--set",
-    "train.global_batch_size=8",
-    "--set",
-    "data.seq_len=32",
-    "--set",
-    "train.device=cpu",
-];
-
 fn stats(dir: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("stats.json")).unwrap()).unwrap()
 }
@@ -46,7 +29,14 @@ fn the_sample_goes_through_filter_dedup_and_prepare_into_training() {
     let config = dir.join("filters.toml");
     std::fs::write(&config, SAMPLE_FILTERS).unwrap();
     let filtered = dir.join("filtered");
-    let out = run_ok(baichuan().args(["filter", "--input", "data/sample", "--out"]).arg(&filtered).arg("--config").arg(&config).args(["--jobs", "2"]));
+    let out = run_ok(
+        baichuan()
+            .args(["filter", "--input", "data/sample", "--out"])
+            .arg(&filtered)
+            .arg("--config")
+            .arg(&config)
+            .args(["--jobs", "2"]),
+    );
     assert!(out.contains("kept") && out.contains("documents"), "{out}");
     let s = stats(&filtered);
     let (read, kept) = (s["documents"].as_u64().unwrap(), s["kept_documents"].as_u64().unwrap());
@@ -55,17 +45,39 @@ fn the_sample_goes_through_filter_dedup_and_prepare_into_training() {
     assert!(filtered.join("kjv.txt").exists() && filtered.join("removed/kjv.jsonl").exists());
     // Every removal has its reason; removed + kept = read.
     assert_eq!(s["removed_documents"].as_u64().unwrap() + kept, read);
-    let again = run_ok(baichuan().args(["filter", "--input", "data/sample", "--out"]).arg(&filtered).arg("--config").arg(&config));
+    let again = run_ok(
+        baichuan()
+            .args(["filter", "--input", "data/sample", "--out"])
+            .arg(&filtered)
+            .arg("--config")
+            .arg(&config),
+    );
     assert!(again.contains("up to date"), "{again}");
 
     let deduped = dir.join("deduped");
-    let out = run_ok(baichuan().args(["dedup", "--level", "both", "--input"]).arg(&filtered).arg("--out").arg(&deduped));
+    let out = run_ok(
+        baichuan()
+            .args(["dedup", "--level", "both", "--input"])
+            .arg(&filtered)
+            .arg("--out")
+            .arg(&deduped),
+    );
     assert!(out.contains("exact_duplicate"), "{out}");
     let d = stats(&deduped);
-    assert_eq!(d["documents"].as_u64().unwrap(), kept, "dedup reads what filter kept, not its side outputs");
+    assert_eq!(
+        d["documents"].as_u64().unwrap(),
+        kept,
+        "dedup reads what filter kept, not its side outputs"
+    );
 
     let shards = dir.join("shards");
-    let out = run_ok(baichuan().args(["prepare", "--tokenizer", "assets/tokenizer.model", "--input"]).arg(&deduped).arg("--out").arg(&shards));
+    let out = run_ok(
+        baichuan()
+            .args(["prepare", "--tokenizer", "assets/tokenizer.model", "--input"])
+            .arg(&deduped)
+            .arg("--out")
+            .arg(&shards),
+    );
     assert!(out.contains(&format!("{} documents", d["kept_documents"])), "{out}");
     let text = run_ok(
         baichuan()
@@ -83,14 +95,42 @@ fn the_sample_goes_through_filter_dedup_and_prepare_into_training() {
 fn quality_classifier_trains_scores_and_gates_filter() {
     let dir = temp_dir("curate-quality");
     let model = dir.join("q.bin");
-    let out = run_ok(baichuan().args([
-        "quality", "train", "--positive", "data/sample/tang300.txt", "--negative", "data/sample/song100.txt",
-        "data/sample/kjv.txt", "--max-docs", "400", "--epoch", "10", "--out",
-    ]).arg(&model));
-    let acc: f64 = out.split("held-out accuracy ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let out = run_ok(
+        baichuan()
+            .args([
+                "quality",
+                "train",
+                "--positive",
+                "data/sample/tang300.txt",
+                "--negative",
+                "data/sample/song100.txt",
+                "data/sample/kjv.txt",
+                "--max-docs",
+                "400",
+                "--epoch",
+                "10",
+                "--out",
+            ])
+            .arg(&model),
+    );
+    let acc: f64 = out
+        .split("held-out accuracy ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(acc > 0.8, "{out}");
     let scores = dir.join("scores");
-    let out = run_ok(baichuan().args(["quality", "score", "--input", "data/sample/tang300.txt", "--model"]).arg(&model).arg("--out").arg(&scores));
+    let out = run_ok(
+        baichuan()
+            .args(["quality", "score", "--input", "data/sample/tang300.txt", "--model"])
+            .arg(&model)
+            .arg("--out")
+            .arg(&scores),
+    );
     assert!(out.contains("313 documents"), "{out}");
     let first = std::fs::read_to_string(scores.join("tang300.scores.jsonl")).unwrap();
     let v: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
@@ -105,9 +145,26 @@ fn quality_classifier_trains_scores_and_gates_filter() {
             .arg(&gated),
     );
     assert!(out.contains("quality_score") || out.contains("gopher"), "{out}");
-    let (ok, err) = run(&["filter", "--input", "data/sample/tang300.txt", "--min-score", "0.5", "--out", gated.to_str().unwrap()]);
+    let (ok, err) = run(&[
+        "filter",
+        "--input",
+        "data/sample/tang300.txt",
+        "--min-score",
+        "0.5",
+        "--out",
+        gated.to_str().unwrap(),
+    ]);
     assert!(!ok && err.contains("HINT"), "{err}");
-    let (ok, err) = run(&["quality", "score", "--model", "data/sample/kjv.txt", "--input", "data/sample/tang300.txt", "--out", "/tmp/x"]);
+    let (ok, err) = run(&[
+        "quality",
+        "score",
+        "--model",
+        "data/sample/kjv.txt",
+        "--input",
+        "data/sample/tang300.txt",
+        "--out",
+        "/tmp/x",
+    ]);
     assert!(!ok && err.contains("kjv.txt") && err.contains("HINT"), "{err}");
 }
 
@@ -115,11 +172,26 @@ fn quality_classifier_trains_scores_and_gates_filter() {
 fn perplexity_scores_documents_with_a_model_directory() {
     let dir = temp_dir("curate-ppl");
     let model = dir.join("model");
-    run_ok(baichuan().args(["init", "--config", "config/tiny.toml", "--out"]).arg(&model).args(&SMALL[..12]));
+    run_ok(
+        baichuan()
+            .args(["init", "--config", "config/tiny.toml", "--out"])
+            .arg(&model)
+            .args(&SMALL[..12]),
+    );
     let scores = dir.join("ppl");
     let out = run_ok(
         baichuan()
-            .args(["quality", "perplexity", "--input", "data/sample/song100.txt", "--device", "cpu", "--max-tokens", "64", "--model"])
+            .args([
+                "quality",
+                "perplexity",
+                "--input",
+                "data/sample/song100.txt",
+                "--device",
+                "cpu",
+                "--max-tokens",
+                "64",
+                "--model",
+            ])
             .arg(&model)
             .arg("--out")
             .arg(&scores),
@@ -139,8 +211,20 @@ fn bad_filter_config_names_the_key() {
     let dir = temp_dir("curate-badcfg");
     let config = dir.join("f.toml");
     std::fs::write(&config, "[gopher_quality]\nmin_doc_wrds = 3\n").unwrap();
-    let (ok, err) = run(&["filter", "--input", "data/sample/song100.txt", "--out", dir.join("o").to_str().unwrap(), "--config", config.to_str().unwrap()]);
+    let (ok, err) = run(&[
+        "filter",
+        "--input",
+        "data/sample/song100.txt",
+        "--out",
+        dir.join("o").to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
     assert!(!ok && err.contains("f.toml") && err.contains("min_doc_wrds"), "{err}");
     let default = run_ok(baichuan().args(["filter", "--print-config"]));
-    assert_eq!(default, std::fs::read_to_string(common::root().join("config/filters.toml")).unwrap(), "config/filters.toml is the default config");
+    assert_eq!(
+        default,
+        std::fs::read_to_string(common::root().join("config/curation/filters.toml")).unwrap(),
+        "config/curation/filters.toml is the default config"
+    );
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{baichuan, output_ok as run_ok};
+use common::{baichuan, output_ok as run_ok, SMALL};
 
 #[test]
 fn train_on_the_sample_then_generate_and_export() {
@@ -184,22 +184,6 @@ fn bad_configs_fail_with_the_key_and_a_hint() {
 }
 
 /// Shrinks the tiny preset further so a run takes seconds.
-const SMALL: [&str; 14] = [
-    "--set",
-    "model.hidden_size=32",
-    "--set",
-    "model.intermediate_size=64",
-    "--set",
-    "model.num_hidden_layers=1",
-    "--set",
-    "train.micro_batch_size=4",
-    "--set",
-    "train.global_batch_size=8",
-    "--set",
-    "data.seq_len=32",
-    "--set",
-    "train.device=cpu",
-];
 
 #[test]
 fn text_is_tokenized_into_a_reused_cache_and_validation_is_logged() {

@@ -60,7 +60,13 @@ impl LshParams {
     /// at Jaccard 0.68 is found half the time, at 0.8 with probability 0.93, at 0.9 always
     /// (0.9996): a threshold near 0.7, text-dedup's default, at less than half its 250
     /// permutations of hashing work per shingle.
-    pub const DEFAULT: LshParams = LshParams { ngram: 5, num_perm: 112, bands: 14, rows: 8, seed: 1 };
+    pub const DEFAULT: LshParams = LshParams {
+        ngram: 5,
+        num_perm: 112,
+        bands: 14,
+        rows: 8,
+        seed: 1,
+    };
 
     /// Checks the banding fits the permutations.
     pub fn validate(&self) -> Result<()> {
@@ -173,7 +179,10 @@ impl MinHasher {
         let r = self.params.rows;
         (0..self.params.bands)
             .map(|band| {
-                let bytes: Vec<u8> = sig[band * r..(band + 1) * r].iter().flat_map(|v| v.to_le_bytes()).collect();
+                let bytes: Vec<u8> = sig[band * r..(band + 1) * r]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect();
                 xxh3_128(&bytes)
             })
             .collect()
@@ -216,7 +225,10 @@ mod tests {
     #[test]
     fn units_split_words_and_cjk_characters() {
         assert_eq!(units("Hello, World! 2024"), ["hello", "world", "2024"]);
-        assert_eq!(units("床前明月光，疑是地上霜。"), ["床", "前", "明", "月", "光", "疑", "是", "地", "上", "霜"]);
+        assert_eq!(
+            units("床前明月光，疑是地上霜。"),
+            ["床", "前", "明", "月", "光", "疑", "是", "地", "上", "霜"]
+        );
         assert_eq!(units("GPU加速ok"), ["gpu", "加", "速", "ok"]);
         assert!(units(" ,.!? ").is_empty());
     }
@@ -230,7 +242,10 @@ mod tests {
 
     #[test]
     fn signature_agreement_estimates_jaccard() {
-        let m = MinHasher::new(LshParams { num_perm: 512, ..LshParams::DEFAULT });
+        let m = MinHasher::new(LshParams {
+            num_perm: 512,
+            ..LshParams::DEFAULT
+        });
         let a: Vec<u64> = (0..300).collect();
         let b: Vec<u64> = (100..400).collect(); // Jaccard 200/400 = 0.5
         let (sa, sb) = (m.signature(&a), m.signature(&b));
@@ -243,7 +258,12 @@ mod tests {
     #[test]
     fn banding_choices() {
         assert!(LshParams::DEFAULT.validate().is_ok());
-        assert!(LshParams { bands: 20, ..LshParams::DEFAULT }.validate().is_err());
+        assert!(LshParams {
+            bands: 20,
+            ..LshParams::DEFAULT
+        }
+        .validate()
+        .is_err());
         let p = LshParams::DEFAULT;
         assert!(p.s_curve(0.9) > 0.99 && p.s_curve(0.5) < 0.1);
         // datasketch.lsh._optimal_param(0.7, 250, 0.5, 0.5) is (25, 10); tests/oracle_minhash.rs checks.

@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::corpus::{list_inputs, write_atomic, Doc, DocReader, DocWriter, InputFile, Progress, SideWriter};
+use crate::corpus::{
+    list_inputs, stage_inputs, write_atomic, Doc, DocReader, DocWriter, InputFile, Progress, SideWriter,
+};
 use crate::manifest::{merge_task_stats, read_stats, write_stats, RunManifest};
 use crate::{input_err, output_err, CurateError, Result, Stats, Task};
 use minhash::{exact_key, units, LshParams, MinHasher};
@@ -112,7 +114,11 @@ impl Ctx<'_> {
 
     /// Items of one document and their keys (exact key last).
     fn keys(&self, hasher: &MinHasher, file: usize, doc: &Doc) -> Vec<(ItemId, Vec<u128>)> {
-        let item = |sent: usize| ItemId { file: file as u32, line: doc.line, sent: sent as u32 };
+        let item = |sent: usize| ItemId {
+            file: file as u32,
+            line: doc.line,
+            sent: sent as u32,
+        };
         let keys_of = |text: &str, min_units: usize| -> Option<Vec<u128>> {
             let u = units(text);
             if u.is_empty() || u.len() < min_units {
@@ -126,7 +132,9 @@ impl Ctx<'_> {
             Level::Sentence => sentence::sentence_spans(&doc.text)
                 .into_iter()
                 .enumerate()
-                .filter_map(|(s, span)| keys_of(&doc.text[span], self.opts.min_sentence_units.max(1)).map(|k| (item(s), k)))
+                .filter_map(|(s, span)| {
+                    keys_of(&doc.text[span], self.opts.min_sentence_units.max(1)).map(|k| (item(s), k))
+                })
                 .collect(),
             _ => keys_of(&doc.text, 1).map(|k| (item(0), k)).into_iter().collect(),
         }
@@ -138,13 +146,7 @@ impl Ctx<'_> {
         let nb = self.opts.lsh.bands + 1;
         let prefix = format!("t{:05}of{:05}-", task.index, task.count);
         for band in 0..nb {
-            let dir = self.band_dir(band);
-            create_dir(&dir)?;
-            for old in records::run_files(&dir)? {
-                if old.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("t{:05}of", task.index))) {
-                    fs::remove_file(&old).map_err(|e| output_err(&old, e))?;
-                }
-            }
+            records::clear_task_runs(&self.band_dir(band), task)?;
         }
         let budget = (self.opts.memory_mb.max(1) << 20) / 28;
         let mut bufs: Vec<Vec<(u128, ItemId)>> = vec![Vec::new(); nb];
@@ -161,7 +163,8 @@ impl Ctx<'_> {
             Ok(())
         };
         let mine = task.files(self.files);
-        self.progress.start("signatures", mine.iter().map(|&f| self.files[f].bytes).sum());
+        self.progress
+            .start("signatures", mine.iter().map(|&f| self.files[f].bytes).sum());
         for f in mine {
             let mut reader = DocReader::open(&self.files[f], &self.opts.text_key)?;
             loop {
@@ -185,7 +188,10 @@ impl Ctx<'_> {
         if buffered > 0 || runs == 0 {
             flush(&mut bufs, &mut runs)?;
         }
-        write_atomic(&task.done_marker(&self.work.join("sig")), format!("{runs} runs\n").as_bytes())
+        write_atomic(
+            &task.done_marker(&self.work.join("sig")),
+            format!("{runs} runs\n").as_bytes(),
+        )
     }
 
     /// Stage 2 for the bands `task` owns (in parallel).
@@ -222,7 +228,10 @@ impl Ctx<'_> {
         for band in 0..nb {
             let path = self.edges_path(band);
             if !path.exists() {
-                return Err(input_err(&path, "missing; HINT: the buckets stage has not finished every band"));
+                return Err(input_err(
+                    &path,
+                    "missing; HINT: the buckets stage has not finished every band",
+                ));
             }
             records::read_edges(&path, |a, rep| {
                 all.union(a, rep);
@@ -241,7 +250,11 @@ impl Ctx<'_> {
             let end = start + members[start..].iter().take_while(|(it, _)| it.file == file).count();
             let removals: Vec<Removal> = members[start..end]
                 .iter()
-                .map(|&(item, rep)| Removal { item, rep, exact: exact.find(item) == rep })
+                .map(|&(item, rep)| Removal {
+                    item,
+                    rep,
+                    exact: exact.find(item) == rep,
+                })
                 .collect();
             records::write_removals(&self.removals_path(file as usize), &removals)?;
             start = end;
@@ -256,8 +269,12 @@ impl Ctx<'_> {
             return Err(input_err(&done, "missing; HINT: run the clusters stage first"));
         }
         let mine = task.files(self.files);
-        self.progress.start("write", mine.iter().map(|&f| self.files[f].bytes).sum());
-        let per_file = mine.par_iter().map(|&f| self.write_file(f)).collect::<Result<Vec<Stats>>>()?;
+        self.progress
+            .start("write", mine.iter().map(|&f| self.files[f].bytes).sum());
+        let per_file = mine
+            .par_iter()
+            .map(|&f| self.write_file(f))
+            .collect::<Result<Vec<Stats>>>()?;
         let mut stats = Stats::default();
         for s in &per_file {
             stats.merge(s);
@@ -268,7 +285,10 @@ impl Ctx<'_> {
     fn write_file(&self, f: usize) -> Result<Stats> {
         let input = &self.files[f];
         let removals = records::read_removals(&self.removals_path(f))?;
-        let mut stats = Stats { files: 1, ..Stats::default() };
+        let mut stats = Stats {
+            files: 1,
+            ..Stats::default()
+        };
         let mut reader = DocReader::open(input, &self.opts.text_key)?;
         let mut writer = DocWriter::create(self.out, input, &self.opts.text_key)?;
         let mut side = SideWriter::new(self.removed, input)?;
@@ -326,7 +346,11 @@ impl Ctx<'_> {
             if k < removals.len() && removals[k].item.sent as usize == s {
                 let r = removals[k];
                 k += 1;
-                let rule = if r.exact { "exact_duplicate_sentence" } else { "near_duplicate_sentence" };
+                let rule = if r.exact {
+                    "exact_duplicate_sentence"
+                } else {
+                    "near_duplicate_sentence"
+                };
                 side.write(&self.record(input, doc, Some(s as u32), rule, r.rep, sent))?;
                 stats.removed_part(rule, sent.len());
             } else {
@@ -389,27 +413,6 @@ struct Location<'a> {
     sentence: Option<u32>,
 }
 
-/// The files of a run, checked against the list the signatures stage recorded.
-fn inputs_for(work: &Path, inputs: &[PathBuf], stage: Stage) -> Result<Vec<InputFile>> {
-    let files = list_inputs(inputs)?;
-    let path = work.join("inputs.json");
-    if stage == Stage::Signatures {
-        create_dir(work)?;
-        let text = serde_json::to_string_pretty(&files).map_err(|e| output_err(&path, e))?;
-        write_atomic(&path, text.as_bytes())?;
-    } else {
-        let text = fs::read_to_string(&path).map_err(|e| input_err(&path, format!("{e}; HINT: run the signatures stage first")))?;
-        let recorded: Vec<InputFile> = serde_json::from_str(&text).map_err(|e| input_err(&path, e))?;
-        if recorded != files {
-            return Err(input_err(
-                &path,
-                "the inputs changed since the signatures stage; HINT: rerun every stage on the same --input",
-            ));
-        }
-    }
-    Ok(files)
-}
-
 /// Runs one stage of a multi-process dedup as task `task` (document or sentence level).
 /// Returns the merged stats when this task completes the write stage.
 pub fn run_stage(
@@ -424,12 +427,21 @@ pub fn run_stage(
     opts.lsh.validate()?;
     if opts.level == Level::Both {
         return Err(CurateError::Options(
-            "--stage runs one level; HINT: run the document stages into one directory, then the sentence stages on it".into(),
+            "--stage runs one level; HINT: run the document stages into one directory, then the sentence stages on it"
+                .into(),
         ));
     }
-    let files = inputs_for(work, inputs, stage)?;
+    let files = stage_inputs(work, inputs, stage == Stage::Signatures, "signatures", true)?;
     let removed = out.join("removed");
-    let ctx = Ctx { opts, level: opts.level, files: &files, out, work, removed: &removed, progress };
+    let ctx = Ctx {
+        opts,
+        level: opts.level,
+        files: &files,
+        out,
+        work,
+        removed: &removed,
+        progress,
+    };
     match stage {
         Stage::Signatures => ctx.signatures(task).map(|_| None),
         Stage::Buckets => ctx.buckets(task).map(|_| None),
@@ -443,9 +455,25 @@ pub fn run_stage(
 }
 
 /// One level on one machine: every stage in turn, threads within each.
-fn pipeline(opts: &DedupOptions, level: Level, inputs: &[PathBuf], out: &Path, work: &Path, removed: &Path, progress: &Progress) -> Result<Stats> {
-    let files = inputs_for(work, inputs, Stage::Signatures)?;
-    let ctx = Ctx { opts, level, files: &files, out, work, removed, progress };
+fn pipeline(
+    opts: &DedupOptions,
+    level: Level,
+    inputs: &[PathBuf],
+    out: &Path,
+    work: &Path,
+    removed: &Path,
+    progress: &Progress,
+) -> Result<Stats> {
+    let files = stage_inputs(work, inputs, true, "signatures", true)?;
+    let ctx = Ctx {
+        opts,
+        level,
+        files: &files,
+        out,
+        work,
+        removed,
+        progress,
+    };
     ctx.signatures(Task::ALL)?;
     ctx.buckets(Task::ALL)?;
     ctx.clusters()?;
@@ -461,13 +489,23 @@ pub struct RunOutcome {
 }
 
 /// `baichuan dedup` on one machine: all stages, with rayon's threads.
-pub fn run(opts: &DedupOptions, inputs: &[PathBuf], out: &Path, force: bool, keep_work: bool, progress: &Progress) -> Result<RunOutcome> {
+pub fn run(
+    opts: &DedupOptions,
+    inputs: &[PathBuf],
+    out: &Path,
+    force: bool,
+    keep_work: bool,
+    progress: &Progress,
+) -> Result<RunOutcome> {
     opts.lsh.validate()?;
     let files = list_inputs(inputs)?;
     let settings = serde_json::to_value(opts).map_err(|e| CurateError::Options(e.to_string()))?;
     let manifest = RunManifest::new("dedup", settings, &files);
     if !force && manifest.up_to_date(out) {
-        return Ok(RunOutcome { stats: read_stats(out)?, up_to_date: true });
+        return Ok(RunOutcome {
+            stats: read_stats(out)?,
+            up_to_date: true,
+        });
     }
     create_dir(out)?;
     RunManifest::invalidate(out)?;
@@ -477,9 +515,25 @@ pub fn run(opts: &DedupOptions, inputs: &[PathBuf], out: &Path, force: bool, kee
     let stats = match opts.level {
         Level::Both => {
             let mid = work.join("documents");
-            let first = pipeline(opts, Level::Document, inputs, &mid, &work.join("document"), &removed.join("document"), progress)?;
-            let second = pipeline(opts, Level::Sentence, &[mid.clone()], out, &work.join("sentence"), &removed.join("sentence"), progress)?;
-            combine(&first, &second)
+            let first = pipeline(
+                opts,
+                Level::Document,
+                inputs,
+                &mid,
+                &work.join("document"),
+                &removed.join("document"),
+                progress,
+            )?;
+            let second = pipeline(
+                opts,
+                Level::Sentence,
+                std::slice::from_ref(&mid),
+                out,
+                &work.join("sentence"),
+                &removed.join("sentence"),
+                progress,
+            )?;
+            first.then(&second)
         }
         level => pipeline(opts, level, inputs, out, &work, &removed, progress)?,
     };
@@ -488,24 +542,8 @@ pub fn run(opts: &DedupOptions, inputs: &[PathBuf], out: &Path, force: bool, kee
     }
     write_stats(out, &stats)?;
     manifest.write(out)?;
-    Ok(RunOutcome { stats, up_to_date: false })
-}
-
-/// Stats of a document pass followed by a sentence pass over its output.
-fn combine(first: &Stats, second: &Stats) -> Stats {
-    let mut s = first.clone();
-    s.kept_documents = second.kept_documents;
-    s.kept_bytes = second.kept_bytes;
-    s.removed_documents += second.removed_documents;
-    s.removed_bytes += second.removed_bytes;
-    s.removed_parts += second.removed_parts;
-    s.removed_part_bytes += second.removed_part_bytes;
-    for (k, v) in &second.rules {
-        let r = s.rules.entry(k.clone()).or_default();
-        r.documents += v.documents;
-        r.bytes += v.bytes;
-        r.parts += v.parts;
-        r.part_bytes += v.part_bytes;
-    }
-    s
+    Ok(RunOutcome {
+        stats,
+        up_to_date: false,
+    })
 }

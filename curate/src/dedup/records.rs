@@ -30,7 +30,11 @@ impl ItemId {
 
     fn get(b: &[u8]) -> Self {
         let u = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
-        ItemId { file: u(0), line: u(4), sent: u(8) }
+        ItemId {
+            file: u(0),
+            line: u(4),
+            sent: u(8),
+        }
     }
 }
 
@@ -44,7 +48,11 @@ struct RecordReader {
 impl RecordReader {
     fn open(path: &Path, size: usize) -> Result<Self> {
         let f = File::open(path).map_err(|e| input_err(path, e))?;
-        Ok(RecordReader { r: BufReader::with_capacity(1 << 16, f), path: path.to_path_buf(), buf: vec![0; size] })
+        Ok(RecordReader {
+            r: BufReader::with_capacity(1 << 16, f),
+            path: path.to_path_buf(),
+            buf: vec![0; size],
+        })
     }
 
     /// The next record, or None at a clean end; a partial record is an error.
@@ -54,7 +62,10 @@ impl RecordReader {
             match self.r.read(&mut self.buf[got..]) {
                 Ok(0) if got == 0 => return Ok(None),
                 Ok(0) => {
-                    return Err(input_err(&self.path, "truncated record; HINT: rerun the stage that wrote it"))
+                    return Err(input_err(
+                        &self.path,
+                        "truncated record; HINT: rerun the stage that wrote it",
+                    ))
                 }
                 Ok(n) => got += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -100,6 +111,21 @@ pub fn run_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Creates `dir` and removes the runs an earlier attempt of `task` (any count) left there.
+pub fn clear_task_runs(dir: &Path, task: crate::Task) -> Result<()> {
+    create_dir(dir)?;
+    let prefix = format!("t{:05}of", task.index);
+    for old in run_files(dir)? {
+        if old
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        {
+            fs::remove_file(&old).map_err(|e| output_err(&old, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Merges sorted runs and calls `group` once per key shared by two or more items, with the
 /// items in order.
 pub fn merge_runs(runs: &[PathBuf], mut group: impl FnMut(&[ItemId]) -> Result<()>) -> Result<()> {
@@ -108,9 +134,17 @@ pub fn merge_runs(runs: &[PathBuf], mut group: impl FnMut(&[ItemId]) -> Result<(
 
 /// As [`merge_runs`], with the key.
 pub fn merge_runs_keyed(runs: &[PathBuf], mut group: impl FnMut(u128, &[ItemId]) -> Result<()>) -> Result<()> {
-    let mut readers = runs.iter().map(|p| RecordReader::open(p, 28)).collect::<Result<Vec<_>>>()?;
+    let mut readers = runs
+        .iter()
+        .map(|p| RecordReader::open(p, 28))
+        .collect::<Result<Vec<_>>>()?;
     let mut heap = BinaryHeap::new();
-    let decode = |b: &[u8]| (u128::from_le_bytes(b[..16].try_into().expect("16 bytes")), ItemId::get(&b[16..]));
+    let decode = |b: &[u8]| {
+        (
+            u128::from_le_bytes(b[..16].try_into().expect("16 bytes")),
+            ItemId::get(&b[16..]),
+        )
+    };
     for (i, r) in readers.iter_mut().enumerate() {
         if let Some(b) = r.next()? {
             let (k, id) = decode(b);
@@ -147,7 +181,10 @@ pub struct EdgeWriter {
 
 impl EdgeWriter {
     pub fn create(path: &Path) -> Result<Self> {
-        Ok(EdgeWriter { out: crate::corpus::AtomicFile::create(path)?, buf: Vec::new() })
+        Ok(EdgeWriter {
+            out: crate::corpus::AtomicFile::create(path)?,
+            buf: Vec::new(),
+        })
     }
 
     pub fn push(&mut self, item: ItemId, rep: ItemId) -> Result<()> {
@@ -202,7 +239,11 @@ pub fn read_removals(path: &Path) -> Result<Vec<Removal>> {
     let mut r = RecordReader::open(path, 25)?;
     let mut out = Vec::new();
     while let Some(b) = r.next()? {
-        out.push(Removal { item: ItemId::get(&b[..12]), rep: ItemId::get(&b[12..24]), exact: b[24] == 1 });
+        out.push(Removal {
+            item: ItemId::get(&b[..12]),
+            rep: ItemId::get(&b[12..24]),
+            exact: b[24] == 1,
+        });
     }
     Ok(out)
 }
@@ -248,8 +289,11 @@ impl Clusters {
     /// Every non-root item with its root.
     pub fn members(&mut self) -> Vec<(ItemId, ItemId)> {
         let keys: Vec<ItemId> = self.parent.keys().copied().collect();
-        let mut out: Vec<(ItemId, ItemId)> =
-            keys.into_iter().map(|k| (k, self.find(k))).filter(|(k, r)| k != r).collect();
+        let mut out: Vec<(ItemId, ItemId)> = keys
+            .into_iter()
+            .map(|k| (k, self.find(k)))
+            .filter(|(k, r)| k != r)
+            .collect();
         out.sort_unstable();
         out
     }
@@ -278,7 +322,10 @@ mod tests {
         .unwrap();
         assert_eq!(groups, vec![vec![id(1), id(3)], vec![id(0), id(2), id(5)]]);
         fs::write(dir.join("c.run"), [0u8; 30]).unwrap();
-        assert!(merge_runs(&run_files(&dir).unwrap(), |_| Ok(())).unwrap_err().to_string().contains("truncated"));
+        assert!(merge_runs(&run_files(&dir).unwrap(), |_| Ok(()))
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
     }
 
     #[test]

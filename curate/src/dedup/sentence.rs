@@ -19,14 +19,17 @@ pub fn sentence_spans(text: &str) -> Vec<std::ops::Range<usize>> {
         let mut end = i + c.len_utf8();
         // Repeated terminators, closing quotes and brackets stay with the sentence.
         while let Some(&(j, d)) = chars.peek() {
-            if matches!(d, '。' | '！' | '？' | '…' | '.' | '!' | '?' | '"' | '\'' | '”' | '’' | '」' | '』' | ')' | '）' | '》') {
+            if matches!(
+                d,
+                '。' | '！' | '？' | '…' | '.' | '!' | '?' | '"' | '\'' | '”' | '’' | '」' | '』' | ')' | '）' | '》'
+            ) {
                 end = j + d.len_utf8();
                 chars.next();
             } else {
                 break;
             }
         }
-        let next_is_space = chars.peek().map_or(true, |&(_, d)| d.is_whitespace());
+        let next_is_space = chars.peek().map(|&(_, d)| d.is_whitespace()).unwrap_or(true);
         if latin_end && !newline && !next_is_space {
             continue; // "3.14", "e.g.x": not a boundary
         }
@@ -59,7 +62,10 @@ mod tests {
     fn english_chinese_and_lines() {
         assert_eq!(split("One. Two!  Three?"), ["One. ", "Two!  ", "Three?"]);
         assert_eq!(split("Pi is 3.14 today. Yes"), ["Pi is 3.14 today. ", "Yes"]);
-        assert_eq!(split("床前明月光。疑是地上霜！他说：“好。”走"), ["床前明月光。", "疑是地上霜！", "他说：“好。”", "走"]);
+        assert_eq!(
+            split("床前明月光。疑是地上霜！他说：“好。”走"),
+            ["床前明月光。", "疑是地上霜！", "他说：“好。”", "走"]
+        );
         assert_eq!(split("a line\nnext line\n"), ["a line\n", "next line\n"]);
         assert_eq!(split("Wait... what?!"), ["Wait... ", "what?!"]);
         assert!(split("").is_empty());

@@ -28,7 +28,10 @@ pub struct Boilerplate {
 
 impl Default for Boilerplate {
     fn default() -> Self {
-        Boilerplate { enabled: true, min_documents: 20 }
+        Boilerplate {
+            enabled: true,
+            min_documents: 20,
+        }
     }
 }
 
@@ -69,11 +72,15 @@ pub fn select(run_dir: &Path, out: &Path, min_documents: u64) -> Result<usize> {
 
 /// The boilerplate keys a `select` wrote.
 pub fn load(path: &Path) -> Result<HashSet<u128>> {
-    let bytes = std::fs::read(path).map_err(|e| input_err(path, format!("{e}; HINT: run the boilerplate stage first")))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| input_err(path, format!("{e}; HINT: run the boilerplate stage first")))?;
     if bytes.len() % 16 != 0 {
         return Err(input_err(path, "truncated; HINT: rerun the boilerplate stage"));
     }
-    Ok(bytes.chunks_exact(16).map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes"))).collect())
+    Ok(bytes
+        .chunks_exact(16)
+        .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
+        .collect())
 }
 
 #[cfg(test)]

@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 
 pub use rules::{FilterConfig, Outcome, Reason};
 
-use crate::corpus::{list_inputs, write_atomic, Doc, DocReader, DocWriter, InputFile, Progress, SideWriter};
+use crate::corpus::{
+    list_inputs, stage_inputs, write_atomic, Doc, DocReader, DocWriter, InputFile, Progress, SideWriter,
+};
 use crate::dedup::records::{self, create_dir, ItemId};
 use crate::manifest::{merge_task_stats, read_stats, write_stats, RunManifest};
 use crate::quality::fasttext::FastText;
@@ -44,7 +46,11 @@ pub struct QualityGate {
 
 impl Default for QualityGate {
     fn default() -> Self {
-        QualityGate { model: None, label: "__label__hq".into(), min_score: 0.5 }
+        QualityGate {
+            model: None,
+            label: "__label__hq".into(),
+            min_score: 0.5,
+        }
     }
 }
 
@@ -71,7 +77,11 @@ impl FilterOptions {
         let model = match &self.config.quality.model {
             Some(p) => {
                 let m = fs::metadata(p).map_err(|e| input_err(p, e))?;
-                let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+                let mtime = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
                 serde_json::json!({"bytes": m.len(), "modified_ns": mtime.to_string()})
             }
             None => serde_json::Value::Null,
@@ -119,17 +129,13 @@ impl Ctx<'_> {
     /// Stage 1 for `task`.
     fn lines(&self, task: Task) -> Result<()> {
         let dir = self.work.join("lines");
-        create_dir(&dir)?;
-        for old in records::run_files(&dir)? {
-            if old.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("t{:05}of", task.index))) {
-                fs::remove_file(&old).map_err(|e| output_err(&old, e))?;
-            }
-        }
+        records::clear_task_runs(&dir, task)?;
         let budget = (self.opts.memory_mb.max(1) << 20) / 28;
         let mut buf: Vec<(u128, ItemId)> = Vec::new();
         let mut runs = 0;
         let mine = task.files(self.files);
-        self.progress.start("lines", mine.iter().map(|&f| self.files[f].bytes).sum());
+        self.progress
+            .start("lines", mine.iter().map(|&f| self.files[f].bytes).sum());
         let mut flush = |buf: &mut Vec<(u128, ItemId)>| -> Result<()> {
             let path = dir.join(format!("t{:05}of{:05}-r{runs:05}.run", task.index, task.count));
             records::write_run(&path, buf)?;
@@ -146,7 +152,11 @@ impl Ctx<'_> {
                 }
                 let keys: Vec<Vec<u128>> = docs.par_iter().map(|d| boilerplate::document_keys(&d.text)).collect();
                 for (doc, keys) in docs.iter().zip(keys) {
-                    let id = ItemId { file: f as u32, line: doc.line, sent: 0 };
+                    let id = ItemId {
+                        file: f as u32,
+                        line: doc.line,
+                        sent: 0,
+                    };
                     buf.extend(keys.into_iter().map(|k| (k, id)));
                 }
                 if buf.len() >= budget {
@@ -169,7 +179,11 @@ impl Ctx<'_> {
             fs::remove_file(p).map_err(|e| output_err(p, e))?;
         }
         self.progress.start("boilerplate", 0);
-        boilerplate::select(&dir, &self.work.join("boilerplate.keys"), self.opts.config.boilerplate.min_documents)
+        boilerplate::select(
+            &dir,
+            &self.work.join("boilerplate.keys"),
+            self.opts.config.boilerplate.min_documents,
+        )
     }
 
     /// Stage 3 for `task`.
@@ -193,9 +207,12 @@ impl Ctx<'_> {
             }
         }
         let mine = task.files(self.files);
-        self.progress.start("filter", mine.iter().map(|&f| self.files[f].bytes).sum());
-        let per_file: Vec<Stats> =
-            mine.par_iter().map(|&f| self.filter_file(f, &common, model.as_ref())).collect::<Result<_>>()?;
+        self.progress
+            .start("filter", mine.iter().map(|&f| self.files[f].bytes).sum());
+        let per_file: Vec<Stats> = mine
+            .par_iter()
+            .map(|&f| self.filter_file(f, &common, model.as_ref()))
+            .collect::<Result<_>>()?;
         let mut stats = Stats::default();
         for s in &per_file {
             stats.merge(s);
@@ -212,7 +229,11 @@ impl Ctx<'_> {
                 match boilerplate::line_key(line) {
                     Some(k) if common.contains(&k) => removed_lines.push((
                         line.trim().to_string(),
-                        Reason { rule: "boilerplate".into(), value: 1.0, threshold: self.opts.config.boilerplate.min_documents as f64 },
+                        Reason {
+                            rule: "boilerplate".into(),
+                            value: 1.0,
+                            threshold: self.opts.config.boilerplate.min_documents as f64,
+                        },
                     )),
                     _ => kept.push(line),
                 }
@@ -220,8 +241,16 @@ impl Ctx<'_> {
             if !removed_lines.is_empty() {
                 let kept = kept.join("\n");
                 if kept.trim().is_empty() {
-                    let dropped = Some(Reason { rule: "boilerplate_only".into(), value: 1.0, threshold: 0.0 });
-                    return Decision { text: None, removed_lines, dropped };
+                    let dropped = Some(Reason {
+                        rule: "boilerplate_only".into(),
+                        value: 1.0,
+                        threshold: 0.0,
+                    });
+                    return Decision {
+                        text: None,
+                        removed_lines,
+                        dropped,
+                    };
                 }
                 current = Some(kept);
             }
@@ -229,24 +258,48 @@ impl Ctx<'_> {
         let outcome = self.opts.config.apply(current.as_deref().unwrap_or(text));
         removed_lines.extend(outcome.removed_lines);
         if outcome.dropped.is_some() {
-            return Decision { text: None, removed_lines, dropped: outcome.dropped };
+            return Decision {
+                text: None,
+                removed_lines,
+                dropped: outcome.dropped,
+            };
         }
         let text_now = outcome.text;
         if let Some(m) = model {
             let gate = &self.opts.config.quality;
             let score = m.prob(&text_now, &gate.label).unwrap_or(0.0) as f64;
             if score < gate.min_score {
-                let dropped = Some(Reason { rule: "quality_score".into(), value: score, threshold: gate.min_score });
-                return Decision { text: None, removed_lines, dropped };
+                let dropped = Some(Reason {
+                    rule: "quality_score".into(),
+                    value: score,
+                    threshold: gate.min_score,
+                });
+                return Decision {
+                    text: None,
+                    removed_lines,
+                    dropped,
+                };
             }
         }
         let changed = text_now != text;
-        Decision { text: changed.then_some(text_now), removed_lines, dropped: None }
+        Decision {
+            text: changed.then_some(text_now),
+            removed_lines,
+            dropped: None,
+        }
     }
 
-    fn filter_file(&self, f: usize, common: &std::collections::HashSet<u128>, model: Option<&FastText>) -> Result<Stats> {
+    fn filter_file(
+        &self,
+        f: usize,
+        common: &std::collections::HashSet<u128>,
+        model: Option<&FastText>,
+    ) -> Result<Stats> {
         let input = &self.files[f];
-        let mut stats = Stats { files: 1, ..Stats::default() };
+        let mut stats = Stats {
+            files: 1,
+            ..Stats::default()
+        };
         let mut reader = DocReader::open(input, &self.opts.text_key)?;
         let mut writer = DocWriter::create(self.out, input, &self.opts.text_key)?;
         let mut side = SideWriter::new(&self.out.join("removed"), input)?;
@@ -267,7 +320,15 @@ impl Ctx<'_> {
         Ok(stats)
     }
 
-    fn record(&self, input: &InputFile, doc: &Doc, d: Decision, writer: &mut DocWriter, side: &mut SideWriter, stats: &mut Stats) -> Result<()> {
+    fn record(
+        &self,
+        input: &InputFile,
+        doc: &Doc,
+        d: Decision,
+        writer: &mut DocWriter,
+        side: &mut SideWriter,
+        stats: &mut Stats,
+    ) -> Result<()> {
         stats.read(doc.text.len());
         let rec = |level, r: &Reason, text| FilterRecord {
             file: &input.name,
@@ -279,12 +340,18 @@ impl Ctx<'_> {
             text,
         };
         for (line, r) in &d.removed_lines {
-            side.write(&FilterRecord { rule: &r.rule, ..rec("line", r, line) })?;
+            side.write(&FilterRecord {
+                rule: &r.rule,
+                ..rec("line", r, line)
+            })?;
             stats.removed_part(&r.rule, line.len());
         }
         match (&d.dropped, &d.text) {
             (Some(r), _) => {
-                side.write(&FilterRecord { rule: &r.rule, ..rec("document", r, &doc.text) })?;
+                side.write(&FilterRecord {
+                    rule: &r.rule,
+                    ..rec("document", r, &doc.text)
+                })?;
                 stats.removed(&r.rule, doc.text.len());
             }
             (None, Some(t)) => {
@@ -300,34 +367,30 @@ impl Ctx<'_> {
     }
 }
 
-/// The files of a run, checked against the list the first stage recorded.
-fn inputs_for(work: &Path, inputs: &[PathBuf], first: bool) -> Result<Vec<InputFile>> {
-    let files = list_inputs(inputs)?;
-    let path = work.join("inputs.json");
-    if first {
-        create_dir(work)?;
-        let text = serde_json::to_string_pretty(&files).map_err(|e| output_err(&path, e))?;
-        write_atomic(&path, text.as_bytes())?;
-    } else if path.exists() {
-        let text = fs::read_to_string(&path).map_err(|e| input_err(&path, e))?;
-        let recorded: Vec<InputFile> = serde_json::from_str(&text).map_err(|e| input_err(&path, e))?;
-        if recorded != files {
-            return Err(input_err(&path, "the inputs changed since the lines stage; HINT: rerun every stage on the same --input"));
-        }
-    }
-    Ok(files)
-}
-
 /// Runs one stage as task `task` of a multi-process filter run. Returns the merged stats when
 /// this task completes the filter stage.
-pub fn run_stage(opts: &FilterOptions, stage: Stage, task: Task, inputs: &[PathBuf], out: &Path, work: &Path, progress: &Progress) -> Result<Option<Stats>> {
+pub fn run_stage(
+    opts: &FilterOptions,
+    stage: Stage,
+    task: Task,
+    inputs: &[PathBuf],
+    out: &Path,
+    work: &Path,
+    progress: &Progress,
+) -> Result<Option<Stats>> {
     if stage != Stage::Filter && !opts.config.boilerplate.enabled {
         return Err(CurateError::Options(format!(
             "the {stage:?} stage counts boilerplate lines, which the config turns off; HINT: run only --stage filter"
         )));
     }
-    let files = inputs_for(work, inputs, stage == Stage::Lines)?;
-    let ctx = Ctx { opts, files: &files, out, work, progress };
+    let files = stage_inputs(work, inputs, stage == Stage::Lines, "lines", false)?;
+    let ctx = Ctx {
+        opts,
+        files: &files,
+        out,
+        work,
+        progress,
+    };
     match stage {
         Stage::Lines => ctx.lines(task).map(|_| None),
         Stage::Boilerplate if task.index == 0 => ctx.boilerplate().map(|_| None),
@@ -349,21 +412,39 @@ pub struct RunOutcome {
 }
 
 /// `baichuan filter` on one machine: every stage in turn, threads within each.
-pub fn run(opts: &FilterOptions, inputs: &[PathBuf], out: &Path, force: bool, progress: &Progress) -> Result<RunOutcome> {
+pub fn run(
+    opts: &FilterOptions,
+    inputs: &[PathBuf],
+    out: &Path,
+    force: bool,
+    progress: &Progress,
+) -> Result<RunOutcome> {
     if opts.config.boilerplate.enabled && opts.config.boilerplate.min_documents < 2 {
-        return Err(CurateError::Options("boilerplate.min_documents must be at least 2".into()));
+        return Err(CurateError::Options(
+            "boilerplate.min_documents must be at least 2".into(),
+        ));
     }
     let files = list_inputs(inputs)?;
     let manifest = RunManifest::new("filter", opts.settings()?, &files);
     if !force && manifest.up_to_date(out) {
-        return Ok(RunOutcome { stats: read_stats(out)?, up_to_date: true, boilerplate_lines: 0 });
+        return Ok(RunOutcome {
+            stats: read_stats(out)?,
+            up_to_date: true,
+            boilerplate_lines: 0,
+        });
     }
     create_dir(out)?;
     RunManifest::invalidate(out)?;
     let work = out.join("work");
     let _ = fs::remove_dir_all(&work);
-    let files = inputs_for(&work, inputs, true)?;
-    let ctx = Ctx { opts, files: &files, out, work: &work, progress };
+    let files = stage_inputs(&work, inputs, true, "lines", false)?;
+    let ctx = Ctx {
+        opts,
+        files: &files,
+        out,
+        work: &work,
+        progress,
+    };
     let mut boilerplate_lines = 0;
     if ctx.boilerplate_on() {
         ctx.lines(Task::ALL)?;
@@ -373,5 +454,9 @@ pub fn run(opts: &FilterOptions, inputs: &[PathBuf], out: &Path, force: bool, pr
     fs::remove_dir_all(&work).map_err(|e| output_err(&work, e))?;
     write_stats(out, &stats)?;
     manifest.write(out)?;
-    Ok(RunOutcome { stats, up_to_date: false, boilerplate_lines })
+    Ok(RunOutcome {
+        stats,
+        up_to_date: false,
+        boilerplate_lines,
+    })
 }

@@ -9,7 +9,7 @@
 //! `GopherQualityFilter`, `C4QualityFilter` and `FineWebQualityFilter`, run in that order as in
 //! FineWeb's pipeline. Two documented departures: words come from `script::words` instead of
 //! NLTK's `word_tokenize`, and sentences from `script::sentences` instead of NLTK's punkt.
-//! `scripts/oracle_filters.py` runs datatrove itself with those two swapped in; on English text
+//! `scripts/reference/oracle_filters.py` runs datatrove itself with those two swapped in; on English text
 //! this module and the oracle agree on every keep/drop decision, reason and output text.
 //!
 //! CJK forms. A document whose letters are mostly CJK (`[cjk] min_share`) is measured in CJK

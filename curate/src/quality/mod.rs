@@ -127,7 +127,11 @@ pub fn write_scores(
     progress.start("scoring", files.iter().map(|f| f.bytes).sum());
     let mut all = Vec::new();
     for file in &files {
-        let stem = file.name.strip_suffix(".txt").or(file.name.strip_suffix(".jsonl")).unwrap_or(&file.name);
+        let stem = file
+            .name
+            .strip_suffix(".txt")
+            .or(file.name.strip_suffix(".jsonl"))
+            .unwrap_or(&file.name);
         let mut w = AtomicFile::create(&out.join(format!("{stem}.scores.jsonl")))?;
         let mut reader = DocReader::open(file, text_key)?;
         loop {
@@ -137,8 +141,12 @@ pub fn write_scores(
             }
             let scores = scorer(&docs)?;
             for (d, &score) in docs.iter().zip(&scores) {
-                let mut line = serde_json::to_vec(&ScoreRecord { file: &file.name, line: d.line, score })
-                    .map_err(|e| output_err(out, e))?;
+                let mut line = serde_json::to_vec(&ScoreRecord {
+                    file: &file.name,
+                    line: d.line,
+                    score,
+                })
+                .map_err(|e| output_err(out, e))?;
                 line.push(b'\n');
                 w.write_all(&line)?;
                 all.push(score);
@@ -152,7 +160,13 @@ pub fn write_scores(
 
 fn summarize(files: usize, scores: &mut [f64]) -> ScoreSummary {
     scores.sort_by(f64::total_cmp);
-    let q = |p: f64| if scores.is_empty() { f64::NAN } else { scores[((scores.len() - 1) as f64 * p).round() as usize] };
+    let q = |p: f64| {
+        if scores.is_empty() {
+            f64::NAN
+        } else {
+            scores[((scores.len() - 1) as f64 * p).round() as usize]
+        }
+    };
     ScoreSummary {
         files,
         documents: scores.len() as u64,
@@ -162,7 +176,14 @@ fn summarize(files: usize, scores: &mut [f64]) -> ScoreSummary {
 }
 
 /// Scores with a fastText model: the probability of `label`, in parallel over each batch.
-pub fn score_with_model(model: &FastText, label: &str, inputs: &[PathBuf], out: &Path, text_key: &str, progress: &Progress) -> Result<ScoreSummary> {
+pub fn score_with_model(
+    model: &FastText,
+    label: &str,
+    inputs: &[PathBuf],
+    out: &Path,
+    text_key: &str,
+    progress: &Progress,
+) -> Result<ScoreSummary> {
     if !model.labels().iter().any(|l| l == label) {
         return Err(CurateError::Options(format!(
             "the model has no label {label:?} (it has {:?}); HINT: pass --label",
@@ -170,7 +191,10 @@ pub fn score_with_model(model: &FastText, label: &str, inputs: &[PathBuf], out: 
         )));
     }
     write_scores(inputs, out, text_key, progress, |docs| {
-        Ok(docs.par_iter().map(|d| model.prob(&d.text, label).unwrap_or(0.0) as f64).collect())
+        Ok(docs
+            .par_iter()
+            .map(|d| model.prob(&d.text, label).unwrap_or(0.0) as f64)
+            .collect())
     })
 }
 

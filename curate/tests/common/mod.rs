@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 pub fn temp_dir(tag: &str) -> PathBuf {
@@ -17,15 +20,29 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 
 /// The Python of `.venv` (or `$BAICHUAN_PYTHON`) that runs the independent oracles.
 pub fn python() -> PathBuf {
-    let p = std::env::var_os("BAICHUAN_PYTHON").map(PathBuf::from).unwrap_or_else(|| root().join(".venv/bin/python"));
-    assert!(p.exists(), "{} not found: run scripts/setup.sh first (it creates .venv with the oracles)", p.display());
+    let p = std::env::var_os("BAICHUAN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv/bin/python"));
+    assert!(
+        p.exists(),
+        "{} not found: run scripts/setup.sh first (it creates .venv with the oracles)",
+        p.display()
+    );
     p
 }
 
-/// Runs `scripts/<script>` with `args`; returns stdout, panicking with stderr on failure.
+/// Runs `scripts/reference/<script>` with `args`; returns stdout, panicking with stderr on failure.
 pub fn oracle(script: &str, args: &[&str]) -> String {
-    let out = Command::new(python()).arg(root().join("scripts").join(script)).args(args).output().expect("start the oracle");
-    assert!(out.status.success(), "{script} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(python())
+        .arg(root().join("scripts/reference").join(script))
+        .args(args)
+        .output()
+        .expect("start the oracle");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("utf-8 oracle output")
 }
 
@@ -64,7 +81,13 @@ pub fn sample_lines(name: &str) -> Vec<String> {
 pub fn edit_words(words: &[&str], rate: f64, vocab: &[&str], rng: &mut Rng) -> String {
     words
         .iter()
-        .map(|w| if rng.unit() < rate { vocab[rng.below(vocab.len())] } else { *w })
+        .map(|w| {
+            if rng.unit() < rate {
+                vocab[rng.below(vocab.len())]
+            } else {
+                *w
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }

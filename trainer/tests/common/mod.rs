@@ -107,3 +107,21 @@ pub fn metrics(run: &Path) -> Vec<serde_json::Value> {
 pub fn losses(run: &Path) -> Vec<f64> {
     metrics(run).iter().map(|r| r["loss"].as_f64().unwrap()).collect()
 }
+
+/// A one-layer model of width 32 and short sequences on the CPU: a few steps run in seconds.
+pub const SMALL: [&str; 14] = [
+    "--set",
+    "model.hidden_size=32",
+    "--set",
+    "model.intermediate_size=64",
+    "--set",
+    "model.num_hidden_layers=1",
+    "--set",
+    "train.micro_batch_size=4",
+    "--set",
+    "train.global_batch_size=8",
+    "--set",
+    "data.seq_len=32",
+    "--set",
+    "train.device=cpu",
+];

@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 
+use crate::dedup::minhash::{optimal_banding, LshParams};
+use crate::dedup::{self, DedupOptions, Level, Stage};
+use crate::Progress;
 use anyhow::{bail, Context, Result};
-use baichuan_curate::dedup::minhash::{optimal_banding, LshParams};
-use baichuan_curate::dedup::{self, DedupOptions, Level, Stage};
-use baichuan_curate::{Progress, Task};
 use clap::{Args, ValueEnum};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -55,17 +55,6 @@ pub struct DedupArgs {
     /// Sentences with fewer units are left alone (sentence level).
     #[arg(long, default_value_t = 10)]
     min_sentence_units: usize,
-    #[arg(long, default_value = "text")]
-    text_key: String,
-    /// Threads (default: all cores).
-    #[arg(long)]
-    jobs: Option<usize>,
-    /// MiB of signature records a task buffers before writing a sorted run.
-    #[arg(long, default_value_t = 256)]
-    memory_mb: usize,
-    /// Redo even if the manifest says the output is up to date.
-    #[arg(long)]
-    force: bool,
     /// Keep the work directory (signatures, edges, clusters) after a one-machine run.
     #[arg(long)]
     keep_work: bool,
@@ -73,34 +62,46 @@ pub struct DedupArgs {
     /// the next stage starts; clusters is a single task).
     #[arg(long, value_enum)]
     stage: Option<StageArg>,
-    /// Task index (0-based) for --stage; default SLURM_ARRAY_TASK_ID or RANK.
-    #[arg(long, requires = "tasks")]
-    task: Option<usize>,
-    /// Task count for --stage; default SLURM_ARRAY_TASK_COUNT or WORLD_SIZE.
-    #[arg(long, requires = "task")]
-    tasks: Option<usize>,
-    /// Work directory shared by the stages (default OUT/work).
-    #[arg(long)]
-    work: Option<PathBuf>,
+    #[command(flatten)]
+    run: super::RunArgs,
 }
 
 /// The banding the flags ask for.
 fn lsh_params(a: &DedupArgs) -> Result<LshParams> {
-    let base = LshParams { ngram: a.ngram, seed: a.seed, ..LshParams::DEFAULT };
+    let base = LshParams {
+        ngram: a.ngram,
+        seed: a.seed,
+        ..LshParams::DEFAULT
+    };
     let p = match (a.bands.zip(a.rows), a.threshold) {
-        (Some((bands, rows)), _) => LshParams { bands, rows, num_perm: a.num_perm.unwrap_or(bands * rows), ..base },
+        (Some((bands, rows)), _) => LshParams {
+            bands,
+            rows,
+            num_perm: a.num_perm.unwrap_or(bands * rows),
+            ..base
+        },
         (None, Some(t)) => {
             if !(0.0..=1.0).contains(&t) {
                 bail!("--threshold {t} is not a Jaccard similarity; HINT: pass a value in (0, 1), e.g. 0.7");
             }
             let num_perm = a.num_perm.unwrap_or(250);
             let (bands, rows) = optimal_banding(t, num_perm);
-            LshParams { bands, rows, num_perm, ..base }
+            LshParams {
+                bands,
+                rows,
+                num_perm,
+                ..base
+            }
         }
         (None, None) => match a.num_perm {
             Some(num_perm) if num_perm != base.num_perm => {
                 let (bands, rows) = optimal_banding(0.7, num_perm);
-                LshParams { bands, rows, num_perm, ..base }
+                LshParams {
+                    bands,
+                    rows,
+                    num_perm,
+                    ..base
+                }
             }
             _ => base,
         },
@@ -110,7 +111,7 @@ fn lsh_params(a: &DedupArgs) -> Result<LshParams> {
 }
 
 pub fn run(a: DedupArgs) -> Result<()> {
-    super::thread_pool(a.jobs)?;
+    super::progress::thread_pool(a.run.jobs)?;
     let lsh = lsh_params(&a)?;
     let opts = DedupOptions {
         level: match a.level {
@@ -120,8 +121,8 @@ pub fn run(a: DedupArgs) -> Result<()> {
         },
         lsh,
         min_sentence_units: a.min_sentence_units,
-        text_key: a.text_key.clone(),
-        memory_mb: a.memory_mb,
+        text_key: a.run.text_key.clone(),
+        memory_mb: a.run.memory_mb,
     };
     let half = (1.0 - 0.5f64.powf(1.0 / lsh.bands as f64)).powf(1.0 / lsh.rows as f64);
     println!(
@@ -130,31 +131,48 @@ pub fn run(a: DedupArgs) -> Result<()> {
     );
     let progress = Progress::default();
     let Some(stage) = a.stage else {
-        let outcome = super::with_progress(&progress, || {
-            dedup::run(&opts, &a.input, &a.out, a.force, a.keep_work, &progress)
+        let outcome = super::progress::with_progress(&progress, || {
+            dedup::run(&opts, &a.input, &a.out, a.run.force, a.keep_work, &progress)
         })
         .with_context(|| format!("dedup into {}", a.out.display()))?;
         if outcome.up_to_date {
-            println!("dedup: {} is up to date; nothing to do (--force redoes it)", a.out.display());
+            println!(
+                "dedup: {} is up to date; nothing to do (--force redoes it)",
+                a.out.display()
+            );
         }
         print!("{}", outcome.stats.summary());
-        println!("dedup: survivors in {}, removed text and reasons in {}", a.out.display(), a.out.join("removed").display());
+        println!(
+            "dedup: survivors in {}, removed text and reasons in {}",
+            a.out.display(),
+            a.out.join("removed").display()
+        );
         return Ok(());
     };
-    let task = Task::resolve(a.task, a.tasks, |k| std::env::var(k).ok())?;
+    let task = a.run.task()?;
     let stage = match stage {
         StageArg::Signatures => Stage::Signatures,
         StageArg::Buckets => Stage::Buckets,
         StageArg::Clusters => Stage::Clusters,
         StageArg::Write => Stage::Write,
     };
-    let work = a.work.clone().unwrap_or_else(|| a.out.join("work"));
-    println!("dedup: stage {stage:?}, task {} of {}, work directory {}", task.index, task.count, work.display());
-    let stats = super::with_progress(&progress, || dedup::run_stage(&opts, stage, task, &a.input, &a.out, &work, &progress))
-        .with_context(|| format!("dedup stage {stage:?} (task {} of {})", task.index, task.count))?;
+    let work = a.run.work.clone().unwrap_or_else(|| a.out.join("work"));
+    println!(
+        "dedup: stage {stage:?}, task {} of {}, work directory {}",
+        task.index,
+        task.count,
+        work.display()
+    );
+    let stats = super::progress::with_progress(&progress, || {
+        dedup::run_stage(&opts, stage, task, &a.input, &a.out, &work, &progress)
+    })
+    .with_context(|| format!("dedup stage {stage:?} (task {} of {})", task.index, task.count))?;
     if let Some(stats) = stats {
         print!("{}", stats.summary());
-        println!("dedup: every write task has finished; stats in {}", a.out.join("stats.json").display());
+        println!(
+            "dedup: every write task has finished; stats in {}",
+            a.out.join("stats.json").display()
+        );
     }
     Ok(())
 }

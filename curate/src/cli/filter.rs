@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
+use crate::filter::{self, FilterConfig, FilterOptions, Stage};
+use crate::Progress;
 use anyhow::{Context, Result};
-use baichuan_curate::filter::{self, FilterConfig, FilterOptions, Stage};
-use baichuan_curate::{Progress, Task};
 use clap::{Args, ValueEnum};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -39,28 +39,12 @@ pub struct FilterArgs {
     /// The label whose probability is the score (overrides quality.label).
     #[arg(long)]
     quality_label: Option<String>,
-    #[arg(long, default_value = "text")]
-    text_key: String,
-    /// Threads (default: all cores).
-    #[arg(long)]
-    jobs: Option<usize>,
-    /// MiB of line records a task buffers before writing a sorted run (boilerplate counting).
-    #[arg(long, default_value_t = 256)]
-    memory_mb: usize,
-    /// Redo even if the manifest says the output is up to date.
-    #[arg(long)]
-    force: bool,
     /// Run one stage as one task of a multi-machine run: lines (all tasks), boilerplate (one
     /// task), filter (all tasks).
     #[arg(long, value_enum)]
     stage: Option<StageArg>,
-    #[arg(long, requires = "tasks")]
-    task: Option<usize>,
-    #[arg(long, requires = "task")]
-    tasks: Option<usize>,
-    /// Work directory shared by the stages (default OUT/work).
-    #[arg(long)]
-    work: Option<PathBuf>,
+    #[command(flatten)]
+    run: super::RunArgs,
 }
 
 pub fn run(a: FilterArgs) -> Result<()> {
@@ -69,7 +53,7 @@ pub fn run(a: FilterArgs) -> Result<()> {
         return Ok(());
     }
     let out = a.out.clone().context("--out is required")?;
-    super::thread_pool(a.jobs)?;
+    super::progress::thread_pool(a.run.jobs)?;
     let mut config = match &a.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
@@ -89,13 +73,21 @@ pub fn run(a: FilterArgs) -> Result<()> {
     if a.min_score.is_some() && config.quality.model.is_none() {
         anyhow::bail!("--min-score needs a model; HINT: pass --quality-model MODEL (from `baichuan quality train`)");
     }
-    let opts = FilterOptions { config, text_key: a.text_key.clone(), memory_mb: a.memory_mb };
+    let opts = FilterOptions {
+        config,
+        text_key: a.run.text_key.clone(),
+        memory_mb: a.run.memory_mb,
+    };
     let progress = Progress::default();
     let Some(stage) = a.stage else {
-        let outcome = super::with_progress(&progress, || filter::run(&opts, &a.input, &out, a.force, &progress))
-            .with_context(|| format!("filter into {}", out.display()))?;
+        let outcome =
+            super::progress::with_progress(&progress, || filter::run(&opts, &a.input, &out, a.run.force, &progress))
+                .with_context(|| format!("filter into {}", out.display()))?;
         if outcome.up_to_date {
-            println!("filter: {} is up to date; nothing to do (--force redoes it)", out.display());
+            println!(
+                "filter: {} is up to date; nothing to do (--force redoes it)",
+                out.display()
+            );
         } else if opts.config.boilerplate.enabled {
             println!(
                 "filter: {} boilerplate lines (in at least {} documents)",
@@ -103,22 +95,36 @@ pub fn run(a: FilterArgs) -> Result<()> {
             );
         }
         print!("{}", outcome.stats.summary());
-        println!("filter: survivors in {}, removed text and reasons in {}", out.display(), out.join("removed").display());
+        println!(
+            "filter: survivors in {}, removed text and reasons in {}",
+            out.display(),
+            out.join("removed").display()
+        );
         return Ok(());
     };
-    let task = Task::resolve(a.task, a.tasks, |k| std::env::var(k).ok())?;
+    let task = a.run.task()?;
     let stage = match stage {
         StageArg::Lines => Stage::Lines,
         StageArg::Boilerplate => Stage::Boilerplate,
         StageArg::Filter => Stage::Filter,
     };
-    let work = a.work.clone().unwrap_or_else(|| out.join("work"));
-    println!("filter: stage {stage:?}, task {} of {}, work directory {}", task.index, task.count, work.display());
-    let stats = super::with_progress(&progress, || filter::run_stage(&opts, stage, task, &a.input, &out, &work, &progress))
-        .with_context(|| format!("filter stage {stage:?} (task {} of {})", task.index, task.count))?;
+    let work = a.run.work.clone().unwrap_or_else(|| out.join("work"));
+    println!(
+        "filter: stage {stage:?}, task {} of {}, work directory {}",
+        task.index,
+        task.count,
+        work.display()
+    );
+    let stats = super::progress::with_progress(&progress, || {
+        filter::run_stage(&opts, stage, task, &a.input, &out, &work, &progress)
+    })
+    .with_context(|| format!("filter stage {stage:?} (task {} of {})", task.index, task.count))?;
     if let Some(stats) = stats {
         print!("{}", stats.summary());
-        println!("filter: every filter task has finished; stats in {}", out.join("stats.json").display());
+        println!(
+            "filter: every filter task has finished; stats in {}",
+            out.join("stats.json").display()
+        );
     }
     Ok(())
 }
