@@ -20,7 +20,7 @@ command -v cargo >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/cargo" ] || {
   echo "[setup] no Rust toolchain: install one with rustup (https://rustup.rs), then rerun" >&2; exit 1; }
 
 # --- Python venv: libtorch for tch, and the independent oracles used by the tests ---
-REQS="torch==2.11.0 transformers==5.24.0 safetensors==0.8.0 sentencepiece==0.2.3 gguf==0.19.0 protobuf==7.36.2 numpy==2.4.6 tensorboard==2.20.0 pillow==12.0.0 datasketch==2.0.0 datatrove==0.10.1 fasttext-wheel==0.9.2 xxhash==4.1.0"
+REQS="torch==2.11.0 transformers==5.24.0 safetensors==0.8.0 sentencepiece==0.2.3 gguf==0.19.0 protobuf==7.36.2 numpy==2.4.6 tensorboard==2.20.0 pillow==12.0.0 datasketch==2.0.0 datatrove==0.10.1 regex==2026.11.19 fasttext-wheel==0.9.2 xxhash==4.1.0"
 STAMP=.venv/.baichuan-reqs
 if [ ! -x .venv/bin/python ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$REQS" ]; then
   log "creating .venv with: $REQS (torch is ~4.6 GB with its CUDA wheels)"
