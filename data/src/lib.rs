@@ -6,8 +6,10 @@ pub mod hash;
 pub mod loader;
 pub mod prepare;
 pub mod shard;
+pub mod spm_train;
 pub mod text;
 pub mod tokenizer;
+pub mod tokenizer_stats;
 
 pub use loader::{Batch, Interleaved, Loader, LoaderState, Prefetcher, SampleOrder, TokenRange, TokenSource};
 pub use tokenizer::Tokenizer;

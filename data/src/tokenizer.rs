@@ -73,6 +73,18 @@ impl Tokenizer {
         self.bos
     }
 
+    /// The id of `<unk>`.
+    pub fn unk_id(&self) -> u32 {
+        self.sp.unk_id()
+    }
+
+    /// Ids of the byte-fallback pieces `<0x00>`..`<0xFF>` the model has (none without byte fallback).
+    pub fn byte_piece_ids(&self) -> Vec<u32> {
+        (0..=255u8)
+            .filter_map(|b| self.sp.piece_to_id(&format!("<0x{b:02X}>")).ok().flatten())
+            .collect()
+    }
+
     /// Token ids of `text` (no BOS, no EOS).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
         match &self.fast {

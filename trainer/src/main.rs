@@ -36,6 +36,11 @@ enum Command {
         #[command(subcommand)]
         what: cli::eval::EvalCommand,
     },
+    /// Train a SentencePiece tokenizer on a corpus, or compare tokenizers (`tokenizer stats`).
+    Tokenizer {
+        #[command(subcommand)]
+        what: cli::tokenizer::TokenizerCommand,
+    },
     /// Filter documents and lines by heuristic rules, boilerplate and a quality model.
     Filter(baichuan_curate::cli::filter::FilterArgs),
     /// Train and apply document quality scorers (fastText classifier, model perplexity).
@@ -76,6 +81,7 @@ fn main() -> Result<()> {
         Command::Generate(a) => cli::generate::run(a),
         Command::Eval { what } => cli::eval::run(what),
         Command::Dedup(a) => baichuan_curate::cli::dedup::run(a),
+        Command::Tokenizer { what } => cli::tokenizer::run(what),
         Command::Filter(a) => baichuan_curate::cli::filter::run(a),
         Command::Quality { what } => match what {
             QualityCommand::Train(a) => baichuan_curate::cli::quality::train(a),

@@ -13,6 +13,7 @@ pub mod perplexity;
 pub mod plot;
 pub mod prepare;
 pub mod tokenize;
+pub mod tokenizer;
 pub mod train;
 
 use std::path::Path;
