@@ -7,8 +7,13 @@ Baichuan's tokenizer.model, but llama.cpp's vocabulary test file `ggml-vocab-bai
 and types. This script turns them back into a SentencePiece ModelProto following the recipe
 in ASSETS.md and checks the result against the two reference encodings.
 
+The same recipe rebuilds LLaMA's 32000-piece model from `ggml-vocab-llama-spm.gguf` (for
+`baichuan tokenizer stats`); when llama.cpp's test texts `VOCAB.gguf.inp` and their ids
+`VOCAB.gguf.out` lie beside the vocabulary, every one is checked too.
+
 usage: make_tokenizer.py VOCAB.gguf OUT/tokenizer.model
 """
+import os
 import sys
 
 from gguf import GGUFReader
@@ -35,7 +40,8 @@ def main(src, dst):
     tokens = [bytes(p).decode("utf-8") for p in field_array(reader, "tokenizer.ggml.tokens")]
     scores = [float(p[0]) for p in field_array(reader, "tokenizer.ggml.scores")]
     types = [int(p[0]) for p in field_array(reader, "tokenizer.ggml.token_type")]
-    assert len(tokens) == len(scores) == len(types) == 64000, len(tokens)
+    assert len(tokens) == len(scores) == len(types), (len(tokens), len(scores), len(types))
+    baichuan = len(tokens) == 64000
 
     first_byte = types.index(GGUF_BYTE)
     proto = spm.ModelProto()
@@ -60,7 +66,7 @@ def main(src, dst):
 
     ts = proto.trainer_spec
     ts.model_type = spm.TrainerSpec.BPE
-    ts.vocab_size = 64000
+    ts.vocab_size = len(tokens)
     ts.byte_fallback = True
     ts.character_coverage = 0.9995
     ts.max_sentencepiece_length = 16
@@ -74,15 +80,20 @@ def main(src, dst):
 
     data = proto.SerializeToString()
     sp_proc = SentencePieceProcessor(model_proto=data)
-    for text, want in CHECKS:
+    checks = list(CHECKS) if baichuan else []
+    if os.path.exists(src + ".inp") and os.path.exists(src + ".out"):
+        texts = open(src + ".inp", encoding="utf-8").read().split("\n__ggml_vocab_test__\n")[:-1]
+        ids = [[int(x) for x in line.split()] for line in open(src + ".out", encoding="utf-8").read().split("\n")]
+        checks += list(zip(texts, ids))
+    for text, want in checks:
         got = sp_proc.encode(text)
         if got != want:
             sys.exit(f"make_tokenizer: {text!r} encodes to {got}, expected {want}")
-        if sp_proc.decode(got) != text:
+        if baichuan and sp_proc.decode(got) != text:
             sys.exit(f"make_tokenizer: {text!r} does not decode back")
     with open(dst, "wb") as f:
         f.write(data)
-    print(f"wrote {dst}: {len(tokens)} pieces, both check strings encode to the reference ids")
+    print(f"wrote {dst}: {len(tokens)} pieces, all {len(checks)} check strings encode to the reference ids")
 
 
 if __name__ == "__main__":
