@@ -1,15 +1,84 @@
 //! `baichuan tokenizer stats`: what Baichuan-7B's tokenizer table reports (tokens per character,
 //! its "compression rate": 0.737 for Baichuan-7B against 1.312 for LLaMA on its corpus), with bytes
 //! per token, the share of byte-fallback tokens, `<unk>` count, pieces never used, and encoding
-//! speed, per tokenizer and input file.
+//! speed, per tokenizer and input file. Reads SentencePiece models (`tokenizer.model`, through our
+//! encoder) and Hugging Face `tokenizer.json` files (through the `tokenizers` crate), so families
+//! without a SentencePiece model (GPT-2-style byte-level BPE: Falcon, MPT, ...) compare too.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::spm_train::for_each_document;
 use crate::{DataError, Tokenizer};
+
+/// A tokenizer of either kind.
+pub enum AnyTokenizer {
+    SentencePiece(Tokenizer),
+    HuggingFace {
+        tok: Box<tokenizers::Tokenizer>,
+        path: PathBuf,
+    },
+}
+
+impl AnyTokenizer {
+    /// A `.json` file is a Hugging Face tokenizer; anything else a SentencePiece model.
+    pub fn open(path: &Path) -> Result<Self, DataError> {
+        if path.extension().is_some_and(|e| e == "json") {
+            let tok = tokenizers::Tokenizer::from_file(path).map_err(|e| DataError::Input {
+                path: path.display().to_string(),
+                msg: format!("not a Hugging Face tokenizer.json: {e}"),
+            })?;
+            return Ok(AnyTokenizer::HuggingFace {
+                tok: Box::new(tok),
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(AnyTokenizer::SentencePiece(Tokenizer::open(path)?))
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            AnyTokenizer::SentencePiece(t) => t.path(),
+            AnyTokenizer::HuggingFace { path, .. } => path,
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            AnyTokenizer::SentencePiece(t) => t.vocab_size(),
+            AnyTokenizer::HuggingFace { tok, .. } => tok.get_vocab_size(true),
+        }
+    }
+
+    /// Ids of `text`, without BOS, EOS or any other added special token.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
+        match self {
+            AnyTokenizer::SentencePiece(t) => t.encode(text),
+            AnyTokenizer::HuggingFace { tok, .. } => tok
+                .encode(text, false)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| DataError::Tokenizer(e.to_string())),
+        }
+    }
+
+    fn unk_id(&self) -> Option<u32> {
+        match self {
+            AnyTokenizer::SentencePiece(t) => Some(t.unk_id()),
+            AnyTokenizer::HuggingFace { tok, .. } => tok.token_to_id("<unk>"),
+        }
+    }
+
+    fn byte_piece_ids(&self) -> Vec<u32> {
+        match self {
+            AnyTokenizer::SentencePiece(t) => t.byte_piece_ids(),
+            AnyTokenizer::HuggingFace { tok, .. } => (0..=255u8)
+                .filter_map(|b| tok.token_to_id(&format!("<0x{b:02X}>")))
+                .collect(),
+        }
+    }
+}
 
 /// One tokenizer on one file.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -54,13 +123,13 @@ pub struct TokenizerStats {
 }
 
 /// Encodes every document of `files` with `tok` (no BOS or EOS) and counts.
-pub fn measure(tok: &Tokenizer, files: &[PathBuf], text_key: &str) -> Result<TokenizerStats, DataError> {
+pub fn measure(tok: &AnyTokenizer, files: &[PathBuf], text_key: &str) -> Result<TokenizerStats, DataError> {
     let bytes_ids = tok.byte_piece_ids();
     let mut is_byte = vec![false; tok.vocab_size()];
     for id in bytes_ids {
         is_byte[id as usize] = true;
     }
-    let unk = tok.unk_id();
+    let unk = tok.unk_id().unwrap_or(u32::MAX);
     let mut used = vec![false; tok.vocab_size()];
     let mut out = Vec::new();
     let mut total = FileStats {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use baichuan_data::spm_train::{self, Reservoir, TrainerOptions};
 use baichuan_data::text::list_files;
-use baichuan_data::tokenizer_stats::{measure, FileStats};
+use baichuan_data::tokenizer_stats::{measure, AnyTokenizer, FileStats};
 use baichuan_data::Tokenizer;
 use clap::{Args, Subcommand};
 
@@ -49,7 +49,8 @@ pub struct TrainArgs {
 
 #[derive(Args)]
 pub struct StatsArgs {
-    /// SentencePiece models to compare (repeat the flag).
+    /// Tokenizers to compare (repeat the flag): SentencePiece `tokenizer.model` files or Hugging
+    /// Face `tokenizer.json` files.
     #[arg(long = "tokenizer", required = true)]
     tokenizers: Vec<PathBuf>,
     #[arg(long, required = true, num_args = 1..)]
@@ -153,7 +154,7 @@ fn stats(a: StatsArgs) -> Result<()> {
     let files = list_files(&a.input)?;
     let mut all = Vec::new();
     for path in &a.tokenizers {
-        let tok = Tokenizer::open(path)?;
+        let tok = AnyTokenizer::open(path)?;
         all.push(measure(&tok, &files, &a.text_key)?);
     }
     if a.json {
