@@ -15,7 +15,7 @@ use crate::{DataError, Tokenizer};
 
 /// A tokenizer of either kind.
 pub enum AnyTokenizer {
-    SentencePiece(Tokenizer),
+    SentencePiece(Box<Tokenizer>),
     HuggingFace {
         tok: Box<tokenizers::Tokenizer>,
         path: PathBuf,
@@ -35,7 +35,7 @@ impl AnyTokenizer {
                 path: path.to_path_buf(),
             });
         }
-        Ok(AnyTokenizer::SentencePiece(Tokenizer::open(path)?))
+        Ok(AnyTokenizer::SentencePiece(Box::new(Tokenizer::open(path)?)))
     }
 
     pub fn path(&self) -> &Path {
