@@ -74,7 +74,10 @@ pub struct TrainerOptions {
     pub train_extremely_large_corpus: bool,
     /// Trainer threads; 0 means every core.
     pub num_threads: u32,
-    /// Documents in the reservoir sample (the reference trained on 20 million).
+    /// Documents in the reservoir sample (the reference trained on 20 million). `spm_train`'s own
+    /// `input_sentence_size` is accepted as its name: the sample is drawn here, by document, and
+    /// the library then reads all of it.
+    #[serde(alias = "input_sentence_size")]
     pub input_documents: u64,
     /// Seed of the sample and of the library's generator.
     pub seed: u64,
