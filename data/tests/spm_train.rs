@@ -2,30 +2,17 @@
 //! the same sample and options: the same pieces, scores and types. The trained model round-trips
 //! every line of the bundled sample, splits digits, and turns unseen characters into bytes.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::Command;
 
 use baichuan_data::spm_train::{self, Reservoir, TrainerOptions};
 use baichuan_data::Tokenizer;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-fn python() -> PathBuf {
-    let p = std::env::var_os("BAICHUAN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".venv/bin/python"));
-    assert!(p.exists(), "{} not found: run scripts/setup.sh first", p.display());
-    p
-}
-
 #[test]
 fn trained_model_equals_sentencepieces_own_and_round_trips_the_sample() {
-    let dir = std::env::temp_dir().join(format!("spm-train-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let files = baichuan_data::text::list_files(&[root().join("data/sample")]).unwrap();
+    let dir = common::temp_dir("spm-train");
+    let files = baichuan_data::text::list_files(&[common::root().join("data/sample")]).unwrap();
     let opts = TrainerOptions {
         vocab_size: 3000,
         num_threads: 1,
@@ -50,8 +37,8 @@ fn trained_model_equals_sentencepieces_own_and_round_trips_the_sample() {
     flags.push(("seed".into(), opts.seed.to_string()));
     let flags_path = dir.join("flags.json");
     std::fs::write(&flags_path, serde_json::to_string(&flags).unwrap()).unwrap();
-    let out = Command::new(python())
-        .arg(root().join("scripts/reference/spm_train.py"))
+    let out = Command::new(common::python())
+        .arg(common::root().join("scripts/reference/spm_train.py"))
         .arg(&flags_path)
         .arg(dir.join("theirs"))
         .arg(dir.join("ours.model"))

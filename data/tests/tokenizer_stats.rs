@@ -2,35 +2,29 @@
 //! `tokenizer.json` (converted from Baichuan's model by transformers, counted by Python
 //! `tokenizers`) and through the SentencePiece model (counted by Python `sentencepiece`).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::Command;
 
 use baichuan_data::tokenizer_stats::{measure, AnyTokenizer};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
 #[test]
 fn token_counts_equal_pythons_for_both_kinds_of_tokenizer() {
-    let dir = std::env::temp_dir().join(format!("tok-stats-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let python = std::env::var_os("BAICHUAN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".venv/bin/python"));
+    let dir = common::temp_dir("tokenizer-stats");
+    let python = common::python();
     assert!(
         python.exists(),
         "{} not found: run scripts/setup.sh first",
         python.display()
     );
-    let model = root().join("assets/tokenizer.model");
+    let model = common::root().join("assets/tokenizer.model");
     let files: Vec<PathBuf> = ["kjv.txt", "tang300.txt", "song100.txt"]
         .iter()
-        .map(|f| root().join("data/sample").join(f))
+        .map(|f| common::root().join("data/sample").join(f))
         .collect();
     let out = Command::new(python)
-        .arg(root().join("scripts/reference/spm_to_tokenizer_json.py"))
+        .arg(common::root().join("scripts/reference/spm_to_tokenizer_json.py"))
         .arg(&model)
         .arg(&dir)
         .args(&files)

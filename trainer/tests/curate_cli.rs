@@ -228,3 +228,111 @@ fn bad_filter_config_names_the_key() {
         "config/curation/filters.toml is the default config"
     );
 }
+
+/// Every file under `dir` except the work directory, by relative path.
+fn outputs(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            if p.is_dir() {
+                if rel != "work" {
+                    stack.push(p);
+                }
+            } else if rel != "manifest.json" {
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn stages_as_a_slurm_array_give_the_one_machine_result() {
+    let dir = temp_dir("curate-slurm");
+    let config = dir.join("filters.toml");
+    std::fs::write(&config, SAMPLE_FILTERS).unwrap();
+    let one = dir.join("one");
+    run_ok(
+        baichuan()
+            .args(["filter", "--input", "data/sample", "--out"])
+            .arg(&one)
+            .arg("--config")
+            .arg(&config),
+    );
+    let staged = dir.join("staged");
+    let work = dir.join("work");
+    for (stage, tasks) in [("lines", 2), ("boilerplate", 1), ("filter", 2)] {
+        for id in 0..tasks {
+            // SLURM numbers this array 5..=6: the index is ID - MIN.
+            run_ok(
+                baichuan()
+                    .args(["filter", "--input", "data/sample", "--stage", stage, "--out"])
+                    .arg(&staged)
+                    .arg("--config")
+                    .arg(&config)
+                    .arg("--work")
+                    .arg(&work)
+                    .env("SLURM_ARRAY_TASK_ID", (5 + id).to_string())
+                    .env("SLURM_ARRAY_TASK_MIN", "5")
+                    .env("SLURM_ARRAY_TASK_COUNT", tasks.to_string()),
+            );
+        }
+    }
+    assert_eq!(
+        outputs(&staged),
+        outputs(&one),
+        "filter: staged over a SLURM array = one machine"
+    );
+
+    let dedup_one = dir.join("dedup-one");
+    run_ok(
+        baichuan()
+            .args(["dedup", "--input"])
+            .arg(&one)
+            .arg("--out")
+            .arg(&dedup_one),
+    );
+    let dedup_staged = dir.join("dedup-staged");
+    let work = dir.join("dedup-work");
+    for (stage, tasks) in [("signatures", 3), ("buckets", 3), ("clusters", 1), ("write", 2)] {
+        for id in 0..tasks {
+            let out = run_ok(
+                baichuan()
+                    .args(["dedup", "--input"])
+                    .arg(&one)
+                    .args(["--stage", stage, "--out"])
+                    .arg(&dedup_staged)
+                    .arg("--work")
+                    .arg(&work)
+                    .env("RANK", id.to_string())
+                    .env("WORLD_SIZE", tasks.to_string()),
+            );
+            assert!(out.contains(&format!("task {id} of {tasks}")), "{out}");
+        }
+    }
+    assert_eq!(
+        outputs(&dedup_staged),
+        outputs(&dedup_one),
+        "dedup: staged over RANK/WORLD_SIZE = one machine"
+    );
+    // A stage whose predecessor is incomplete names the missing task.
+    let (ok, err) = run(&[
+        "dedup",
+        "--input",
+        one.to_str().unwrap(),
+        "--stage",
+        "buckets",
+        "--out",
+        dir.join("x").to_str().unwrap(),
+        "--work",
+        dir.join("empty-work").to_str().unwrap(),
+        "--task",
+        "0",
+        "--tasks",
+        "1",
+    ]);
+    assert!(!ok && err.contains("HINT"), "{err}");
+}
