@@ -353,6 +353,38 @@ impl SideWriter {
     }
 }
 
+/// Rewrites one input file: its documents in batches go to `batch`, which writes survivors to the
+/// `DocWriter` (under the input's name in `out`), removals to the `SideWriter` (`removed/`), and
+/// counts into the file's `Stats`; the outputs are renamed into place when the file is done.
+pub fn rewrite_file(
+    input: &InputFile,
+    out: &Path,
+    removed: &Path,
+    text_key: &str,
+    progress: &Progress,
+    mut batch: impl FnMut(&[Doc], &mut DocWriter, &mut SideWriter, &mut crate::Stats) -> Result<()>,
+) -> Result<crate::Stats> {
+    let mut stats = crate::Stats {
+        files: 1,
+        ..crate::Stats::default()
+    };
+    let mut reader = DocReader::open(input, text_key)?;
+    let mut writer = DocWriter::create(out, input, text_key)?;
+    let mut side = SideWriter::new(removed, input)?;
+    loop {
+        let docs = reader.next_batch(4 << 20, progress)?;
+        if docs.is_empty() {
+            break;
+        }
+        batch(&docs, &mut writer, &mut side, &mut stats)?;
+    }
+    stats.empty_lines = reader.empty_lines;
+    stats.invalid_utf8_lines = reader.invalid_utf8_lines;
+    writer.finish()?;
+    side.finish()?;
+    Ok(stats)
+}
+
 /// Progress counters shared with whoever draws a progress bar.
 #[derive(Debug, Default)]
 pub struct Progress {

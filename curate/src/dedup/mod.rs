@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::corpus::{
-    list_inputs, stage_inputs, write_atomic, Doc, DocReader, DocWriter, InputFile, Progress, SideWriter,
+    list_inputs, rewrite_file, stage_inputs, write_atomic, Doc, DocReader, DocWriter, InputFile, Progress, SideWriter,
 };
 use crate::manifest::{merge_task_stats, read_stats, write_stats, RunManifest};
 use crate::{input_err, output_err, CurateError, Result, Stats, Task};
@@ -285,48 +285,40 @@ impl Ctx<'_> {
     fn write_file(&self, f: usize) -> Result<Stats> {
         let input = &self.files[f];
         let removals = records::read_removals(&self.removals_path(f))?;
-        let mut stats = Stats {
-            files: 1,
-            ..Stats::default()
-        };
-        let mut reader = DocReader::open(input, &self.opts.text_key)?;
-        let mut writer = DocWriter::create(self.out, input, &self.opts.text_key)?;
-        let mut side = SideWriter::new(self.removed, input)?;
         let mut next = 0;
         let sentence = self.level == Level::Sentence;
-        loop {
-            let docs = reader.next_batch(BATCH_BYTES, self.progress)?;
-            if docs.is_empty() {
-                break;
-            }
-            for doc in &docs {
-                stats.read(doc.text.len());
-                while next < removals.len() && removals[next].item.line < doc.line {
-                    next += 1;
+        rewrite_file(
+            input,
+            self.out,
+            self.removed,
+            &self.opts.text_key,
+            self.progress,
+            |docs, writer, side, stats| {
+                for doc in docs {
+                    stats.read(doc.text.len());
+                    while next < removals.len() && removals[next].item.line < doc.line {
+                        next += 1;
+                    }
+                    let start = next;
+                    while next < removals.len() && removals[next].item.line == doc.line {
+                        next += 1;
+                    }
+                    let mine = &removals[start..next];
+                    if mine.is_empty() {
+                        writer.write(doc, None)?;
+                        stats.kept(doc.text.len());
+                    } else if !sentence {
+                        let r = mine[0];
+                        let rule = if r.exact { "exact_duplicate" } else { "near_duplicate" };
+                        side.write(&self.record(input, doc, None, rule, r.rep, &doc.text))?;
+                        stats.removed(rule, doc.text.len());
+                    } else {
+                        self.write_without_sentences(input, doc, mine, writer, side, stats)?;
+                    }
                 }
-                let start = next;
-                while next < removals.len() && removals[next].item.line == doc.line {
-                    next += 1;
-                }
-                let mine = &removals[start..next];
-                if mine.is_empty() {
-                    writer.write(doc, None)?;
-                    stats.kept(doc.text.len());
-                } else if !sentence {
-                    let r = mine[0];
-                    let rule = if r.exact { "exact_duplicate" } else { "near_duplicate" };
-                    side.write(&self.record(input, doc, None, rule, r.rep, &doc.text))?;
-                    stats.removed(rule, doc.text.len());
-                } else {
-                    self.write_without_sentences(input, doc, mine, &mut writer, &mut side, &mut stats)?;
-                }
-            }
-        }
-        stats.empty_lines = reader.empty_lines;
-        stats.invalid_utf8_lines = reader.invalid_utf8_lines;
-        writer.finish()?;
-        side.finish()?;
-        Ok(stats)
+                Ok(())
+            },
+        )
     }
 
     fn write_without_sentences(

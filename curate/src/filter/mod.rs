@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 pub use rules::{FilterConfig, Outcome, Reason};
 
 use crate::corpus::{
-    list_inputs, stage_inputs, write_atomic, Doc, DocReader, DocWriter, InputFile, Progress, SideWriter,
+    list_inputs, rewrite_file, stage_inputs, write_atomic, Doc, DocReader, DocWriter, InputFile, Progress, SideWriter,
 };
 use crate::dedup::records::{self, create_dir, ItemId};
 use crate::manifest::{merge_task_stats, read_stats, write_stats, RunManifest};
@@ -296,28 +296,20 @@ impl Ctx<'_> {
         model: Option<&FastText>,
     ) -> Result<Stats> {
         let input = &self.files[f];
-        let mut stats = Stats {
-            files: 1,
-            ..Stats::default()
-        };
-        let mut reader = DocReader::open(input, &self.opts.text_key)?;
-        let mut writer = DocWriter::create(self.out, input, &self.opts.text_key)?;
-        let mut side = SideWriter::new(&self.out.join("removed"), input)?;
-        loop {
-            let docs = reader.next_batch(BATCH_BYTES, self.progress)?;
-            if docs.is_empty() {
-                break;
-            }
-            let decisions: Vec<Decision> = docs.par_iter().map(|d| self.decide(&d.text, common, model)).collect();
-            for (doc, d) in docs.iter().zip(decisions) {
-                self.record(input, doc, d, &mut writer, &mut side, &mut stats)?;
-            }
-        }
-        stats.empty_lines = reader.empty_lines;
-        stats.invalid_utf8_lines = reader.invalid_utf8_lines;
-        writer.finish()?;
-        side.finish()?;
-        Ok(stats)
+        rewrite_file(
+            input,
+            self.out,
+            &self.out.join("removed"),
+            &self.opts.text_key,
+            self.progress,
+            |docs, writer, side, stats| {
+                let decisions: Vec<Decision> = docs.par_iter().map(|d| self.decide(&d.text, common, model)).collect();
+                for (doc, d) in docs.iter().zip(decisions) {
+                    self.record(input, doc, d, writer, side, stats)?;
+                }
+                Ok(())
+            },
+        )
     }
 
     fn record(
