@@ -5,7 +5,7 @@
 //! `min_documents` documents. CCNet removes repeated paragraphs per shard (Wenzek et al. 2020);
 //! counting over the whole corpus, as here, does not depend on how it is sharded.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -54,7 +54,8 @@ pub fn document_keys(text: &str) -> Vec<u128> {
     keys
 }
 
-/// Merges the count runs and writes the keys seen in at least `min_documents` documents.
+/// Merges the count runs and writes the keys seen in at least `min_documents` documents, each
+/// with its document count (16 + 8 bytes, little-endian).
 pub fn select(run_dir: &Path, out: &Path, min_documents: u64) -> Result<usize> {
     let runs = records::run_files(run_dir)?;
     let mut keys: Vec<u8> = Vec::new();
@@ -62,6 +63,7 @@ pub fn select(run_dir: &Path, out: &Path, min_documents: u64) -> Result<usize> {
     records::merge_runs_keyed(&runs, |key, items: &[ItemId]| {
         if items.len() as u64 >= min_documents {
             keys.extend_from_slice(&key.to_le_bytes());
+            keys.extend_from_slice(&(items.len() as u64).to_le_bytes());
             n += 1;
         }
         Ok(())
@@ -70,16 +72,19 @@ pub fn select(run_dir: &Path, out: &Path, min_documents: u64) -> Result<usize> {
     Ok(n)
 }
 
-/// The boilerplate keys a `select` wrote.
-pub fn load(path: &Path) -> Result<HashSet<u128>> {
+/// The boilerplate keys a `select` wrote, with the number of documents each line is in.
+pub fn load(path: &Path) -> Result<HashMap<u128, u64>> {
     let bytes =
         std::fs::read(path).map_err(|e| input_err(path, format!("{e}; HINT: run the boilerplate stage first")))?;
-    if bytes.len() % 16 != 0 {
+    if bytes.len() % 24 != 0 {
         return Err(input_err(path, "truncated; HINT: rerun the boilerplate stage"));
     }
     Ok(bytes
-        .chunks_exact(16)
-        .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
+        .chunks_exact(24)
+        .map(|c| {
+            let key = u128::from_le_bytes(c[..16].try_into().expect("16 bytes"));
+            (key, u64::from_le_bytes(c[16..].try_into().expect("8 bytes")))
+        })
         .collect())
 }
 

@@ -220,18 +220,19 @@ impl Ctx<'_> {
         Ok(stats)
     }
 
-    fn decide(&self, text: &str, common: &std::collections::HashSet<u128>, model: Option<&FastText>) -> Decision {
+    fn decide(&self, text: &str, common: &std::collections::HashMap<u128, u64>, model: Option<&FastText>) -> Decision {
         let mut removed_lines = Vec::new();
         let mut current: Option<String> = None;
         if !common.is_empty() && text.contains('\n') {
             let mut kept = Vec::new();
             for line in text.split('\n') {
                 match boilerplate::line_key(line) {
-                    Some(k) if common.contains(&k) => removed_lines.push((
+                    // value: the documents the line is in; threshold: the minimum for boilerplate
+                    Some(k) if common.contains_key(&k) => removed_lines.push((
                         line.trim().to_string(),
                         Reason {
                             rule: "boilerplate".into(),
-                            value: 1.0,
+                            value: common[&k] as f64,
                             threshold: self.opts.config.boilerplate.min_documents as f64,
                         },
                     )),
@@ -292,7 +293,7 @@ impl Ctx<'_> {
     fn filter_file(
         &self,
         f: usize,
-        common: &std::collections::HashSet<u128>,
+        common: &std::collections::HashMap<u128, u64>,
         model: Option<&FastText>,
     ) -> Result<Stats> {
         let input = &self.files[f];
