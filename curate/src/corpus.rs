@@ -118,6 +118,9 @@ pub fn stage_inputs(
     Ok(files)
 }
 
+/// Bytes of input read per batch of documents handed to the thread pool.
+pub const BATCH_BYTES: usize = 4 << 20;
+
 /// One document: its 0-based line in the file, the line as read, and its text.
 #[derive(Debug, Clone)]
 pub struct Doc {
@@ -372,7 +375,7 @@ pub fn rewrite_file(
     let mut writer = DocWriter::create(out, input, text_key)?;
     let mut side = SideWriter::new(removed, input)?;
     loop {
-        let docs = reader.next_batch(4 << 20, progress)?;
+        let docs = reader.next_batch(BATCH_BYTES, progress)?;
         if docs.is_empty() {
             break;
         }

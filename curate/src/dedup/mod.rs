@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::corpus::{
     list_inputs, rewrite_file, stage_inputs, write_atomic, Doc, DocReader, DocWriter, InputFile, Progress, SideWriter,
+    BATCH_BYTES,
 };
 use crate::manifest::{merge_task_stats, read_stats, write_stats, RunManifest};
 use crate::{input_err, output_err, CurateError, Result, Stats, Task};
@@ -91,9 +92,6 @@ struct Ctx<'a> {
     removed: &'a Path,
     progress: &'a Progress,
 }
-
-/// Batch of input bytes handed to the thread pool at once.
-const BATCH_BYTES: usize = 4 << 20;
 
 impl Ctx<'_> {
     fn exact_band(&self) -> usize {

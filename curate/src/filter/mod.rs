@@ -26,6 +26,7 @@ pub use rules::{FilterConfig, Outcome, Reason};
 
 use crate::corpus::{
     list_inputs, rewrite_file, stage_inputs, write_atomic, Doc, DocReader, DocWriter, InputFile, Progress, SideWriter,
+    BATCH_BYTES,
 };
 use crate::dedup::records::{self, create_dir, ItemId};
 use crate::manifest::{merge_task_stats, read_stats, write_stats, RunManifest};
@@ -118,8 +119,6 @@ struct Ctx<'a> {
     work: &'a Path,
     progress: &'a Progress,
 }
-
-const BATCH_BYTES: usize = 4 << 20;
 
 impl Ctx<'_> {
     fn boilerplate_on(&self) -> bool {

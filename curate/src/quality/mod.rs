@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::corpus::{list_inputs, AtomicFile, Doc, DocReader, Progress, SIDE_OUTPUT_MARKER};
+use crate::corpus::{list_inputs, AtomicFile, Doc, DocReader, Progress, BATCH_BYTES, SIDE_OUTPUT_MARKER};
 use crate::{output_err, CurateError, Result};
 use fasttext::{FastText, TrainArgs};
 
@@ -30,7 +30,7 @@ pub fn read_documents(inputs: &[PathBuf], text_key: &str, limit: usize) -> Resul
     for file in list_inputs(inputs)? {
         let mut reader = DocReader::open(&file, text_key)?;
         loop {
-            let docs = reader.next_batch(4 << 20, &progress)?;
+            let docs = reader.next_batch(BATCH_BYTES, &progress)?;
             if docs.is_empty() || out.len() >= limit {
                 break;
             }
