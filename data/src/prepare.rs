@@ -7,6 +7,11 @@
 //! `4 * jobs` chunks are in flight, so memory stays flat whatever the corpus size. The
 //! manifest (written last, atomically) records the inputs (path, size, mtime), the tokenizer's
 //! checksum and the text key: a re-run on unchanged input finds it up to date and does nothing.
+//!
+//! Everything is written into `<out>/.prepare-<pid>.tmp/` first; only when the whole input was
+//! tokenized do the new shards and manifest replace the old ones (manifest last). A run that
+//! fails (a broken JSONL line, too many invalid lines, a full disk) removes its temporary
+//! directory and leaves the previous output as it was.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -41,6 +46,9 @@ pub struct PrepareOptions {
     pub shard_tokens: u64,
     /// Redo even when the manifest says the output is up to date.
     pub force: bool,
+    /// Lines that were not valid UTF-8 (repaired) above this fraction of all lines are an
+    /// error: the input is likely not text.
+    pub max_invalid_fraction: f64,
 }
 
 impl PrepareOptions {
@@ -53,6 +61,7 @@ impl PrepareOptions {
             chunk_bytes: 4 << 20,
             shard_tokens: 1 << 28,
             force: false,
+            max_invalid_fraction: 0.1,
         }
     }
 }
@@ -251,7 +260,8 @@ pub fn prepare(
     };
     if !opts.force {
         if let Ok(old) = Manifest::read(&opts.out) {
-            if old.same_source(&manifest) && ShardSet::open(&old.shard_paths(&opts.out)).is_ok() {
+            let intact = ShardSet::open(&old.shard_paths(&opts.out)).and_then(|set| set.check(vocab, true));
+            if old.same_source(&manifest) && intact.is_ok() {
                 return Ok(PrepareSummary {
                     manifest: old,
                     up_to_date: true,
@@ -261,19 +271,83 @@ pub fn prepare(
         }
     }
     fs::create_dir_all(&opts.out).map_err(|e| io_err(&opts.out, e))?;
-    // an interrupted or outdated earlier run leaves nothing that could be mistaken for output
+    remove_stale_work_dirs(&opts.out);
+    let work = opts.out.join(format!("{WORK_PREFIX}{}.tmp", std::process::id()));
+    if work.exists() {
+        fs::remove_dir_all(&work).map_err(|e| io_err(&work, e))?;
+    }
+    fs::create_dir_all(&work).map_err(|e| io_err(&work, e))?;
+    let outcome = tokenize_into(tok, opts, &files, &work, vocab, progress, &mut manifest)
+        .and_then(|()| swap_into_place(&work, &opts.out, &manifest));
+    if let Err(e) = outcome {
+        // the previous output is untouched; the partial one goes
+        fs::remove_dir_all(&work).ok();
+        return Err(e);
+    }
+    fs::remove_dir_all(&work).map_err(|e| io_err(&work, e))?;
+    Ok(PrepareSummary {
+        manifest,
+        up_to_date: false,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+const WORK_PREFIX: &str = ".prepare-";
+
+/// Removes `.prepare-<pid>.tmp` directories of runs that are gone (killed before cleaning up).
+fn remove_stale_work_dirs(out: &Path) {
+    let Ok(entries) = fs::read_dir(out) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let pid = name
+            .strip_prefix(WORK_PREFIX)
+            .and_then(|r| r.strip_suffix(".tmp"))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            let alive = Path::new("/proc/self").exists() && Path::new(&format!("/proc/{pid}")).exists();
+            if pid != std::process::id() && !alive {
+                fs::remove_dir_all(e.path()).ok();
+            }
+        }
+    }
+}
+
+/// Replaces the output in `out` by the complete one in `work`: the old manifest goes first
+/// (so a crash in between leaves no manifest naming missing shards, and the next run redoes
+/// the work), then the old shards, then the new shards move in, the manifest last.
+fn swap_into_place(work: &Path, out: &Path, manifest: &Manifest) -> Result<(), DataError> {
     let stale = |path: &Path| match fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path, e)),
         _ => Ok(()),
     };
-    stale(&opts.out.join(MANIFEST_FILE))?;
-    for entry in fs::read_dir(&opts.out).map_err(|e| io_err(&opts.out, e))?.flatten() {
+    stale(&out.join(MANIFEST_FILE))?;
+    for entry in fs::read_dir(out).map_err(|e| io_err(out, e))?.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         if name.starts_with("shard-") && (name.ends_with(".bin") || name.ends_with(".tmp")) {
             stale(&entry.path())?;
         }
     }
+    for shard in &manifest.shards {
+        fs::rename(work.join(&shard.file), out.join(&shard.file)).map_err(|e| io_err(&out.join(&shard.file), e))?;
+    }
+    let path = out.join(MANIFEST_FILE);
+    fs::rename(work.join(MANIFEST_FILE), &path).map_err(|e| io_err(&path, e))?;
+    if let Ok(d) = File::open(out) {
+        d.sync_all().ok(); // durability of the renames; some filesystems refuse a directory fsync
+    }
+    Ok(())
+}
 
+/// Tokenizes `files` into shards and a manifest in `work`, filling `manifest`'s shards and stats.
+fn tokenize_into(
+    tok: &Tokenizer,
+    opts: &PrepareOptions,
+    files: &[PathBuf],
+    work: &Path,
+    vocab: u64,
+    progress: &dyn Fn(u64, u64),
+    manifest: &mut Manifest,
+) -> Result<(), DataError> {
     let total_bytes: u64 = manifest.inputs.iter().map(|i| i.bytes).sum();
     let jobs = opts.jobs.max(1);
     let in_flight = 4 * jobs;
@@ -295,7 +369,6 @@ pub fn prepare(
         let (permit_tx, job_rx) = (permit_tx, job_rx);
         {
             let res_tx = res_tx.clone();
-            let files = &files;
             s.spawn(move || {
                 read_chunks(
                     files,
@@ -310,7 +383,7 @@ pub fn prepare(
             });
         }
         for _ in 0..jobs {
-            let (job_rx, res_tx, files) = (Arc::clone(&job_rx), res_tx.clone(), &files);
+            let (job_rx, res_tx, files) = (Arc::clone(&job_rx), res_tx.clone(), files);
             s.spawn(move || loop {
                 let chunk = match job_rx.lock().expect("job queue").recv() {
                     Ok(c) => c,
@@ -340,7 +413,7 @@ pub fn prepare(
                     Some(w) => w,
                     None => {
                         let name = format!("shard-{:05}.bin", shards.len());
-                        writer.insert(ShardWriter::create(&opts.out.join(&name), vocab)?)
+                        writer.insert(ShardWriter::create(&work.join(&name), vocab)?)
                     }
                 };
                 w.write(&ids, st.documents)?;
@@ -389,16 +462,35 @@ pub fn prepare(
             msg: "the input holds no documents (every line is empty); HINT: check the path and format".into(),
         });
     }
+    let lines = stats.documents + stats.empty_lines;
+    if stats.invalid_utf8_lines > 0 {
+        let fraction = stats.invalid_utf8_lines as f64 / lines.max(1) as f64;
+        if fraction > opts.max_invalid_fraction {
+            return Err(DataError::Input {
+                path: opts
+                    .inputs
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                msg: format!(
+                    "{} of {lines} lines ({:.1}%) are not valid UTF-8: this does not look like text (the limit is \
+                     {:.1}%, data.max_invalid_fraction); HINT: check the path and format, or raise the limit",
+                    stats.invalid_utf8_lines,
+                    100.0 * fraction,
+                    100.0 * opts.max_invalid_fraction
+                ),
+            });
+        }
+        eprintln!(
+            "warning: {} of {lines} lines were not valid UTF-8 and were repaired (U+FFFD)",
+            stats.invalid_utf8_lines
+        );
+    }
     manifest.shards = shards;
     manifest.stats = stats;
-    let path = opts.out.join(MANIFEST_FILE);
-    let tmp = opts.out.join("manifest.json.tmp");
+    let tmp = work.join(MANIFEST_FILE);
     let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
     fs::write(&tmp, text + "\n").map_err(|e| io_err(&tmp, e))?;
-    fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
-    Ok(PrepareSummary {
-        manifest,
-        up_to_date: false,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(())
 }

@@ -7,15 +7,19 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `BCHTOKS\0` |
-//! | 8 | 4 | format version (1) |
+//! | 8 | 4 | format version (2; 1 is still read) |
 //! | 12 | 4 | bytes per token (2 or 4) |
 //! | 16 | 8 | vocabulary size |
 //! | 24 | 8 | tokens |
 //! | 32 | 8 | documents |
-//! | 40 | 24 | zero |
+//! | 40 | 4 | CRC-32 (IEEE) of the token bytes (version 2; zero in 1) |
+//! | 44 | 4 | the largest token id (version 2; zero in 1) |
+//! | 48 | 16 | zero |
 //!
 //! Writers go through a temporary name, fsync and rename, so a shard either exists whole or
-//! not at all. Readers check magic, version, token width and the exact file length.
+//! not at all. Readers check magic, version, token width and the exact file length;
+//! [`ShardSet::check`] verifies the body's checksum and that every id fits a model's
+//! vocabulary (from the header's largest id; a version-1 shard is scanned).
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -25,7 +29,7 @@ use crate::loader::TokenSource;
 use crate::DataError;
 
 pub const MAGIC: &[u8; 8] = b"BCHTOKS\0";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 pub const HEADER_BYTES: u64 = 64;
 
 fn err(path: &Path, msg: impl Into<String>) -> DataError {
@@ -52,6 +56,10 @@ pub struct ShardHeader {
     pub vocab_size: u64,
     pub num_tokens: u64,
     pub num_documents: u64,
+    /// CRC-32 of the token bytes (version 2).
+    pub body_crc32: u32,
+    /// The largest token id in the shard (version 2; 0 when empty).
+    pub max_token_id: u32,
 }
 
 impl ShardHeader {
@@ -63,6 +71,8 @@ impl ShardHeader {
         h[16..24].copy_from_slice(&self.vocab_size.to_le_bytes());
         h[24..32].copy_from_slice(&self.num_tokens.to_le_bytes());
         h[32..40].copy_from_slice(&self.num_documents.to_le_bytes());
+        h[40..44].copy_from_slice(&self.body_crc32.to_le_bytes());
+        h[44..48].copy_from_slice(&self.max_token_id.to_le_bytes());
         h
     }
 
@@ -82,6 +92,8 @@ impl ShardHeader {
             vocab_size: u64_at(16),
             num_tokens: u64_at(24),
             num_documents: u64_at(32),
+            body_crc32: u32_at(40),
+            max_token_id: u32_at(44),
         };
         if header.version > FORMAT_VERSION {
             return Err(err(
@@ -123,6 +135,7 @@ pub struct ShardWriter {
     tmp: PathBuf,
     out: BufWriter<File>,
     header: ShardHeader,
+    crc: crc32fast::Hasher,
 }
 
 impl ShardWriter {
@@ -135,6 +148,8 @@ impl ShardWriter {
             vocab_size,
             num_tokens: 0,
             num_documents: 0,
+            body_crc32: 0,
+            max_token_id: 0,
         };
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&header.encode()).map_err(|e| err(&tmp, e.to_string()))?;
@@ -143,6 +158,7 @@ impl ShardWriter {
             tmp,
             out,
             header,
+            crc: crc32fast::Hasher::new(),
         })
     }
 
@@ -152,20 +168,32 @@ impl ShardWriter {
 
     /// Appends tokens; `documents` is how many documents they complete.
     pub fn write(&mut self, tokens: &[u32], documents: u64) -> Result<(), DataError> {
-        let res = if self.header.token_bytes == 2 {
+        let max = tokens.iter().copied().max().unwrap_or(0);
+        if u64::from(max) >= self.header.vocab_size {
+            return Err(err(
+                &self.tmp,
+                format!(
+                    "token id {max} is outside the {}-piece vocabulary",
+                    self.header.vocab_size
+                ),
+            ));
+        }
+        self.header.max_token_id = self.header.max_token_id.max(max);
+        let buf = if self.header.token_bytes == 2 {
             let mut buf = Vec::with_capacity(tokens.len() * 2);
             for &t in tokens {
                 buf.extend_from_slice(&(t as u16).to_le_bytes());
             }
-            self.out.write_all(&buf)
+            buf
         } else {
             let mut buf = Vec::with_capacity(tokens.len() * 4);
             for &t in tokens {
                 buf.extend_from_slice(&t.to_le_bytes());
             }
-            self.out.write_all(&buf)
+            buf
         };
-        res.map_err(|e| err(&self.tmp, e.to_string()))?;
+        self.crc.update(&buf);
+        self.out.write_all(&buf).map_err(|e| err(&self.tmp, e.to_string()))?;
         self.header.num_tokens += tokens.len() as u64;
         self.header.num_documents += documents;
         Ok(())
@@ -174,7 +202,14 @@ impl ShardWriter {
     /// Rewrites the header with the final counts, fsyncs and renames into place.
     pub fn finish(self) -> Result<ShardHeader, DataError> {
         use std::io::{Seek, SeekFrom};
-        let ShardWriter { path, tmp, out, header } = self;
+        let ShardWriter {
+            path,
+            tmp,
+            out,
+            mut header,
+            crc,
+        } = self;
+        header.body_crc32 = crc.finalize();
         let mut file = out.into_inner().map_err(|e| err(&tmp, e.to_string()))?;
         let io = |e: std::io::Error| err(&tmp, e.to_string());
         file.seek(SeekFrom::Start(0)).map_err(io)?;
@@ -204,6 +239,50 @@ impl Shard {
             header,
             map,
         })
+    }
+
+    fn body(&self) -> &[u8] {
+        &self.map[HEADER_BYTES as usize..]
+    }
+
+    /// Checks the token bytes against the header's CRC-32 (version 2; version 1 has none).
+    pub fn verify(&self) -> Result<(), DataError> {
+        if self.header.version < 2 {
+            return Ok(());
+        }
+        let got = crc32fast::hash(self.body());
+        if got != self.header.body_crc32 {
+            return Err(err(
+                &self.path,
+                format!(
+                    "the token data is damaged (CRC-32 {got:08x}; the header says {:08x}); HINT: re-run \
+                     `baichuan prepare` to rewrite it",
+                    self.header.body_crc32
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The largest token id: from the header (version 2), else by reading every token.
+    pub fn max_token_id(&self) -> u32 {
+        if self.header.version >= 2 {
+            return self.header.max_token_id;
+        }
+        match self.header.token_bytes {
+            2 => self
+                .body()
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]) as u32)
+                .max()
+                .unwrap_or(0),
+            _ => self
+                .body()
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .max()
+                .unwrap_or(0),
+        }
     }
 
     /// Copies tokens `[start, start + out.len())` of this shard.
@@ -262,6 +341,29 @@ impl ShardSet {
 
     pub fn vocab_size(&self) -> u64 {
         self.shards[0].header.vocab_size
+    }
+
+    /// Checks every shard for a model of `vocab` token ids: the body's checksum when `verify`
+    /// (one read of every shard), and that its largest id is below `vocab`. The error names
+    /// the file and the fix.
+    pub fn check(&self, vocab: u64, verify: bool) -> Result<(), DataError> {
+        for s in &self.shards {
+            if verify {
+                s.verify()?;
+            }
+            let max = s.max_token_id();
+            if s.header.num_tokens > 0 && u64::from(max) >= vocab {
+                return Err(err(
+                    &s.path,
+                    format!(
+                        "holds token id {max}, outside the model's vocabulary of {vocab} (model.vocab_size); the \
+                         shard was made with another tokenizer or is damaged. HINT: re-run `baichuan prepare` with \
+                         the model's tokenizer, or set model.vocab_size above {max}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn num_documents(&self) -> u64 {
@@ -348,7 +450,7 @@ mod tests {
         assert!(e.contains("magic") && e.contains("s.bin"), "{e}");
 
         let mut newer = good.clone();
-        newer[8..12].copy_from_slice(&2u32.to_le_bytes());
+        newer[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
         fs::write(&p, &newer).unwrap();
         let e = Shard::open(&p).err().unwrap().to_string();
         assert!(e.contains("newer") && e.contains("upgrade"), "{e}");
@@ -359,5 +461,52 @@ mod tests {
 
         fs::write(&p, &good).unwrap();
         assert!(Shard::open(&p).is_ok());
+    }
+
+    /// A flipped token byte is caught by the body checksum, naming the file; ids at or above a
+    /// model's vocabulary are refused with the file and the fix, from the header of a version-2
+    /// shard and by a scan of a version-1 one.
+    #[test]
+    fn damaged_bodies_and_ids_outside_the_vocabulary_are_refused_by_name() {
+        let d = dir("check");
+        let p = d.join("s.bin");
+        write(&p, 64000, &[5, 63999, 7]);
+        let set = ShardSet::open(std::slice::from_ref(&p)).unwrap();
+        assert_eq!(set.shards()[0].max_token_id(), 63999);
+        set.check(64000, true).unwrap();
+        let e = set.check(32000, false).unwrap_err().to_string();
+        assert!(
+            e.contains("s.bin") && e.contains("token id 63999") && e.contains("prepare"),
+            "{e}"
+        );
+        drop(set);
+
+        let good = fs::read(&p).unwrap();
+        let mut flipped = good.clone();
+        flipped[HEADER_BYTES as usize + 1] ^= 0x40;
+        fs::write(&p, &flipped).unwrap();
+        let set = ShardSet::open(std::slice::from_ref(&p)).unwrap();
+        let e = set.check(64000, true).unwrap_err().to_string();
+        assert!(e.contains("s.bin") && e.contains("damaged"), "{e}");
+        drop(set);
+
+        // a version-1 shard (no checksum, no largest id) is scanned for its largest id
+        let mut v1 = good.clone();
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        v1[40..48].fill(0);
+        fs::write(&p, &v1).unwrap();
+        let set = ShardSet::open(std::slice::from_ref(&p)).unwrap();
+        set.check(64000, true).unwrap();
+        assert!(set
+            .check(1000, true)
+            .unwrap_err()
+            .to_string()
+            .contains("token id 63999"));
+        let mut w = ShardWriter::create(&d.join("w.bin"), 100).unwrap();
+        assert!(w
+            .write(&[3, 100], 1)
+            .unwrap_err()
+            .to_string()
+            .contains("outside the 100-piece"));
     }
 }

@@ -184,3 +184,93 @@ fn missing_and_empty_inputs_are_clear_errors() {
         .to_string();
     assert!(e.contains("x.jsonl:1") && e.contains("text"), "{e}");
 }
+
+/// A re-run whose input now has a broken JSONL line fails and leaves the previous shards and
+/// manifest exactly as they were, with no temporary directory behind.
+#[test]
+fn a_failed_rerun_leaves_the_previous_output_intact() {
+    let tok = common::tokenizer();
+    let dir = common::temp_dir("failed-rerun");
+    let input = dir.join("docs.jsonl");
+    let line = |t: &str| serde_json::json!({ "text": t }).to_string() + "\n";
+    fs::write(&input, line("the first document") + &line("the second document")).unwrap();
+    let out = dir.join("out");
+    let opts = PrepareOptions::new(vec![input.clone()], out.clone());
+    let first = prepare(&tok, &opts, &|_, _| {}).unwrap();
+    let snapshot = |out: &Path| {
+        let mut files: Vec<(String, Vec<u8>)> = fs::read_dir(out)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().to_string(),
+                    fs::read(e.path()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = snapshot(&out);
+    assert!(
+        before.iter().any(|(n, _)| n == "shard-00000.bin"),
+        "{:?}",
+        before.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+
+    fs::write(
+        &input,
+        line("the first document") + "{\"text\": \"cut off\n" + &line("third"),
+    )
+    .unwrap();
+    let e = prepare(&tok, &opts, &|_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("docs.jsonl:2"), "{e}");
+    assert_eq!(snapshot(&out), before, "the failed run changed the previous output");
+    let set = ShardSet::open(&first.manifest.shard_paths(&out)).unwrap();
+    set.check(tok.vocab_size() as u64, true).unwrap();
+    assert_eq!(set.num_documents(), 2);
+}
+
+/// Random bytes are not text: above `max_invalid_fraction` of invalid UTF-8 lines prepare
+/// stops, naming the input and the limit; raising the limit lets it through.
+#[test]
+fn random_bytes_are_refused_as_text() {
+    let tok = common::tokenizer();
+    let dir = common::temp_dir("garbage");
+    let input = dir.join("noise.txt");
+    // a fixed xorshift stream: 64 KB of bytes, a newline every 64
+    let mut x = 0x9e3779b97f4a7c15u64;
+    let bytes: Vec<u8> = (0..65536)
+        .map(|i| {
+            if i % 64 == 63 {
+                return b'\n';
+            }
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let b = (x >> 24) as u8;
+            if b == b'\n' {
+                0xff
+            } else {
+                b
+            }
+        })
+        .collect();
+    fs::write(&input, &bytes).unwrap();
+    let mut opts = PrepareOptions::new(vec![input], dir.join("out"));
+    let e = prepare(&tok, &opts, &|_, _| {}).unwrap_err().to_string();
+    assert!(
+        e.contains("noise.txt") && e.contains("not valid UTF-8") && e.contains("10.0%"),
+        "{e}"
+    );
+    assert!(!dir.join("out/manifest.json").exists());
+    let leftovers: Vec<_> = fs::read_dir(dir.join("out"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    opts.max_invalid_fraction = 1.0;
+    let s = prepare(&tok, &opts, &|_, _| {}).unwrap();
+    assert!(s.manifest.stats.invalid_utf8_lines > 1000);
+}

@@ -145,6 +145,12 @@ pub struct DataConfig {
     pub cache_dir: Option<PathBuf>,
     /// Batches prepared ahead by the background loader thread.
     pub prefetch: usize,
+    /// Read every token shard once at the start to verify its checksum (ids outside the
+    /// model's vocabulary are refused either way, from the shard headers).
+    pub verify_shards: bool,
+    /// Text lines that were not valid UTF-8 (and were repaired) above this fraction of the
+    /// lines stop tokenization: the input is likely not text.
+    pub max_invalid_fraction: f64,
 }
 
 impl Default for DataConfig {
@@ -160,6 +166,8 @@ impl Default for DataConfig {
             valid_split: ValidSplit::Spread,
             cache_dir: None,
             prefetch: 2,
+            verify_shards: true,
+            max_invalid_fraction: 0.1,
         }
     }
 }
@@ -538,6 +546,19 @@ impl RunConfig {
         if d.prefetch == 0 {
             bail!("data.prefetch must be at least 1");
         }
+        if !(0.0..=1.0).contains(&d.max_invalid_fraction) {
+            bail!(
+                "data.max_invalid_fraction = {} must be in [0, 1]",
+                d.max_invalid_fraction
+            );
+        }
+        if self.eval.batches == 0 && self.eval.interval > 0 && (d.valid_fraction > 0.0 || !d.valid.is_empty()) {
+            bail!(
+                "eval.batches = 0 with eval.interval = {}: validation would average no batch; HINT: set eval.batches \
+                 >= 1, or eval.interval = 0 to turn validation off",
+                self.eval.interval
+            );
+        }
         if d.path.is_empty() {
             bail!("data.path is empty: name at least one file or directory of training text");
         }
@@ -586,6 +607,23 @@ impl RunConfig {
             grad_accum: t.global_batch_size / per_step,
             device,
         })
+    }
+
+    /// Settings that are valid but probably not what was meant, as sentences for rank 0 to print.
+    pub fn warnings(&self) -> Vec<String> {
+        let t = &self.train;
+        let mut w = Vec::new();
+        if t.warmup_steps > t.steps {
+            w.push(format!(
+                "train.warmup_steps = {} exceeds train.steps = {}: the learning rate never reaches train.lr = {} \
+                 (it ends at {:.3e}); HINT: lower train.warmup_steps",
+                t.warmup_steps,
+                t.steps,
+                t.lr,
+                t.lr * t.steps as f64 / t.warmup_steps.max(1) as f64
+            ));
+        }
+        w
     }
 
     /// The TOML text of the resolved config, saved beside every run.

@@ -111,6 +111,7 @@ fn open_stream(
             let tok = Tokenizer::open(tokenizer)?;
             let mut opts = PrepareOptions::new(paths.to_vec(), cache.to_path_buf());
             opts.text_key = d.text_key.clone();
+            opts.max_invalid_fraction = d.max_invalid_fraction;
             let bar = byte_bar(0, "tokenizing");
             if !verbose {
                 bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -142,6 +143,16 @@ fn open_stream(
     }
 }
 
+/// Where `data.valid` text is tokenized: beside the training cache and named after it
+/// (`<cache>-valid`), so runs whose caches share a parent directory never share it.
+pub fn valid_cache(cache: &Path) -> PathBuf {
+    let name = cache
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "token-cache".into());
+    cache.with_file_name(format!("{name}-valid"))
+}
+
 /// Builds the data of rank `rank` of `world`.
 pub fn open(
     config: &RunConfig,
@@ -165,17 +176,13 @@ pub fn open(
             all.vocab_size()
         );
     }
+    all.check(model_vocab as u64, d.verify_shards)?;
     let seq = d.seq_len as u64;
     let global = config.train.global_batch_size as u64;
     let total = all.num_tokens();
     let (train_range, valid_range) = if !d.valid.is_empty() {
-        let valid = Arc::new(open_stream(
-            config,
-            &d.valid,
-            &cache.with_file_name("token-cache-valid"),
-            tokenizer,
-            verbose,
-        )?);
+        let valid = Arc::new(open_stream(config, &d.valid, &valid_cache(&cache), tokenizer, verbose)?);
+        valid.check(model_vocab as u64, d.verify_shards)?;
         let n = valid.num_tokens();
         (
             Split::Range(TokenRange::new(all.clone(), 0, total)),
@@ -273,6 +280,27 @@ impl Drop for TempDir {
     }
 }
 
+const EVAL_CACHE_PREFIX: &str = "baichuan-eval-";
+
+/// Removes `baichuan-eval-<PID>` caches in `tmp` whose process is gone (an evaluation that was
+/// killed could not remove its own).
+pub fn remove_stale_eval_caches(tmp: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return; // no way to tell a live process from a gone one
+    }
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = name.strip_prefix(EVAL_CACHE_PREFIX).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            // another user's, or already gone: either way not ours to report
+            std::fs::remove_dir_all(e.path()).ok();
+        }
+    }
+}
+
 /// The tokens of `paths` for evaluation: prepared directories and shard files are opened as
 /// they are; anything else (text, JSONL, directories of them) is tokenized with `tok` into a
 /// temporary cache that lives as long as the returned guard.
@@ -295,7 +323,8 @@ pub fn open_eval_tokens(paths: &[PathBuf], tok: &Tokenizer, text_key: &str) -> R
             p.display()
         );
     }
-    let cache = TempDir(std::env::temp_dir().join(format!("baichuan-eval-{}", std::process::id())));
+    remove_stale_eval_caches(&std::env::temp_dir());
+    let cache = TempDir(std::env::temp_dir().join(format!("{EVAL_CACHE_PREFIX}{}", std::process::id())));
     let mut opts = PrepareOptions::new(paths.to_vec(), cache.0.clone());
     opts.text_key = text_key.to_string();
     opts.force = true;

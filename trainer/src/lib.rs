@@ -5,7 +5,8 @@
 //! - the run: [`config`] (the typed TOML run config), [`dataset`] (a run's data),
 //!   [`trainer`] (`Trainer` and the loop), [`step`] (one micro-batch through the layer-wise
 //!   schedule), [`guard`] (loss scaler, bad steps), [`schedule`] (learning rate)
-//! - the state: [`flat`] (the flat parameter layout), [`optim`] (AdamW), [`checkpoint`]
+//! - the state: [`flat`] (the flat parameter layout), [`optim`] (AdamW), [`checkpoint`],
+//!   [`runlock`] (one run per run directory)
 //! - many processes: [`dist`] (environment, store, communicators, gradient buckets, launcher,
 //!   watchdog)
 //! - around the run: [`metrics`], [`eval`], [`tools`] (bench, breakdown, memory plan)
@@ -20,6 +21,7 @@ pub mod guard;
 pub mod host_alloc;
 pub mod metrics;
 pub mod optim;
+pub mod runlock;
 pub mod schedule;
 pub mod step;
 pub mod tools;

@@ -263,7 +263,7 @@ impl Trainer {
         let micro = self.train.micro_batch_size;
         let (mut total, mut n) = (0.0, 0);
         for b in batches {
-            let all = batch_tensor(b);
+            let all = batch_tensor(b, self.model.config.vocab_size)?;
             let mut start = 0;
             while start < b.samples as i64 {
                 let rows = micro.min(b.samples as i64 - start);
@@ -314,10 +314,18 @@ impl Trainer {
     }
 }
 
-/// A batch's tokens as an int64 tensor (B, T+1) on the CPU.
-fn batch_tensor(b: &Batch) -> Tensor {
+/// A batch's tokens as an int64 tensor (B, T+1) on the CPU; an id outside the model's
+/// `vocab` (damaged data that was not verified, see `data.verify_shards`) is an error, not a
+/// crash inside the embedding.
+fn batch_tensor(b: &Batch, vocab: i64) -> Result<Tensor> {
+    if let Some(&bad) = b.tokens.iter().find(|&&t| i64::from(t) >= vocab) {
+        anyhow::bail!(
+            "token id {bad} in the data is outside model.vocab_size = {vocab}: a shard is damaged or was made with \
+             another tokenizer; HINT: set data.verify_shards = true to find the file, and re-run `baichuan prepare`"
+        );
+    }
     let ids: Vec<i64> = b.tokens.iter().map(|&t| i64::from(t)).collect();
-    Tensor::from_slice(&ids).view([b.samples as i64, b.seq_len as i64 + 1])
+    Ok(Tensor::from_slice(&ids).view([b.samples as i64, b.seq_len as i64 + 1]))
 }
 
 /// What a finished run reports.
@@ -330,7 +338,14 @@ pub struct TrainSummary {
     pub losses: Vec<f64>,
     pub model_dir: PathBuf,
     pub tokens: u64,
+    /// Stopped by SIGTERM before `train.steps` (a checkpoint was saved): the job should be
+    /// requeued, and `train` exits with [`EXIT_PREEMPTED`].
+    pub preempted: bool,
 }
+
+/// The exit code of a `train` (and `launch`) stopped by SIGTERM before its last step, with its
+/// checkpoint saved: EX_TEMPFAIL of sysexits.h, "try again later", for schedulers to requeue on.
+pub const EXIT_PREEMPTED: i32 = 75;
 
 /// Options of a `train` invocation that are not part of the run config.
 #[derive(Debug, Clone, Default)]
@@ -381,9 +396,13 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         Device::Cuda(_) => Device::Cuda(env.local_rank),
         other => other,
     };
+    // one run per run_dir: rank 0 holds its lock until it exits
+    let _lock = main.then(|| crate::runlock::RunLock::acquire(run_dir)).transpose()?;
     if main {
-        std::fs::create_dir_all(run_dir).with_context(|| format!("creating run_dir {}", run_dir.display()))?;
         std::fs::write(run_dir.join("config.toml"), config.to_toml())?;
+        for w in config.warnings() {
+            eprintln!("warning: {w}");
+        }
     }
     if device == Device::Cpu && env.local_world > 1 {
         // ranks sharing a machine share its cores (as torchrun's OMP_NUM_THREADS advice)
@@ -437,7 +456,13 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     for s in start..t.steps {
         let t0 = Instant::now();
         let lr = lr_at(s, t.steps, t.warmup_steps, t.lr, t.min_lr);
-        let out = tr.step(&batch_tensor(&data.train.next_batch()), lr, s + 1, comm, false)?;
+        let out = tr.step(
+            &batch_tensor(&data.train.next_batch(), mc.vocab_size)?,
+            lr,
+            s + 1,
+            comm,
+            false,
+        )?;
         let dt = t0.elapsed().as_secs_f64();
         let last = s + 1 == t.steps;
         let evaluate = config.eval.interval > 0 && ((s + 1) % config.eval.interval == 0 || last);
@@ -477,7 +502,9 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             saver.wait()?;
             comm.barrier()?;
             let tokens = (s + 1) * rates.tokens_per_step;
-            return Ok(TrainSummary::new(main, start, losses, run_dir, tokens));
+            let mut summary = TrainSummary::new(main, start, losses, run_dir, tokens);
+            summary.preempted = term && !last;
+            return Ok(summary);
         }
     }
     bar.finish_and_clear();
@@ -515,7 +542,13 @@ fn resume(
         checkpoint::clean_temporaries(ckpt_dir);
     }
     comm.barrier()?;
-    let Some((path, m)) = checkpoint::resume_point(&opts.resume, ckpt_dir, tr.opt.shard, comm)? else {
+    let point = checkpoint::resume_point(&opts.resume, ckpt_dir, tr.opt.shard, comm)?;
+    if main {
+        let from = point.as_ref().map(|(p, m)| (p.as_path(), m.step));
+        branch_off(ckpt_dir, &config.job.run_dir, from)?;
+    }
+    comm.barrier()?;
+    let Some((path, m)) = point else {
         return Ok(None);
     };
     let r = checkpoint::restore(&path, &m, &mut tr.opt, data, main)?;
@@ -540,6 +573,31 @@ fn resume(
         }
     }
     Ok(Some(r.step))
+}
+
+/// The branch rule, applied by rank 0 once the start point is chosen: checkpoints of later
+/// steps than `from` (a fresh start: all of them) belong to the branch the run leaves. They
+/// are moved aside, untouched, with a copy of the `metrics.jsonl` that recorded them, and the
+/// user is told where.
+fn branch_off(ckpt_dir: &Path, run_dir: &Path, from: Option<(&Path, u64)>) -> Result<()> {
+    let step = from.map_or(0, |(_, s)| s);
+    let Some((folder, steps)) = checkpoint::set_aside_later(ckpt_dir, step, from.map(|(p, _)| p))? else {
+        return Ok(());
+    };
+    let metrics = run_dir.join("metrics.jsonl");
+    if metrics.exists() {
+        std::fs::copy(&metrics, folder.join("metrics.jsonl"))
+            .with_context(|| format!("copying {} into {}", metrics.display(), folder.display()))?;
+    }
+    let listed: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
+    println!(
+        "checkpoint: this run starts at step {step}, so the {} later checkpoint(s) (step {}) belong to the branch it \
+         leaves: moved, untouched, with that branch's metrics.jsonl, to {}",
+        steps.len(),
+        listed.join(", "),
+        folder.display()
+    );
+    Ok(())
 }
 
 /// The run's checkpoint writer; across ranks its thread talks to the store (at `store_addr`)
@@ -635,6 +693,7 @@ impl TrainSummary {
             losses,
             model_dir: run_dir.join("model"),
             tokens,
+            preempted: false,
         }
     }
 }

@@ -4,8 +4,9 @@
 //! - resharding: saved by 4 ranks at ZeRO 1, resumed by 2 and by 1: the same losses (1e-5);
 //! - crash safety: `kill -9` during saves leaves a complete previous checkpoint; a corrupted
 //!   file is detected and the previous checkpoint used;
-//! - recovery: `kill -9` of one rank of a 2-rank `launch` run: the launcher restarts the job,
-//!   which resumes and ends with the weights of an uninterrupted run; a stopped (SIGSTOP) rank
+//! - recovery: `kill -9` of one rank of a 2-rank `launch` run started with `--no-resume`: the
+//!   launcher restarts the job, which resumes (the restart drops `--no-resume`) and ends with
+//!   the weights of an uninterrupted run; a stopped (SIGSTOP) rank
 //!   is detected within the configured timeout, by rank.
 
 mod common;
@@ -221,7 +222,7 @@ fn the_launcher_recovers_from_a_killed_rank_and_names_a_stopped_one() {
     let launcher = baichuan(&args(
         &launch_head(2),
         &run,
-        "--set train.steps=60 --set launch.max_restarts=2 --set dist.timeout_s=20",
+        "--set train.steps=60 --set launch.max_restarts=2 --set dist.timeout_s=20 -- --no-resume",
     ))
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use baichuan_model::hf;
 use tch::{Device, Kind, Tensor};
 
-use super::{crc32_file, fnv1a64_file, list, pieces, slot_entries, Manifest, FORMAT_VERSION, LATEST, MANIFEST};
+use super::{crc32_file, fnv1a64_file, list, pieces, slot_entries, Manifest, LATEST, MANIFEST};
 use crate::dataset::Datasets;
 use crate::dist::comm::{Communicator, ReduceOp};
 use crate::guard::LossScaler;
@@ -34,19 +34,11 @@ pub enum Resume {
 pub fn read_manifest(path: &Path) -> Result<Manifest> {
     let text = fs::read_to_string(path.join(MANIFEST))
         .with_context(|| format!("{}: no readable {MANIFEST} (an incomplete checkpoint?)", path.display()))?;
-    let m: Manifest = serde_json::from_str(&text).with_context(|| format!("{}: invalid {MANIFEST}", path.display()))?;
-    if m.format_version > FORMAT_VERSION {
-        bail!(
-            "{}: checkpoint format {} is newer than this baichuan reads ({FORMAT_VERSION}); HINT: upgrade",
-            path.display(),
-            m.format_version
-        );
-    }
-    Ok(m)
+    Manifest::from_json(&text, path)
 }
 
 /// Checks the size and checksum of the files `names` of checkpoint `path` against its manifest
-/// (CRC-32 for format 2, FNV-1a 64 for format 1). Sizes are checked first, for all of them, so
+/// (CRC-32 for formats 2 and 3, FNV-1a 64 for format 1). Sizes are checked first, for all of them, so
 /// a truncated file is found without reading any.
 pub fn verify_files(path: &Path, m: &Manifest, names: &[String]) -> Result<()> {
     let mut entries = Vec::with_capacity(names.len());
@@ -165,19 +157,37 @@ pub fn resume_point(
                     dir.display()
                 );
             }
-            for c in candidates {
-                let mine = check_mine(&c, range, comm.rank() == 0);
+            let mut why = Vec::new();
+            for c in &candidates {
+                let mine = check_mine(c, range, comm.rank() == 0);
                 let agreed = all_ranks(mine.is_ok(), comm)?;
                 match mine {
-                    Ok(m) if agreed => return Ok(Some((c, m))),
-                    Ok(_) => eprintln!(
-                        "checkpoint: skipping {}: another rank found its files damaged",
-                        c.display()
-                    ),
-                    Err(e) => eprintln!("checkpoint: skipping {}: {e:#}", c.display()),
+                    Ok(m) if agreed => return Ok(Some((c.clone(), m))),
+                    Ok(_) => {
+                        eprintln!(
+                            "checkpoint: skipping {}: another rank found its files damaged",
+                            c.display()
+                        );
+                        why.push(format!("{}: damaged for another rank (see its output)", c.display()));
+                    }
+                    Err(e) => {
+                        eprintln!("checkpoint: skipping {}: {e:#}", c.display());
+                        why.push(format!("{e:#}"));
+                    }
                 }
             }
-            Ok(None)
+            if why.is_empty() {
+                return Ok(None);
+            }
+            // checkpoints exist and none verifies: starting afresh would train over them
+            bail!(
+                "{}: none of the {} checkpoint(s) there verifies:\n  {}\nHINT: restore them, resume from one \
+                 explicitly with --resume <dir>, or start afresh with --no-resume (which moves them aside, \
+                 untouched, into an abandoned-* folder)",
+                dir.display(),
+                why.len(),
+                why.join("\n  ")
+            )
         }
     }
 }
@@ -279,7 +289,7 @@ pub fn load_range(path: &Path, m: &Manifest, start: usize, len: usize) -> Result
 
 #[cfg(test)]
 mod tests {
-    use super::super::FileEntry;
+    use super::super::{FileEntry, FORMAT_VERSION};
     use super::*;
     use crate::dist::tcp::run_local_ranks;
 

@@ -97,6 +97,7 @@ impl Snapshot {
                 .collect(),
             files: Default::default(),
             config: s.config.to_toml(),
+            manifest_crc32: None,
         };
         Snapshot {
             step: s.step,
@@ -208,14 +209,17 @@ pub fn write(
         }
     }
     manifest.files = files;
-    let text = serde_json::to_string_pretty(&manifest)?;
-    fs::write(tmp.join(MANIFEST), text + "\n")?;
+    fs::write(tmp.join(MANIFEST), manifest.to_json()?).with_context(|| format!("writing {}", tmp.display()))?;
     fs::File::open(tmp.join(MANIFEST))?.sync_all()?;
     fsync_dir(&tmp.join("optim"));
     fsync_dir(&tmp);
     let final_dir = step_dir(dir, manifest.step);
-    if final_dir.exists() {
-        fs::remove_dir_all(&final_dir)?;
+    // a checkpoint of this step already there (a re-save): renamed aside first, deleted last
+    let replaced = final_dir
+        .exists()
+        .then(|| dir.join(format!("step-{:08}.replaced.tmp", manifest.step)));
+    if let Some(old) = &replaced {
+        fs::rename(&final_dir, old).with_context(|| format!("moving {} aside", final_dir.display()))?;
     }
     fs::rename(&tmp, &final_dir).with_context(|| format!("renaming {} into place", tmp.display()))?;
     fsync_dir(dir);
@@ -223,20 +227,62 @@ pub fn write(
     fs::write(
         &latest_tmp,
         format!("{}\n", final_dir.file_name().expect("step dir").to_string_lossy()),
-    )?;
+    )
+    .with_context(|| format!("writing {}", latest_tmp.display()))?;
     fs::File::open(&latest_tmp)?.sync_all()?;
     fs::rename(&latest_tmp, dir.join(LATEST))?;
     fsync_dir(dir);
-    prune(dir, keep_last)?;
+    if let Some(old) = replaced {
+        fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+    }
+    prune(dir, keep_last, &final_dir)?;
     Ok(final_dir)
 }
 
-/// Keeps the newest `keep` checkpoints (0 keeps all) and removes leftover temporaries.
-fn prune(dir: &Path, keep: usize) -> Result<()> {
-    if keep > 0 {
-        for old in list(dir).into_iter().skip(keep) {
-            fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+/// A failed save, explained: a full disk says so (whichever layer saw it: libtorch, the
+/// safetensors writer or std), and that the previous checkpoint is intact.
+pub fn explain_save_error(e: anyhow::Error, dir: &Path) -> anyhow::Error {
+    let full = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::ENOSPC))
+    }) || {
+        let text = format!("{e:?}");
+        text.contains("os error 28") || text.contains("code: 28") || text.contains("No space left on device")
+    };
+    if full {
+        e.context(format!(
+            "saving a checkpoint into {}: the disk is full. The previous checkpoint and `latest` are intact \
+             (the partial save is a .tmp directory, removed at the next start). HINT: free space, or lower \
+             checkpoint.keep_last, then resume with the same command",
+            dir.display()
+        ))
+    } else {
+        e.context(format!(
+            "saving a checkpoint into {} (the previous checkpoint is intact)",
+            dir.display()
+        ))
+    }
+}
+
+/// Keeps the newest `keep` checkpoints (0 keeps all), never deleting `just_written` or the one
+/// `latest` names. Each is renamed to a `.tmp` name before it is deleted, so an interrupted
+/// prune leaves no half-deleted directory under a complete-looking name (the next start clears
+/// the `.tmp`).
+fn prune(dir: &Path, keep: usize, just_written: &Path) -> Result<()> {
+    if keep == 0 {
+        return Ok(());
+    }
+    let latest = fs::read_to_string(dir.join(LATEST)).ok().map(|n| dir.join(n.trim()));
+    for old in list(dir).into_iter().skip(keep) {
+        if old == just_written || Some(&old) == latest.as_ref() {
+            continue;
         }
+        let doomed = old.with_file_name(format!(
+            "{}.pruned.tmp",
+            old.file_name().expect("step dir").to_string_lossy()
+        ));
+        fs::rename(&old, &doomed).with_context(|| format!("moving {} aside to delete it", old.display()))?;
+        fs::remove_dir_all(&doomed).with_context(|| format!("removing {}", doomed.display()))?;
     }
     Ok(())
 }
@@ -372,7 +418,7 @@ impl Checkpointer {
         let main = self.main;
         let write = move || {
             let started = Instant::now();
-            let dir = ctx.write(snap)?;
+            let dir = ctx.write(snap).map_err(|e| explain_save_error(e, &ctx.dir))?;
             if main {
                 println!(
                     "checkpoint: saved {} (the loop waited {:.0} ms for the copy to host memory; writing took {:.0} ms)",
@@ -396,5 +442,50 @@ impl Checkpointer {
     /// Waits for the save in flight, if any.
     pub fn wait(&mut self) -> Result<()> {
         self.saver.wait().map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pruning keeps the newest `keep`, and never the one just written or the one `latest`
+    /// names, even when they are not the newest; a pruned directory is gone whole.
+    #[test]
+    fn pruning_spares_the_checkpoint_just_written_and_latest() {
+        let dir = std::env::temp_dir().join(format!("baichuan-prune-{}", std::process::id()));
+        for s in [1, 2, 3, 4, 9] {
+            fs::create_dir_all(step_dir(&dir, s).join("optim")).unwrap();
+        }
+        fs::write(dir.join(LATEST), "step-00000002\n").unwrap();
+        prune(&dir, 1, &step_dir(&dir, 3)).unwrap();
+        assert_eq!(
+            list(&dir),
+            vec![step_dir(&dir, 9), step_dir(&dir, 3), step_dir(&dir, 2)]
+        );
+        let left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        prune(&dir, 0, &step_dir(&dir, 3)).unwrap(); // 0 keeps all
+        assert_eq!(list(&dir).len(), 3);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_full_disk_is_named_as_such() {
+        let raw = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::ENOSPC)).context("writing x");
+        let e = format!("{:#}", explain_save_error(raw, Path::new("/ck")));
+        assert!(
+            e.contains("the disk is full") && e.contains("previous checkpoint") && e.contains("HINT"),
+            "{e}"
+        );
+        let torch = anyhow::anyhow!("Internal torch error: IoError(Os {{ code: 28, kind: StorageFull }})");
+        assert!(format!("{:#}", explain_save_error(torch, Path::new("/ck"))).contains("the disk is full"));
+        let other = anyhow::anyhow!("permission denied");
+        assert!(!format!("{:#}", explain_save_error(other, Path::new("/ck"))).contains("full"));
     }
 }

@@ -199,6 +199,7 @@ fn perplexity(a: PplArgs) -> Result<()> {
             m.config.vocab_size
         );
     }
+    shards.check(m.config.vocab_size as u64, true)?;
     let bar = baichuan_trainer::dataset::byte_bar(0, "scoring");
     bar.set_style(
         indicatif::ProgressStyle::with_template("scoring {bar:30} {pos}/{len} tokens, ETA {eta}")

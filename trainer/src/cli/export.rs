@@ -30,6 +30,9 @@ pub struct ExportArgs {
     /// Largest shard in bytes (suffixes KB, MB, GB); one file when omitted.
     #[arg(long)]
     max_shard_size: Option<String>,
+    /// Overwrite a model already in --out (never the --model directory itself).
+    #[arg(long)]
+    force: bool,
 }
 
 /// Parses a byte size such as `5GB`, `300MB`, `1024`.
@@ -46,6 +49,18 @@ fn parse_size(text: &str) -> Result<u64> {
 }
 
 pub fn run(a: ExportArgs) -> Result<()> {
+    let same = match (std::fs::canonicalize(&a.model), std::fs::canonicalize(&a.out)) {
+        (Ok(m), Ok(o)) => m == o,
+        _ => false,
+    };
+    if same {
+        anyhow::bail!(
+            "--out {} is the --model directory: the export would overwrite the weights it reads; HINT: export to \
+             another directory",
+            a.out.display()
+        );
+    }
+    super::refuse_to_overwrite_model(&a.out, a.force)?;
     let m = hf::load_pretrained(&a.model, Device::Cpu).with_context(|| format!("loading {}", a.model.display()))?;
     let shard = a.max_shard_size.as_deref().map(parse_size).transpose()?;
     let layout = match a.format {

@@ -50,7 +50,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let mut printed = 0usize;
     let mut stdout = std::io::stdout();
     print!("{}", a.prompt);
-    generate(&m, &prompt_ids, &sampling, |id| {
+    let mut stopped_by_reader = false;
+    let new = generate(&m, &prompt_ids, &sampling, |id| {
         if a.ids {
             print!(" {id}");
         } else if id != m.config.eos_token_id {
@@ -64,8 +65,20 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             }
         }
         // a closed stdout (`| head`) ends the stream: stop generating
-        stdout.flush().is_ok()
+        let open = stdout.flush().is_ok();
+        stopped_by_reader |= !open;
+        open
     })?;
     println!();
+    let context = m.config.max_position_embeddings as usize;
+    let ended_at_eos = new.last() == Some(&m.config.eos_token_id);
+    if !stopped_by_reader && !ended_at_eos && new.len() < a.max_new_tokens && prompt_ids.len() + new.len() >= context {
+        eprintln!(
+            "generate: stopped after {} new token(s) of the {} asked: prompt and output filled the model's context of \
+             {context} tokens",
+            new.len(),
+            a.max_new_tokens
+        );
+    }
     Ok(())
 }

@@ -18,11 +18,15 @@ pub struct InitArgs {
     overrides: Vec<String>,
     #[arg(long, value_enum, default_value = "fp32")]
     dtype: Precision,
+    /// Overwrite a model already in --out.
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(a: InitArgs) -> Result<()> {
     let cfg = RunConfig::load(&a.config, &a.overrides)?;
     let resolved = cfg.validate(1)?;
+    super::refuse_to_overwrite_model(&a.out, a.force)?;
     tch::manual_seed(cfg.job.seed as i64);
     let model = Baichuan::new(&resolved.model, Device::Cpu)?;
     hf::save_pretrained(&model, &a.out, Layout::Baichuan, a.dtype.kind(), None)?;

@@ -18,8 +18,8 @@ pub struct LaunchArgs {
     #[arg(long)]
     hostfile: Option<PathBuf>,
     /// Local ranks when no hostfile is given (default: the GPUs, or 1).
-    #[arg(long)]
-    nproc: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    nproc: Option<u64>,
     /// Only these hosts of the hostfile (comma-separated).
     #[arg(long, value_delimiter = ',')]
     include: Vec<String>,
@@ -49,7 +49,7 @@ pub fn run(a: LaunchArgs) -> Result<()> {
         }
         None => vec![launch::HostSlots {
             host: "localhost".into(),
-            slots: a.nproc.unwrap_or_else(launch::local_gpus).max(1),
+            slots: a.nproc.map(|n| n as usize).unwrap_or_else(launch::local_gpus).max(1),
         }],
     };
     let world: usize = hosts.iter().map(|h| h.slots).sum();
@@ -70,7 +70,12 @@ pub fn run(a: LaunchArgs) -> Result<()> {
         train_args.push(o.clone());
     }
     train_args.extend(a.train_extra);
-    let plan = launch::LaunchPlan {
+    let ckpt_dir = cfg
+        .checkpoint
+        .dir
+        .clone()
+        .unwrap_or_else(|| cfg.job.run_dir.join("checkpoints"));
+    let mut plan = launch::LaunchPlan {
         hosts,
         master_addr: a.master_addr,
         master_port,
@@ -85,6 +90,9 @@ pub fn run(a: LaunchArgs) -> Result<()> {
         if code == 0 {
             return Ok(());
         }
+        if code == baichuan_trainer::trainer::EXIT_PREEMPTED {
+            std::process::exit(code); // stopped on request, checkpoint saved: not a failure to retry
+        }
         if restarts >= cfg.launch.max_restarts {
             if cfg.launch.max_restarts > 0 {
                 eprintln!("launch: giving up after {restarts} restart(s) (launch.max_restarts)");
@@ -92,6 +100,14 @@ pub fn run(a: LaunchArgs) -> Result<()> {
             std::process::exit(code);
         }
         restarts += 1;
+        // a restart resumes from the newest verified checkpoint, whatever the first start said
+        let args = launch::restart_args(&plan.train_args, &ckpt_dir);
+        if args != plan.train_args {
+            eprintln!(
+                "launch: the restart drops --no-resume/--resume: it resumes from the run's newest verified checkpoint"
+            );
+        }
+        plan.train_args = args;
         eprintln!(
             "launch: restarting the job from its latest checkpoint (restart {restarts} of {})",
             cfg.launch.max_restarts

@@ -32,6 +32,9 @@ pub struct PrepareArgs {
     /// Redo even if the output is up to date.
     #[arg(long)]
     force: bool,
+    /// Stop when more than this fraction of the lines is not valid UTF-8 (not text).
+    #[arg(long, default_value_t = 0.1)]
+    max_invalid_fraction: f64,
 }
 
 pub fn run(a: PrepareArgs) -> Result<()> {
@@ -44,6 +47,7 @@ pub fn run(a: PrepareArgs) -> Result<()> {
     opts.shard_tokens = a.shard_tokens.max(1);
     opts.chunk_bytes = a.chunk_mb.max(1) << 20;
     opts.force = a.force;
+    opts.max_invalid_fraction = a.max_invalid_fraction;
     let bar = dataset::byte_bar(0, "tokenizing");
     let summary = prepare(&tok, &opts, &|done, total| {
         bar.set_length(total);

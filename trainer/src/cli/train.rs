@@ -47,5 +47,17 @@ pub fn run(a: TrainArgs) -> Result<()> {
             summary.first_step
         );
     }
+    if summary.preempted {
+        if summary.main {
+            println!(
+                "stopped by SIGTERM at step {} of {}: the checkpoint is saved; exiting with {} so the scheduler \
+                 requeues the job (the same command resumes it)",
+                summary.first_step + summary.losses.len() as u64 - 1,
+                cfg.train.steps,
+                baichuan_trainer::trainer::EXIT_PREEMPTED
+            );
+        }
+        std::process::exit(baichuan_trainer::trainer::EXIT_PREEMPTED);
+    }
     Ok(())
 }

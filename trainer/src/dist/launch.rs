@@ -5,12 +5,21 @@
 //! output line with its rank, and when one rank fails stops the others and exits non-zero
 //! showing the failing rank's last error lines.
 //!
+//! The master address is one every rank can reach: loopback only when every rank is local;
+//! when the first host is this machine and others are not, the address of the interface that
+//! routes to them. The job token never appears on a command line: local ranks inherit it in
+//! their environment, remote ranks read it from standard input (`BAICHUAN_JOB_TOKEN_STDIN=1`).
+//! A SIGTERM to the launcher is passed to every rank, which saves and exits with
+//! [`crate::trainer::EXIT_PREEMPTED`]; the launcher then exits with the same code.
+//!
 //! Follows DeepSpeed's launcher (`deepspeed --hostfile`) and torchrun's env contract.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, ToSocketAddrs, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -159,18 +168,106 @@ fn forward(
     });
 }
 
-/// Starts every rank, forwards their output, and waits. Returns the job's exit code: 0 when
-/// every rank succeeded, else 1 after stopping the others.
-pub fn launch(plan: &LaunchPlan) -> Result<i32> {
-    let world: usize = plan.hosts.iter().map(|h| h.slots).sum();
-    let first = &plan.hosts[0].host;
-    let master_addr = plan.master_addr.clone().unwrap_or_else(|| {
-        if is_local(first) {
-            "127.0.0.1".into()
-        } else {
-            first.clone()
+/// The IPv4 addresses of this machine's interfaces that are up, loopback excluded.
+pub fn local_ipv4s() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    #[cfg(unix)]
+    {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        // SAFETY: getifaddrs fills a list that is read here and freed by freeifaddrs; each
+        // entry's address is checked for null and its family before it is read as IPv4.
+        unsafe {
+            if libc::getifaddrs(&mut head) == 0 {
+                let mut p = head;
+                while !p.is_null() {
+                    let ifa = &*p;
+                    let up = ifa.ifa_flags & (libc::IFF_UP as u32) != 0;
+                    let lo = ifa.ifa_flags & (libc::IFF_LOOPBACK as u32) != 0;
+                    if up && !lo && !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
+                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        let ip = IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes());
+                        if !out.contains(&ip) {
+                            out.push(ip);
+                        }
+                    }
+                    p = ifa.ifa_next;
+                }
+                libc::freeifaddrs(head);
+            }
         }
-    });
+    }
+    out
+}
+
+/// This machine's address on the route to `host` (no packet is sent: a UDP socket is
+/// connected and its local address read).
+pub fn route_to(host: &str) -> Option<IpAddr> {
+    let target = (host, 9).to_socket_addrs().ok()?.find(|a| a.is_ipv4())?;
+    let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect(target).ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+/// The MASTER_ADDR every rank is given: `explicit` (--master-addr) if set; loopback when every
+/// host is this machine; the first host's name when it is another machine; and when the first
+/// host is this machine but others are not, this machine's address on the route to the first
+/// remote host (else its first interface address, with a warning).
+pub fn master_address(hosts: &[HostSlots], explicit: Option<&str>) -> Result<String> {
+    if let Some(addr) = explicit {
+        return Ok(addr.to_string());
+    }
+    let first = &hosts[0].host;
+    if !is_local(first) {
+        return Ok(first.clone());
+    }
+    let Some(remote) = hosts.iter().find(|h| !is_local(&h.host)) else {
+        return Ok("127.0.0.1".into());
+    };
+    if let Some(ip) = route_to(&remote.host).filter(|ip| !ip.is_loopback()) {
+        return Ok(ip.to_string());
+    }
+    match local_ipv4s().first() {
+        Some(ip) => {
+            eprintln!(
+                "launch: warning: no route to {} found from here; remote ranks are told MASTER_ADDR={ip} (this \
+                 machine's first interface). HINT: pass --master-addr with the address the other hosts reach \
+                 this one at",
+                remote.host
+            );
+            Ok(ip.to_string())
+        }
+        None => bail!(
+            "the hostfile's first host {first} is this machine, which has no network address the other hosts \
+             could reach; HINT: pass --master-addr"
+        ),
+    }
+}
+
+static TERMINATE: AtomicBool = AtomicBool::new(false);
+
+/// A SIGTERM to the launcher (a scheduler's preemption) is passed on to every rank.
+fn catch_sigterm() {
+    #[cfg(unix)]
+    {
+        extern "C" fn on_term(_: i32) {
+            TERMINATE.store(true, Ordering::SeqCst);
+        }
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(libc::SIGTERM, on_term as extern "C" fn(i32) as libc::sighandler_t) };
+    }
+}
+
+/// Variable telling a remote rank to read the job token from its standard input.
+pub const TOKEN_STDIN_VAR: &str = "BAICHUAN_JOB_TOKEN_STDIN";
+
+/// Starts every rank, forwards their output, and waits. Returns the job's exit code: 0 when
+/// every rank succeeded; [`crate::trainer::EXIT_PREEMPTED`] when ranks stopped on SIGTERM with
+/// their checkpoint saved; else 1 after stopping the others.
+pub fn launch(plan: &LaunchPlan) -> Result<i32> {
+    catch_sigterm();
+    let world: usize = plan.hosts.iter().map(|h| h.slots).sum();
+    let master_addr = master_address(&plan.hosts, plan.master_addr.as_deref())?;
     let token = job_token();
     let mut ranks: Vec<Rank> = Vec::with_capacity(world);
     let mut rank = 0;
@@ -183,30 +280,44 @@ pub fn launch(plan: &LaunchPlan) -> Result<i32> {
                 ("LOCAL_WORLD_SIZE", h.slots.to_string()),
                 ("MASTER_ADDR", master_addr.clone()),
                 ("MASTER_PORT", plan.master_port.to_string()),
-                (crate::dist::TOKEN_VAR, token.clone()),
             ];
-            let mut cmd = if is_local(&h.host) {
+            let remote = !is_local(&h.host);
+            let mut cmd = if !remote {
                 let mut c = Command::new(&plan.exe);
                 c.arg("train")
                     .args(&plan.train_args)
                     .envs(env.iter().map(|(k, v)| (*k, v)))
-                    .current_dir(&plan.workdir);
+                    .env(crate::dist::TOKEN_VAR, &token)
+                    .env_remove(TOKEN_STDIN_VAR)
+                    .current_dir(&plan.workdir)
+                    .stdin(Stdio::null());
                 c
             } else {
                 let mut vars = forwarded_env(
                     std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
                 );
                 vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+                vars.push((TOKEN_STDIN_VAR.to_string(), "1".to_string()));
                 let line = remote_line(&plan.workdir, &vars, &plan.exe, &plan.train_args);
                 let shell = plan.remote_shell.first().context("launch.remote_shell is empty")?;
                 let mut c = Command::new(shell);
-                c.args(&plan.remote_shell[1..]).arg(&h.host).arg(line);
+                c.args(&plan.remote_shell[1..])
+                    .arg(&h.host)
+                    .arg(line)
+                    .stdin(Stdio::piped());
                 c
             };
-            cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
             let mut child = cmd
                 .spawn()
                 .with_context(|| format!("starting rank {rank} on {}", h.host))?;
+            if let Some(mut stdin) = child.stdin.take() {
+                // the token travels on the remote shell's standard input, never in a command line;
+                // a rank that cannot read it fails to authenticate and says so
+                if let Err(e) = stdin.write_all(format!("{token}\n").as_bytes()) {
+                    eprintln!("launch: could not hand rank {rank} on {} the job token ({e})", h.host);
+                }
+            }
             let last_err = Arc::new(Mutex::new(VecDeque::new()));
             let prefix = format!("[rank {rank}] ");
             forward(child.stdout.take().expect("piped stdout"), prefix.clone(), false, None);
@@ -232,7 +343,18 @@ pub fn launch(plan: &LaunchPlan) -> Result<i32> {
     );
 
     let mut done = vec![false; ranks.len()];
+    let (mut preempted, mut passed_term) = (false, false);
     loop {
+        if TERMINATE.load(Ordering::SeqCst) && !passed_term {
+            passed_term = true;
+            eprintln!("launch: SIGTERM: asking every rank to save a checkpoint and stop");
+            for (i, r) in ranks.iter().enumerate() {
+                if !done[i] {
+                    // SAFETY: kill(2) on the PID of a child this process started and has not reaped.
+                    unsafe { libc::kill(r.child.id() as libc::pid_t, libc::SIGTERM) };
+                }
+            }
+        }
         for (i, r) in ranks.iter_mut().enumerate() {
             if done[i] {
                 continue;
@@ -243,6 +365,10 @@ pub fn launch(plan: &LaunchPlan) -> Result<i32> {
                 .with_context(|| format!("waiting for rank {}", r.rank))?;
             let Some(status) = status else { continue };
             done[i] = true;
+            if status.code() == Some(crate::trainer::EXIT_PREEMPTED) {
+                preempted = true;
+                continue;
+            }
             if !status.success() {
                 std::thread::sleep(Duration::from_millis(200)); // let its last lines arrive
                 let lines: Vec<String> = r.last_err.lock().expect("line buffer").iter().cloned().collect();
@@ -263,10 +389,58 @@ pub fn launch(plan: &LaunchPlan) -> Result<i32> {
             }
         }
         if done.iter().all(|&d| d) {
+            if preempted {
+                eprintln!(
+                    "launch: the job stopped on SIGTERM before its last step, with its checkpoint saved; exiting with \
+                     {} for the scheduler to requeue it (the same command resumes)",
+                    crate::trainer::EXIT_PREEMPTED
+                );
+                return Ok(crate::trainer::EXIT_PREEMPTED);
+            }
             return Ok(0);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The `train` arguments of a restart after a failure: it resumes from the newest verified
+/// checkpoint of the run, so `--no-resume` goes, and so does `--resume DIR` once `ckpt_dir`
+/// holds a checkpoint at or after DIR's step (before that, DIR is still the start point).
+pub fn restart_args(args: &[String], ckpt_dir: &Path) -> Vec<String> {
+    let newest = crate::checkpoint::list(ckpt_dir)
+        .first()
+        .and_then(|p| crate::checkpoint::step_of(p));
+    let saved_since = |dir: &str| {
+        let step = crate::checkpoint::step_of(Path::new(dir))
+            .or_else(|| crate::checkpoint::read_manifest(Path::new(dir)).ok().map(|m| m.step));
+        matches!((newest, step), (Some(n), Some(s)) if n >= s) || (newest.is_some() && step.is_none())
+    };
+    let mut out = Vec::with_capacity(args.len());
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        if a == "--no-resume" {
+            i += 1;
+            continue;
+        }
+        if a == "--resume" && i + 1 < args.len() {
+            if !saved_since(&args[i + 1]) {
+                out.extend([a.clone(), args[i + 1].clone()]);
+            }
+            i += 2;
+            continue;
+        }
+        if let Some(dir) = a.strip_prefix("--resume=") {
+            if !saved_since(dir) {
+                out.push(a.clone());
+            }
+            i += 1;
+            continue;
+        }
+        out.push(a.clone());
+        i += 1;
+    }
+    out
 }
 
 /// Number of local GPUs (nvidia-smi), or 1 without any.
@@ -403,6 +577,55 @@ mod tests {
         );
         assert!(filter_hosts(hosts.clone(), &["zz".into()], &[]).is_err());
         assert!(filter_hosts(hosts, &[], &["a".into(), "b".into(), "c".into()]).is_err());
+    }
+
+    #[test]
+    fn restarts_drop_no_resume_and_a_resume_point_the_run_has_passed() {
+        let dir = std::env::temp_dir().join(format!("baichuan-restart-args-{}", std::process::id()));
+        let ckpt = dir.join("checkpoints");
+        std::fs::create_dir_all(&ckpt).unwrap();
+        let v = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        let ext = dir.join("other/step-00000010");
+        let resume = format!("--config c.toml --resume {} --stop-after 50", ext.display());
+        // nothing saved yet: --no-resume goes (a fresh start either way), --resume DIR stays
+        assert_eq!(
+            restart_args(&v("--config c.toml --no-resume"), &ckpt),
+            v("--config c.toml")
+        );
+        assert_eq!(restart_args(&v(&resume), &ckpt), v(&resume));
+        // a checkpoint before DIR's step: DIR is still the start point
+        std::fs::create_dir_all(ckpt.join("step-00000005")).unwrap();
+        assert_eq!(restart_args(&v(&resume), &ckpt), v(&resume));
+        // the run saved at or after DIR's step: the restart resumes from the newest checkpoint
+        std::fs::create_dir_all(ckpt.join("step-00000012")).unwrap();
+        assert_eq!(restart_args(&v(&resume), &ckpt), v("--config c.toml --stop-after 50"));
+        let eq = format!("--resume={}", ext.display());
+        assert!(restart_args(&[eq], &ckpt).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_master_address_is_loopback_only_when_every_rank_is_local() {
+        let hosts = |text: &str| parse_hostfile(text, Path::new("hf")).unwrap();
+        assert_eq!(
+            master_address(&hosts("localhost slots=2\n"), None).unwrap(),
+            "127.0.0.1"
+        );
+        assert_eq!(
+            master_address(&hosts("node7 slots=1\nlocalhost slots=1\n"), None).unwrap(),
+            "node7"
+        );
+        assert_eq!(
+            master_address(&hosts("localhost slots=1\n"), Some("10.1.2.3")).unwrap(),
+            "10.1.2.3"
+        );
+        // this machine first, another host second: an address of this machine that is not loopback
+        let Some(ip) = local_ipv4s().first().copied() else {
+            panic!("this machine has no non-loopback IPv4 interface to test with");
+        };
+        let mixed = hosts(&format!("localhost slots=1\n{ip} slots=1\n"));
+        let got: IpAddr = master_address(&mixed, None).unwrap().parse().unwrap();
+        assert!(!got.is_loopback() && local_ipv4s().contains(&got), "{got}");
     }
 
     #[test]

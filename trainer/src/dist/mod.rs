@@ -81,8 +81,27 @@ impl DistEnv {
     /// Reads the torchrun-style contract (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
     /// MASTER_ADDR, MASTER_PORT), falling back to SLURM (SLURM_PROCID, SLURM_NTASKS,
     /// SLURM_LOCALID) and Open MPI (OMPI_COMM_WORLD_*). No variables: a single process.
+    /// A remote rank started by `baichuan launch` reads the job token from its standard input
+    /// (`BAICHUAN_JOB_TOKEN_STDIN=1`), so that it never appears in a command line.
     pub fn from_env(timeout: Duration) -> Result<Self, DistError> {
-        Self::from_lookup(&|n| std::env::var(n).ok(), timeout)
+        let from_stdin =
+            std::env::var(launch::TOKEN_STDIN_VAR).is_ok_and(|v| v == "1") && std::env::var(TOKEN_VAR).is_err();
+        let token = if from_stdin {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(io_err("reading the job token from standard input"))?;
+            Some(line.trim().to_string())
+        } else {
+            None
+        };
+        Self::from_lookup(
+            &|n| match (n, &token) {
+                (TOKEN_VAR, Some(t)) => Some(t.clone()),
+                _ => std::env::var(n).ok(),
+            },
+            timeout,
+        )
     }
 
     pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>, timeout: Duration) -> Result<Self, DistError> {

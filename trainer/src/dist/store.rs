@@ -3,7 +3,10 @@
 //! addresses, the NCCL unique id and barriers through it.
 //!
 //! Every wait has a timeout, and a timed-out wait names the ranks that never arrived. Each
-//! connection must first present the job's secret token; a stranger is refused and logged.
+//! connection must first present the job's secret token, in a frame of at most
+//! [`AUTH_FRAME_MAX`] bytes within [`AuthLimits::deadline`]; a stranger is refused and logged,
+//! costs at most that frame and a short-lived thread, and no more than
+//! [`AuthLimits::max_pending`] connections wait to authenticate at once (more are closed).
 //!
 //! Wire format: frames of `u32` little-endian length + payload; a request is one op byte
 //! followed by length-prefixed fields; a reply is a status byte and fields.
@@ -31,18 +34,96 @@ pub fn write_frame(s: &mut impl Write, payload: &[u8]) -> std::io::Result<()> {
 }
 
 pub fn read_frame(s: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    read_frame_max(s, 64 << 20)
+}
+
+/// Reads a frame of at most `max` bytes; a longer one is refused before anything is allocated.
+pub fn read_frame_max(s: &mut impl Read, max: usize) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len)?;
     let len = u32::from_le_bytes(len) as usize;
-    if len > 64 << 20 {
+    if len > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            "frame over 64 MiB",
+            format!("frame of {len} bytes, over the limit of {max}"),
         ));
     }
     let mut buf = vec![0u8; len];
     s.read_exact(&mut buf)?;
     Ok(buf)
+}
+
+/// The largest frame a peer may send before it has authenticated (a token and a rank).
+pub const AUTH_FRAME_MAX: usize = 4096;
+
+/// What an unauthenticated connection may cost the store and the ring listeners.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthLimits {
+    /// Time a new connection has to present the token, all reads together.
+    pub deadline: Duration,
+    /// Connections waiting to authenticate at once; more are closed at once.
+    pub max_pending: usize,
+}
+
+impl Default for AuthLimits {
+    fn default() -> Self {
+        AuthLimits {
+            deadline: Duration::from_secs(10),
+            max_pending: 64,
+        }
+    }
+}
+
+/// Reads the first frame of a new connection: at most [`AUTH_FRAME_MAX`] bytes, all of it
+/// before `deadline` (a peer that trickles bytes is cut off too). Leaves the socket without a
+/// read timeout.
+pub fn read_auth_frame(s: &mut TcpStream, deadline: Duration) -> std::io::Result<Vec<u8>> {
+    struct Deadlined<'a>(&'a mut TcpStream, Instant);
+    impl Read for Deadlined<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let left = self.1.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "did not authenticate in time",
+                ));
+            }
+            self.0.set_read_timeout(Some(left))?;
+            self.0.read(buf)
+        }
+    }
+    let frame = read_frame_max(&mut Deadlined(s, Instant::now() + deadline), AUTH_FRAME_MAX);
+    s.set_read_timeout(None)?;
+    frame
+}
+
+/// Counts connections waiting to authenticate; a slot is freed when its guard drops.
+#[derive(Clone, Default)]
+pub struct PendingSlots(Arc<std::sync::atomic::AtomicUsize>);
+
+pub struct PendingGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl PendingSlots {
+    /// A slot, or None when `max` connections are already waiting.
+    pub fn take(&self, max: usize) -> Option<PendingGuard> {
+        use std::sync::atomic::Ordering;
+        let mut n = self.0.load(Ordering::SeqCst);
+        loop {
+            if n >= max {
+                return None;
+            }
+            match self.0.compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return Some(PendingGuard(self.0.clone())),
+                Err(now) => n = now,
+            }
+        }
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn encode(op: u8, fields: &[&[u8]]) -> Vec<u8> {
@@ -80,17 +161,35 @@ pub struct StoreServer {
 impl StoreServer {
     /// Binds `addr` (port 0 picks a free one) and serves until the process exits.
     pub fn start(addr: &str, token: &str) -> Result<Self, DistError> {
+        Self::start_with(addr, token, AuthLimits::default())
+    }
+
+    /// [`StoreServer::start`] with explicit limits on unauthenticated connections.
+    pub fn start_with(addr: &str, token: &str, limits: AuthLimits) -> Result<Self, DistError> {
         let listener =
             TcpListener::bind(addr).map_err(io_err(format!("store: binding {addr} (is MASTER_PORT free?)")))?;
         let local = listener.local_addr().map_err(io_err("store: local address"))?;
         let table: Table = Arc::new((Mutex::new(HashMap::new()), Condvar::new()));
         let token = token.as_bytes().to_vec();
+        let pending = PendingSlots::default();
         std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
+                let mut warned = false;
                 for stream in listener.incoming().flatten() {
+                    let Some(slot) = pending.take(limits.max_pending) else {
+                        if !warned {
+                            eprintln!(
+                                "store: {} connections are waiting to authenticate; closing further ones until they \
+                                 finish",
+                                limits.max_pending
+                            );
+                            warned = true;
+                        }
+                        continue; // dropping the stream closes it
+                    };
                     let (table, token) = (table.clone(), token.clone());
-                    std::thread::spawn(move || serve(stream, &table, &token));
+                    std::thread::spawn(move || serve(stream, &table, &token, limits.deadline, slot));
                 }
             })
             .map_err(io_err("store: starting the server thread"))?;
@@ -98,18 +197,19 @@ impl StoreServer {
     }
 }
 
-fn serve(mut stream: TcpStream, table: &Table, token: &[u8]) {
+fn serve(mut stream: TcpStream, table: &Table, token: &[u8], deadline: Duration, slot: PendingGuard) {
     let peer = stream.peer_addr().map_or("?".to_string(), |a| a.to_string());
     // latency only: a socket that refuses it still works
     stream.set_nodelay(true).ok();
-    match read_frame(&mut stream).ok().as_deref().and_then(decode) {
+    match read_auth_frame(&mut stream, deadline).ok().as_deref().and_then(decode) {
         Some((HELLO, f)) if f.len() == 2 && same_token(&f[0], token) => {
+            drop(slot);
             if write_frame(&mut stream, &[OK]).is_err() {
                 return;
             }
         }
         _ => {
-            eprintln!("store: refused a connection from {peer}: it did not present this job's token");
+            eprintln!("store: refused a connection from {peer}: it did not present this job's token in time");
             // a courtesy to the refused peer; it may be gone already
             write_frame(&mut stream, &[REFUSED]).ok();
             return;
@@ -185,50 +285,51 @@ pub struct StoreClient {
 }
 
 impl StoreClient {
-    /// Connects (retrying until `timeout`, since rank 0 may start later) and authenticates.
+    /// Connects (retrying until `timeout`, since rank 0 may start later, or may have closed a
+    /// connection while strangers filled its pending slots) and authenticates.
     pub fn connect(addr: &str, token: &str, rank: usize, world: usize, timeout: Duration) -> Result<Self, DistError> {
         let deadline = Instant::now() + timeout;
-        let mut last_err: Option<String>;
-        let stream = loop {
-            let target = addr.to_socket_addrs().ok().and_then(|mut a| a.next());
-            if let Some(target) = target {
-                match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
-                    Ok(s) => break s,
-                    Err(e) => last_err = Some(e.to_string()),
-                }
-            } else {
-                last_err = Some("cannot resolve the address".into());
+        let hello = encode(HELLO, &[token.as_bytes(), rank.to_string().as_bytes()]);
+        let mut last_err: String;
+        loop {
+            match addr.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+                None => last_err = "cannot resolve the address".into(),
+                Some(target) => match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+                    Err(e) => last_err = e.to_string(),
+                    Ok(mut s) => {
+                        s.set_nodelay(true).ok(); // latency only
+                        let reply = write_frame(&mut s, &hello).and_then(|_| read_frame(&mut s));
+                        match reply.as_ref().map(|r| r.first().copied()) {
+                            Ok(Some(OK)) => {
+                                return Ok(StoreClient {
+                                    stream: Mutex::new(s),
+                                    barriers: Mutex::new(0),
+                                    rank,
+                                    world,
+                                    timeout,
+                                })
+                            }
+                            Ok(_) => {
+                                return Err(DistError::Protocol(format!(
+                                    "rank {rank}: the store at {addr} refused this process's job token; HINT: every \
+                                     rank must share {}",
+                                    super::TOKEN_VAR
+                                )))
+                            }
+                            Err(e) => last_err = format!("the store closed the connection ({e})"),
+                        }
+                    }
+                },
             }
             if Instant::now() >= deadline {
                 return Err(DistError::Timeout(format!(
-                    "rank {rank}: could not reach the rendezvous store at {addr} within {}s ({}); HINT: is rank 0 \
-                     running, and are MASTER_ADDR/MASTER_PORT reachable from this host?",
-                    timeout.as_secs(),
-                    last_err.unwrap_or_default()
+                    "rank {rank}: could not reach the rendezvous store at {addr} within {}s ({last_err}); HINT: is \
+                     rank 0 running, and are MASTER_ADDR/MASTER_PORT reachable from this host?",
+                    timeout.as_secs()
                 )));
             }
             std::thread::sleep(Duration::from_millis(100));
-        };
-        stream.set_nodelay(true).ok(); // latency only
-        let mut s = stream;
-        write_frame(&mut s, &encode(HELLO, &[token.as_bytes(), rank.to_string().as_bytes()]))
-            .map_err(io_err("store: hello"))?;
-        match read_frame(&mut s).map_err(io_err("store: hello reply"))?.first() {
-            Some(&OK) => {}
-            _ => {
-                return Err(DistError::Protocol(format!(
-                    "rank {rank}: the store at {addr} refused this process's job token; HINT: every rank must share {}",
-                    super::TOKEN_VAR
-                )))
-            }
         }
-        Ok(StoreClient {
-            stream: Mutex::new(s),
-            barriers: Mutex::new(0),
-            rank,
-            world,
-            timeout,
-        })
     }
 
     fn call(&self, op: u8, fields: &[&[u8]]) -> Result<(u8, Vec<Vec<u8>>), DistError> {
@@ -312,6 +413,63 @@ mod tests {
         assert!(err.contains("rank(s) 2 did not arrive"), "{err}");
         assert!(waiter.join().unwrap().is_err());
         assert!(a.get("never").unwrap_err().to_string().contains("never"));
+    }
+
+    /// A stranger's frame header announcing 64 MiB is refused before anything is read or
+    /// allocated, an idle stranger is cut off at the deadline, and strangers beyond the pending
+    /// limit are closed at once; a rank with the token still joins.
+    #[test]
+    fn strangers_cost_neither_memory_nor_lasting_threads() {
+        let limits = AuthLimits {
+            deadline: Duration::from_millis(400),
+            max_pending: 2,
+        };
+        let server = StoreServer::start_with("127.0.0.1:0", "secret", limits).unwrap();
+        let closed_within = |s: &mut TcpStream, limit: Duration| {
+            s.set_read_timeout(Some(limit)).unwrap();
+            let mut buf = [0u8; 64];
+            // the refusal courtesy may arrive first; then EOF (or a reset)
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => return true,
+                    Ok(_) => continue,
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                        return false
+                    }
+                    Err(_) => return true,
+                }
+            }
+        };
+        let mut big = TcpStream::connect(server.addr).unwrap();
+        big.write_all(&(64u32 << 20).to_le_bytes()).unwrap();
+        assert!(
+            closed_within(&mut big, Duration::from_secs(5)),
+            "a 64 MiB hello was waited for"
+        );
+        let mut idle = TcpStream::connect(server.addr).unwrap();
+        let started = Instant::now();
+        assert!(
+            closed_within(&mut idle, Duration::from_secs(5)),
+            "an idle stranger was kept"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "closed before its deadline"
+        );
+        // two idle strangers fill the pending slots: a third is closed at once
+        let _a = TcpStream::connect(server.addr).unwrap();
+        let _b = TcpStream::connect(server.addr).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let mut third = TcpStream::connect(server.addr).unwrap();
+        assert!(
+            closed_within(&mut third, Duration::from_millis(300)),
+            "the pending limit was not applied"
+        );
+        // once they time out, a rank with the token joins
+        std::thread::sleep(Duration::from_millis(600));
+        let rank = StoreClient::connect(&server.addr.to_string(), "secret", 0, 1, Duration::from_secs(2)).unwrap();
+        rank.set("k", b"v").unwrap();
+        assert_eq!(rank.get("k").unwrap(), b"v");
     }
 
     #[test]

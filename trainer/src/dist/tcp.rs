@@ -1,7 +1,9 @@
 //! The `tcp` backend: ring collectives over TCP between ranks, for CPU runs and tests.
 //!
-//! Each rank listens on an ephemeral port, publishes it in the store, connects to the next
-//! rank and accepts the previous one (both sides present the job token). Collectives run on
+//! Each rank listens on an ephemeral port of the address it publishes (loopback when the job
+//! is local), publishes it in the store, connects to the next rank and accepts the previous
+//! one (both sides present the job token). Connections are authenticated in parallel, each
+//! within a short deadline, so a stray connection never delays the ring. Collectives run on
 //! a dedicated communication thread, in submission order, so backward computation continues
 //! while buckets are on the wire. Algorithms (Patarasuk & Yuan 2009, as NCCL's ring):
 //! reduce-scatter and all-gather each take W-1 steps passing one chunk to the next rank while
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
 use super::comm::{Communicator, ReduceOp, Work};
-use super::store::{read_frame, same_token, write_frame, StoreClient};
+use super::store::{read_auth_frame, read_frame, same_token, write_frame, AuthLimits, PendingSlots, StoreClient};
 use super::{even_ranges, io_err, DistEnv, DistError};
 
 enum Op {
@@ -177,6 +179,63 @@ fn reachable_ip(master: &str, port: u16) -> String {
         .map_or_else(|_| "127.0.0.1".into(), |a| a.ip().to_string())
 }
 
+/// Accepts the previous rank's connection on `listener`: each connection is authenticated on
+/// its own thread (token and rank, within the limits' deadline), so strays neither block nor
+/// delay it; at most `limits.max_pending` wait at once. Fails after `timeout` without one.
+pub fn accept_peer(
+    listener: TcpListener,
+    token: &str,
+    prev_rank: usize,
+    world: usize,
+    timeout: Duration,
+    limits: AuthLimits,
+) -> Result<TcpStream, DistError> {
+    let deadline = Instant::now() + timeout;
+    listener.set_nonblocking(true).map_err(io_err("ring: listener"))?;
+    let (tx, rx) = channel::<TcpStream>();
+    let pending = PendingSlots::default();
+    loop {
+        if let Ok(s) = rx.try_recv() {
+            return Ok(s);
+        }
+        match listener.accept() {
+            Ok((s, peer)) => {
+                let Some(slot) = pending.take(limits.max_pending) else {
+                    continue; // too many waiting to authenticate: this one is closed
+                };
+                let (tx, token) = (tx.clone(), token.to_string());
+                std::thread::spawn(move || {
+                    let mut s = s;
+                    let authentic = s.set_nonblocking(false).is_ok()
+                        && read_auth_frame(&mut s, limits.deadline)
+                            .map(|frame| {
+                                let text = String::from_utf8_lossy(&frame).to_string();
+                                let (tok, from) = text.split_once('\n').unwrap_or(("", ""));
+                                same_token(tok.as_bytes(), token.as_bytes()) && from == prev_rank.to_string()
+                            })
+                            .unwrap_or(false);
+                    drop(slot);
+                    if authentic && write_frame(&mut s, b"ok").is_ok() {
+                        tx.send(s).ok(); // the acceptor may have finished: then it is not needed
+                    } else {
+                        eprintln!("ring: refused a connection from {peer}: wrong job token or rank, or too slow");
+                    }
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err(DistError::Timeout(format!(
+                        "ring: rank {prev_rank} never connected to rank {}",
+                        (prev_rank + 1) % world
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(io_err("ring: accept")(e)),
+        }
+    }
+}
+
 /// Ring collectives over TCP.
 pub struct TcpComm {
     rank: usize,
@@ -189,49 +248,31 @@ impl TcpComm {
     /// Forms the ring through the store; errors name the ranks that did not show up.
     pub fn connect(env: &DistEnv, store: Arc<StoreClient>) -> Result<Self, DistError> {
         let (rank, world) = (env.rank, env.world);
-        let listener = TcpListener::bind("0.0.0.0:0").map_err(io_err("ring: binding a listening socket"))?;
+        let ip = reachable_ip(&env.master_addr, env.master_port);
+        let listener =
+            TcpListener::bind((ip.as_str(), 0)).map_err(io_err(format!("ring: binding a listening socket on {ip}")))?;
         let port = listener.local_addr().map_err(io_err("ring: local address"))?.port();
-        let me = format!("{}:{port}", reachable_ip(&env.master_addr, env.master_port));
+        let me = format!("{ip}:{port}");
         store.set(&format!("ring/{rank}"), me.as_bytes())?;
         store.wait_all("ring/", world, "rendezvous")?;
+        if rank == 0 {
+            let all: Vec<String> = (0..world)
+                .map(|r| {
+                    store
+                        .get(&format!("ring/{r}"))
+                        .map(|a| format!("{r}={}", String::from_utf8_lossy(&a)))
+                })
+                .collect::<Result<_, _>>()?;
+            println!("ring: rank addresses {}", all.join(" "));
+        }
         let next_rank = (rank + 1) % world;
         let next_addr = String::from_utf8_lossy(&store.get(&format!("ring/{next_rank}"))?).to_string();
         let hello = format!("{}\n{rank}", env.token);
-
         let token = env.token.clone();
         let timeout = env.timeout;
         let prev_rank = (rank + world - 1) % world;
-        let acceptor = std::thread::spawn(move || -> Result<TcpStream, DistError> {
-            let deadline = Instant::now() + timeout;
-            listener.set_nonblocking(true).map_err(io_err("ring: listener"))?;
-            loop {
-                match listener.accept() {
-                    Ok((mut s, peer)) => {
-                        s.set_nonblocking(false).map_err(io_err("ring: socket"))?;
-                        s.set_read_timeout(Some(Duration::from_secs(10)))
-                            .map_err(io_err("ring: socket"))?;
-                        let frame = read_frame(&mut s).unwrap_or_default();
-                        let text = String::from_utf8_lossy(&frame).to_string();
-                        let (tok, from) = text.split_once('\n').unwrap_or(("", ""));
-                        if same_token(tok.as_bytes(), token.as_bytes()) && from == prev_rank.to_string() {
-                            write_frame(&mut s, b"ok").map_err(io_err("ring: handshake"))?;
-                            return Ok(s);
-                        }
-                        eprintln!("ring: refused a connection from {peer}: wrong job token or rank");
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if Instant::now() >= deadline {
-                            return Err(DistError::Timeout(format!(
-                                "ring: rank {prev_rank} never connected to rank {}",
-                                (prev_rank + 1) % world
-                            )));
-                        }
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(e) => return Err(io_err("ring: accept")(e)),
-                }
-            }
-        });
+        let acceptor =
+            std::thread::spawn(move || accept_peer(listener, &token, prev_rank, world, timeout, AuthLimits::default()));
         let deadline = Instant::now() + timeout;
         let mut next = loop {
             match TcpStream::connect(&next_addr) {
@@ -372,4 +413,38 @@ pub fn run_local_ranks<T: Send + 'static>(
                 .map_err(|_| DistError::Protocol("a rank thread panicked".into()))?
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three idle connections and a wrong-token one reach the listener before the previous
+    /// rank does: it is still accepted at once, not after their read timeouts.
+    #[test]
+    fn stray_connections_do_not_delay_the_ring() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let mut wrong = TcpStream::connect(addr).unwrap();
+        write_frame(&mut wrong, b"guess\n1").unwrap();
+        let limits = AuthLimits {
+            deadline: Duration::from_secs(30),
+            max_pending: 8,
+        };
+        let started = Instant::now();
+        let acceptor = std::thread::spawn(move || accept_peer(listener, "tok", 1, 2, Duration::from_secs(60), limits));
+        std::thread::sleep(Duration::from_millis(200));
+        let mut peer = TcpStream::connect(addr).unwrap();
+        write_frame(&mut peer, b"tok\n1").unwrap();
+        assert_eq!(read_frame(&mut peer).unwrap(), b"ok");
+        let accepted = acceptor.join().unwrap().unwrap();
+        assert_eq!(accepted.peer_addr().unwrap(), peer.local_addr().unwrap());
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_secs(10),
+            "accepted after {waited:?}: the idle connections held it up"
+        );
+        drop(idle);
+    }
 }
