@@ -338,6 +338,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn validation_caches_are_named_after_their_run_s_cache() {
+        assert_eq!(valid_cache(Path::new("/c/runA")), PathBuf::from("/c/runA-valid"));
+        assert_ne!(valid_cache(Path::new("/c/runA")), valid_cache(Path::new("/c/runB")));
+        assert_eq!(
+            valid_cache(Path::new("runs/r/token-cache")),
+            PathBuf::from("runs/r/token-cache-valid")
+        );
+    }
+
+    #[test]
+    fn caches_of_killed_evaluations_are_removed_and_live_ones_kept() {
+        let tmp = std::env::temp_dir().join(format!("baichuan-stale-eval-{}", std::process::id()));
+        // PIDs above the kernel's maximum (2^22) never exist
+        let dead = tmp.join(format!("{EVAL_CACHE_PREFIX}{}", 4_999_999));
+        let live = tmp.join(format!("{EVAL_CACHE_PREFIX}{}", std::process::id()));
+        let other = tmp.join("baichuan-eval-notapid");
+        for d in [&dead, &live, &other] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        remove_stale_eval_caches(&tmp);
+        if Path::new("/proc/self").exists() {
+            assert!(!dead.exists());
+        }
+        assert!(live.exists() && other.exists());
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
     fn spread_blocks_hold_out_about_the_fraction_in_whole_samples() {
         // the bundled sample at seq 128: 2 samples a block, 20 held-out blocks of 100
         assert_eq!(spread_blocks(526_397, 128, 0.01), (256, 100));

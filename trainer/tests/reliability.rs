@@ -12,7 +12,8 @@
 //!   told a reachable MASTER_ADDR, the store listens on that interface (loopback for a local
 //!   job, never every interface), and the job token is on no command line;
 //! - SIGTERM to `launch` saves, and both it and `train` exit with the requeue code 75;
-//! - careless inputs (overwriting a model, `--nproc 0`, `eval.batches = 0`) are refused.
+//! - careless inputs (overwriting a model, `--nproc 0`, `eval.batches = 0`) are refused; a warm-up
+//!   longer than the run, generation cut by the context and NaN weights are reported.
 
 mod common;
 
@@ -529,4 +530,28 @@ fn careless_inputs_are_refused_with_a_hint() {
         "cpu",
     ]);
     assert!(out.contains("filled the model's context"), "{out}");
+
+    // a model whose weights hold NaN says so before it generates
+    let m = baichuan_model::hf::load_pretrained(&model, tch::Device::Cpu).unwrap();
+    tch::no_grad(|| {
+        let _ = m.layers[0].mlp.up_proj.shallow_clone().fill_(f64::NAN);
+    });
+    let broken = dir.join("broken");
+    baichuan_model::hf::save_pretrained(&m, &broken, baichuan_model::Layout::Baichuan, tch::Kind::Float, None).unwrap();
+    baichuan_model::hf::copy_tokenizer(&model.join("tokenizer.model"), &broken).unwrap();
+    let out = run_ok(&[
+        "generate",
+        "--model",
+        broken.to_str().unwrap(),
+        "--prompt",
+        "In the beginning",
+        "--max-new-tokens",
+        "2",
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        out.contains("hold NaN or infinite values") && out.contains("up_proj"),
+        "{out}"
+    );
 }
