@@ -322,9 +322,10 @@ mod tests {
     use super::*;
 
     /// Every kernel source compiles with the NVRTC of the torch install for Ampere and Hopper
-    /// (no GPU needed), with all its entry points; skipped, saying so, where that library is
-    /// absent.
+    /// (no GPU needed, but a CUDA build of torch, whose wheels ship NVRTC): not run where that
+    /// library is absent (a CPU torch); scripts/gpu_check.sh runs it with `--ignored`.
     #[test]
+    #[ignore = "needs NVRTC from a CUDA torch install (scripts/gpu_check.sh runs it)"]
     fn the_kernels_compile_for_ampere_and_hopper() {
         let sources: [(&str, &str, &[&str]); 4] = [
             (crate::adamw::SOURCE, "adamw.cu", &crate::adamw::NAMES),
@@ -345,10 +346,6 @@ mod tests {
                             "{file}: {}",
                             &text[..400.min(text.len())]
                         );
-                    }
-                    Err(CudaError::Unavailable(e)) => {
-                        println!("skipped: {e}");
-                        return;
                     }
                     Err(e) => panic!("{file}: {e}"),
                 }

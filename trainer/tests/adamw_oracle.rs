@@ -99,6 +99,15 @@ fn check(device: Device, kind: Kind, name: &str) {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let want = hf::read_safetensors(&dir.join("adamw_out.safetensors")).unwrap();
+    // every parameter came back from the oracle, once
+    let mut names: Vec<&str> = want.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort();
+    let mut expected: Vec<&str> = init.iter().map(|(n, _)| n.as_str()).collect();
+    expected.sort();
+    assert_eq!(names, expected, "the oracle's tensors");
+    // the bound README.md states: 1e-7 relative in fp32 (measured 1.2e-8 on an AMD EPYC with
+    // AVX2; the fused CUDA kernel folds constants differently, hence 1e-6 there)
+    let tol = if device.is_cuda() { 1e-6 } else { 1e-7 };
     let master = opt.full_master(&Solo, None).unwrap().to_device(Device::Cpu);
     let layout: Vec<(String, i64, i64)> = opt.slots.iter().map(|s| (s.name.clone(), s.offset, s.numel)).collect();
     for (name, w) in want {
@@ -106,8 +115,8 @@ fn check(device: Device, kind: Kind, name: &str) {
         let (_, off, numel) = layout.iter().find(|(n, _, _)| *n == name).unwrap();
         let got = master.narrow(0, *off, *numel).view(w.size().as_slice());
         let rel = ((&got - &w).norm().double_value(&[])) / w.norm().double_value(&[]);
-        println!("{name} ({device:?}, {kind:?}): relative difference {rel:.2e}");
-        assert!(rel <= 1e-6, "{name}: {rel:e}");
+        println!("{name} ({device:?}, {kind:?}): relative difference {rel:.2e} (bound {tol:.0e})");
+        assert!(rel <= tol, "{name}: {rel:e}");
         // the model's parameters are the master weights in their own dtype
         let param = params[i].to_device(Device::Cpu);
         assert!(

@@ -114,6 +114,7 @@ fn a_checkpoint_of_4_ranks_resumes_at_2_and_at_1() {
         let text = ok(&args(&head, &run, &format!("--set train.zero_stage={stage} {tail}")));
         assert!(text.contains("saved by 4 rank(s)"), "{text}");
         let got = common::losses(&run);
+        assert_eq!(want.len(), 20);
         let tail = &got[got.len() - 10..];
         for (s, (a, b)) in tail.iter().zip(&want[10..]).enumerate() {
             assert!(((a - b) / b).abs() <= 1e-5, "{n} ranks, step {}: {a} vs {b}", s + 11);

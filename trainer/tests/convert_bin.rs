@@ -62,6 +62,7 @@ fn sharded_pytorch_pickles_convert_to_loadable_safetensors() {
     );
 
     let back = hf::load_pretrained(&out, Device::Cpu).unwrap();
+    assert_eq!(model.named_parameters().len(), back.named_parameters().len());
     for ((name, a), (_, b)) in model.named_parameters().iter().zip(back.named_parameters()) {
         assert_eq!((*a - b).abs().max().double_value(&[]), 0.0, "{name}");
     }

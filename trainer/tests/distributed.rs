@@ -78,10 +78,12 @@ fn ranks_and_zero_stages_give_the_same_losses_and_weights() {
         let name = format!("w{nproc}-z{stage}");
         let run = launch_run(&dir, &name, nproc, stage, steps);
         let got = common::losses(&run);
+        assert_eq!(got.len(), want.len(), "{name}: steps logged");
         for (s, (a, b)) in got.iter().zip(&want).enumerate() {
             assert!(((a - b) / b).abs() <= 1e-5, "{name} step {}: loss {a} vs {b}", s + 1);
         }
         let model = baichuan_model::hf::load_pretrained(&run.join("model"), tch::Device::Cpu).unwrap();
+        assert_eq!(model.named_parameters().len(), ref_model.named_parameters().len());
         for ((n, a), (_, b)) in model.named_parameters().iter().zip(ref_model.named_parameters()) {
             let rel = (*a - b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-12);
             assert!(rel <= 1e-5, "{name}: weight {n} differs by {rel:e} (relative)");

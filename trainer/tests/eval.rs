@@ -283,6 +283,7 @@ fn batched_scoring_equals_one_prompt_at_a_time() {
     let refs: Vec<&[i64]> = prompts.iter().map(|p| &p[..]).collect();
     let letters = [10, 20, 30, 40];
     let batched = eval::model_letter_logits(&model, &refs, letters);
+    assert_eq!(batched.len(), refs.len());
     for (p, b) in refs.iter().zip(&batched) {
         let one = eval::model_letter_logits(&model, &[p], letters);
         // and against the full forward's last position

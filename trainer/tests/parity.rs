@@ -91,14 +91,29 @@ fn model_matches_transformers_llama() {
             num("grad_rel_max")
         );
     } else {
+        // the bounds README.md states: on the CPU, 1e-5 for logits (max abs) and gradients
+        // (relative), 1e-6 for the loss (measured 2.4e-6, 1.0e-6 and 1.5e-8 on an AMD EPYC with
+        // AVX2, notes/reliability-2026-12-01.md); on CUDA 1e-4 (other reduction orders and kernels)
+        let (logits_tol, grad_tol, loss_tol) = if device.is_cuda() {
+            (1e-4, 1e-4, 1e-5)
+        } else {
+            (1e-5, 1e-5, 1e-6)
+        };
+        println!(
+            "measured: logits max |d| {:.2e} (bound {logits_tol:.0e}), gradient rel max {:.2e} (bound {grad_tol:.0e}), \
+             loss rel {:.2e} (bound {loss_tol:.0e})",
+            num("logits_max_abs"),
+            num("grad_rel_max"),
+            num("loss_rel")
+        );
         assert!(
-            num("logits_max_abs") <= 1e-4,
+            num("logits_max_abs") <= logits_tol,
             "logits max abs diff {}",
             num("logits_max_abs")
         );
-        assert!(num("loss_rel") <= 1e-5, "loss relative diff {}", num("loss_rel"));
+        assert!(num("loss_rel") <= loss_tol, "loss relative diff {}", num("loss_rel"));
         assert!(
-            num("grad_rel_max") <= 1e-4,
+            num("grad_rel_max") <= grad_tol,
             "gradient {} relative error {}",
             r["grad_worst"],
             num("grad_rel_max")
