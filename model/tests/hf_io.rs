@@ -1,5 +1,7 @@
 //! Hugging Face directory I/O: round trips in both layouts, sharded and single-file, dtype
-//! conversion, and the errors a user sees for broken directories.
+//! conversion, and the errors a user sees for broken directories. Every written directory is
+//! also read by an independent reader (Python `safetensors`, scripts/reference/read_safetensors.py
+//! in .venv): each weight's name, shape, dtype and bytes equal what was exported.
 
 use std::path::PathBuf;
 
@@ -26,6 +28,53 @@ fn temp(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// The Python of `.venv` (or `$BAICHUAN_PYTHON`).
+fn python() -> PathBuf {
+    std::env::var_os("BAICHUAN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"))
+}
+
+/// Reads `dir` with Python `safetensors` and checks every tensor against `want` (name, tensor):
+/// the same names, shapes, dtypes and raw bytes.
+fn independent_read_equals(dir: &std::path::Path, want: &[(String, tch::Tensor)]) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/reference/read_safetensors.py");
+    let out = std::process::Command::new(python())
+        .arg(script)
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = got.as_object().unwrap();
+    assert_eq!(got.len(), want.len(), "tensors in {}", dir.display());
+    for (name, t) in want {
+        let entry = got
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing in {}", dir.display()));
+        let dtype = match t.kind() {
+            Kind::Float => "float32",
+            Kind::BFloat16 => "bfloat16",
+            Kind::Half => "float16",
+            k => panic!("{k:?}"),
+        };
+        let bytes = Vec::<u8>::try_from(t.contiguous().view([-1]).view_dtype(Kind::Uint8)).unwrap();
+        let shape: Vec<i64> = entry[0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        assert_eq!(shape, t.size(), "{name}");
+        assert_eq!(entry[1], dtype, "{name}");
+        assert_eq!(
+            entry[2].as_u64(),
+            Some(crc32fast::hash(&bytes) as u64),
+            "{name}: bytes differ"
+        );
+    }
 }
 
 fn max_diff(a: &Baichuan, b: &Baichuan) -> f64 {
@@ -65,6 +114,7 @@ fn round_trips_in_both_layouts_single_and_sharded() {
         assert_eq!(got_layout, layout);
         let back = load_pretrained(&dir, Device::Cpu).unwrap();
         assert_eq!(max_diff(&model, &back), 0.0, "{layout:?} {shard:?}");
+        independent_read_equals(&dir, &hf::export_tensors(&model, layout, Kind::Float));
     }
 }
 
@@ -92,6 +142,7 @@ fn bf16_export_is_within_bf16_rounding() {
     let back = load_pretrained(&dir, Device::Cpu).unwrap();
     let d = max_diff(&model, &back);
     assert!(d > 0.0 && d < 2e-3, "{d}");
+    independent_read_equals(&dir, &hf::export_tensors(&model, Layout::Baichuan, Kind::BFloat16));
 }
 
 #[test]

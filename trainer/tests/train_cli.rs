@@ -1,5 +1,7 @@
 //! End-to-end: `baichuan train` on the bundled sample (a shrunken tiny model) learns, writes
-//! its metrics and a model directory that `generate`, `export` and transformers can use;
+//! its metrics and a model directory that `generate`, `export` and transformers can use (the
+//! exports read back by Python safetensors and transformers, the greedy tokens equal to
+//! transformers' with the same repetition penalty);
 //! `info` plans the 7B model without allocating it; bad configs fail with a clear message.
 
 mod common;
@@ -95,6 +97,86 @@ fn train_on_the_sample_then_generate_and_export() {
     assert!(llama.join("tokenizer.model").exists());
     let config = std::fs::read_to_string(llama.join("config.json")).unwrap();
     assert!(config.contains("LlamaForCausalLM"));
+
+    // an independent reader: Python safetensors + torch cut each W_pack of the Baichuan-layout
+    // model into q/k/v, and transformers reads the sharded bf16 LLaMA export: every weight equal
+    // (after rounding to bf16); transformers' greedy generation with its repetition-penalty
+    // processor from an fp32 export gives our `generate --ids` tokens
+    let fp32 = run.join("llama-fp32");
+    run_ok(
+        baichuan()
+            .args([
+                "export",
+                "--model",
+                model.to_str().unwrap(),
+                "--out",
+                fp32.to_str().unwrap(),
+            ])
+            .args(["--format", "llama", "--dtype", "fp32"]),
+    );
+    let tok = baichuan_data::Tokenizer::open(&model.join("tokenizer.model")).unwrap();
+    let prompt: Vec<String> = tok
+        .encode("And God said")
+        .unwrap()
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    let ids_out = run_ok(baichuan().args([
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "And God said",
+        "--max-new-tokens",
+        "8",
+        "--repetition-penalty",
+        "1.1",
+        "--ids",
+        "--device",
+        "cpu",
+    ]));
+    let ours: Vec<i64> = ids_out
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("And God said")
+        .split_whitespace()
+        .map(|t| t.parse().unwrap())
+        .collect();
+    let r = common::run_oracle(
+        "scripts/reference/check_export.py",
+        &[
+            model.to_str().unwrap(),
+            llama.to_str().unwrap(),
+            fp32.to_str().unwrap(),
+            &prompt.join(","),
+            "8",
+            "1.1",
+        ],
+    );
+    println!("export and generation oracle: {r}");
+    assert_eq!(r["mismatched"], serde_json::json!([]), "{r}");
+    assert_eq!(r["missing"], serde_json::json!([]), "{r}");
+    assert_eq!(r["llama_dtype"], "torch.bfloat16", "{r}");
+    // 2 layers x 9 weights, the embedding, the final norm and the head
+    assert_eq!(r["weights_compared"].as_u64(), Some(2 * 9 + 3), "{r}");
+    let theirs: Vec<i64> = r["generated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(theirs.len(), 8, "{r}");
+    // ours stops at EOS (id 2); transformers here does not: compare up to ours
+    assert!(!ours.is_empty() && ours.len() <= 8, "{ids_out}");
+    assert_eq!(
+        ours[..],
+        theirs[..ours.len()],
+        "greedy generation differs from transformers'"
+    );
+    if ours.len() < 8 {
+        assert_eq!(ours.last(), Some(&2), "stopped early without EOS: {ours:?}");
+    }
 }
 
 #[test]
