@@ -75,11 +75,13 @@ fn penalise(logits: &Tensor, seen: &[i64], penalty: f64) -> Tensor {
     logits.index_copy(0, &idx, &scaled)
 }
 
-/// Picks the next id from the logits (V,) of the last position.
-pub fn next_token(logits: &Tensor, seen: &[i64], s: &Sampling) -> i64 {
+/// The logits (V,) fp32 that sampling draws from: the repetition penalty over `seen`, then (when
+/// sampling, `temperature > 0`) temperature, top-k and top-p, filtered tokens at -inf, in
+/// Hugging Face's order. Greedy decoding takes the arg-max of the penalised logits.
+pub fn processed_logits(logits: &Tensor, seen: &[i64], s: &Sampling) -> Tensor {
     let logits = penalise(&logits.to_kind(Kind::Float), seen, s.repetition_penalty);
     if s.temperature == 0.0 {
-        return logits.argmax(0, false).int64_value(&[]);
+        return logits;
     }
     let mut logits = logits / s.temperature;
     let vocab = logits.size()[0];
@@ -96,6 +98,15 @@ pub fn next_token(logits: &Tensor, seen: &[i64], s: &Sampling) -> i64 {
         let drop_sorted = before.ge(s.top_p);
         let drop = drop_sorted.zeros_like().scatter(0, &order, &drop_sorted);
         logits = logits.masked_fill(&drop, f64::NEG_INFINITY);
+    }
+    logits
+}
+
+/// Picks the next id from the logits (V,) of the last position.
+pub fn next_token(logits: &Tensor, seen: &[i64], s: &Sampling) -> i64 {
+    let logits = processed_logits(logits, seen, s);
+    if s.temperature == 0.0 {
+        return logits.argmax(0, false).int64_value(&[]);
     }
     logits.softmax(0, Kind::Float).multinomial(1, false).int64_value(&[0])
 }

@@ -3,6 +3,8 @@
 //! also read by an independent reader (Python `safetensors`, scripts/reference/read_safetensors.py
 //! in .venv): each weight's name, shape, dtype and bytes equal what was exported.
 
+mod common;
+
 use std::path::PathBuf;
 
 use baichuan_model::hf::{self, load_pretrained, save_pretrained};
@@ -22,32 +24,14 @@ fn config() -> ModelConfig {
 }
 
 fn temp(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/test-tmp/hf_io")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// The Python of `.venv` (or `$BAICHUAN_PYTHON`).
-fn python() -> PathBuf {
-    std::env::var_os("BAICHUAN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"))
+    common::temp("hf_io", name)
 }
 
 /// Reads `dir` with Python `safetensors` and checks every tensor against `want` (name, tensor):
 /// the same names, shapes, dtypes and raw bytes.
 fn independent_read_equals(dir: &std::path::Path, want: &[(String, tch::Tensor)]) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/reference/read_safetensors.py");
-    let out = std::process::Command::new(python())
-        .arg(script)
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stdout = common::oracle("read_safetensors.py", &[dir.as_os_str()]);
+    let got: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
     let got = got.as_object().unwrap();
     assert_eq!(got.len(), want.len(), "tensors in {}", dir.display());
     for (name, t) in want {
