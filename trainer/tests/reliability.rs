@@ -11,6 +11,8 @@
 //! - a hostfile of this host plus a "remote" one (through a stand-in for ssh): remote ranks are
 //!   told a reachable MASTER_ADDR, the store listens on that interface (loopback for a local
 //!   job, never every interface), and the job token is on no command line;
+//! - a remote rank ends when its remote-shell client is killed (a stand-in for ssh under which
+//!   the remote process survives its client, as with ssh), instead of training on orphaned;
 //! - SIGTERM to `launch` saves, and both it and `train` exit with the requeue code 75;
 //! - careless inputs (overwriting a model, `--nproc 0`, `eval.batches = 0`) are refused; a warm-up
 //!   longer than the run, generation cut by the context and NaN weights are reported.
@@ -444,6 +446,81 @@ fn remote_ranks_get_a_reachable_master_and_never_see_the_token_on_a_command_line
     assert!(ok, "{out}");
     assert_eq!(bound, "127.0.0.1");
     assert!(out.contains("ring: rank addresses 0=127.0.0.1:"), "{out}");
+}
+
+/// PIDs of processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn a_remote_rank_ends_when_its_remote_shell_client_is_killed() {
+    let dir = common::temp_dir("rel-remote-kill");
+    let ip = baichuan_trainer::dist::launch::local_ipv4s()
+        .first()
+        .copied()
+        .expect("this machine has no non-loopback IPv4 address to stand for a second node");
+    let hostfile = dir.join("hostfile");
+    std::fs::write(&hostfile, format!("localhost slots=1\n{ip} slots=1\n")).unwrap();
+    let fixture = common::root().join("trainer/tests/fixtures/fake_ssh_detached.sh");
+    let run_dir = dir.join("run");
+    let mut a = vec![
+        "launch".to_string(),
+        "--hostfile".into(),
+        hostfile.display().to_string(),
+        "--remote-shell".into(),
+        format!("bash {}", fixture.display()),
+        "--master-port".into(),
+        free_port().to_string(),
+    ];
+    // collectives would wait 300 s for a lost peer: only the launcher link ends the rank soon
+    a.extend(args(
+        "",
+        &run_dir,
+        "--set train.steps=100000 --set checkpoint.interval_steps=0 --set dist.timeout_s=300",
+    ));
+    let launcher = common::baichuan()
+        .args(&a)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_steps(&run_dir, 2);
+    let needle = format!("job.run_dir={}", run_dir.display());
+    // the launcher's own command line names the script too
+    let mut clients = processes_with("fake_ssh_detached.sh");
+    clients.retain(|&p| p != launcher.id());
+    assert_eq!(clients.len(), 1, "the remote-shell client: {clients:?}");
+    let ranks = processes_with(&needle);
+    assert!(ranks.len() >= 2, "two train processes run: {ranks:?}");
+    Command::new("kill")
+        .args(["-9", &clients[0].to_string()])
+        .status()
+        .unwrap();
+    let out = launcher.wait_with_output().unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("rank 1 on"), "{t}");
+    // the detached "remote" train process notices its closed link and ends
+    let start = Instant::now();
+    let mut left = processes_with(&needle);
+    while !left.is_empty() && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+        left = processes_with(&needle);
+    }
+    for pid in &left {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    assert!(left.is_empty(), "train processes outlived the job: {left:?}\n{t}");
 }
 
 #[test]

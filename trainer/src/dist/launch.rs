@@ -8,8 +8,11 @@
 //! The master address is one every rank can reach: loopback only when every rank is local;
 //! when the first host is this machine and others are not, the address of the interface that
 //! routes to them. The job token never appears on a command line: local ranks inherit it in
-//! their environment, remote ranks read it from standard input (`BAICHUAN_JOB_TOKEN_STDIN=1`).
-//! A SIGTERM to the launcher is passed to every rank, which saves and exits with
+//! their environment, remote ranks read it from standard input (`BAICHUAN_JOB_TOKEN_STDIN=1`),
+//! which then stays open: a remote rank ends itself when it closes (the launcher stopped the job
+//! by killing its remote-shell client, or died), since a remote shell does not end it.
+//! A SIGTERM to the launcher is passed to every local rank (remote ranks learn it from them, as
+//! the ranks agree on it after every step), which saves and exits with
 //! [`crate::trainer::EXIT_PREEMPTED`]; the launcher then exits with the same code.
 //!
 //! Follows DeepSpeed's launcher (`deepspeed --hostfile`) and torchrun's env contract.
@@ -141,6 +144,8 @@ struct Rank {
     host: String,
     child: Child,
     last_err: Arc<Mutex<VecDeque<String>>>,
+    /// A remote rank's standard input, open while the launcher lives (see `dist::DistEnv::from_env`).
+    _link: Option<std::process::ChildStdin>,
 }
 
 fn forward(
@@ -246,7 +251,7 @@ pub fn master_address(hosts: &[HostSlots], explicit: Option<&str>) -> Result<Str
 
 static TERMINATE: AtomicBool = AtomicBool::new(false);
 
-/// A SIGTERM to the launcher (a scheduler's preemption) is passed on to every rank.
+/// A SIGTERM to the launcher (a scheduler's preemption) is passed on to the local ranks.
 fn catch_sigterm() {
     #[cfg(unix)]
     {
@@ -311,10 +316,15 @@ pub fn launch(plan: &LaunchPlan) -> Result<i32> {
             let mut child = cmd
                 .spawn()
                 .with_context(|| format!("starting rank {rank} on {}", h.host))?;
-            if let Some(mut stdin) = child.stdin.take() {
+            let mut link = child.stdin.take();
+            if let Some(stdin) = link.as_mut() {
                 // the token travels on the remote shell's standard input, never in a command line;
-                // a rank that cannot read it fails to authenticate and says so
-                if let Err(e) = stdin.write_all(format!("{token}\n").as_bytes()) {
+                // a rank that cannot read it fails to authenticate and says so. The pipe then stays
+                // open for the rank's life: its closing tells the remote rank to end
+                if let Err(e) = stdin
+                    .write_all(format!("{token}\n").as_bytes())
+                    .and_then(|_| stdin.flush())
+                {
                     eprintln!("launch: could not hand rank {rank} on {} the job token ({e})", h.host);
                 }
             }
@@ -332,6 +342,7 @@ pub fn launch(plan: &LaunchPlan) -> Result<i32> {
                 host: h.host.clone(),
                 child,
                 last_err,
+                _link: link,
             });
             rank += 1;
         }
@@ -348,8 +359,10 @@ pub fn launch(plan: &LaunchPlan) -> Result<i32> {
         if TERMINATE.load(Ordering::SeqCst) && !passed_term {
             passed_term = true;
             eprintln!("launch: SIGTERM: asking every rank to save a checkpoint and stop");
+            // local ranks get the signal; remote ones learn it from them (the ranks agree on it
+            // after every step), as a signal to their remote-shell client would end the client
             for (i, r) in ranks.iter().enumerate() {
-                if !done[i] {
+                if !done[i] && r._link.is_none() {
                     // SAFETY: kill(2) on the PID of a child this process started and has not reaped.
                     unsafe { libc::kill(r.child.id() as libc::pid_t, libc::SIGTERM) };
                 }

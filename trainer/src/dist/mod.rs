@@ -77,6 +77,33 @@ fn parse<T: std::str::FromStr>(get: &dyn Fn(&str) -> Option<String>, names: &[&s
     }
 }
 
+/// A remote rank's standard input is its launcher's connection (`launch` keeps it open for
+/// the rank's life): when it closes, because the launcher or its remote-shell client died or
+/// stopped the job, nothing will ever end this process, so it ends itself. A remote shell does
+/// not end the remote command when its client is killed; this does.
+fn watch_launcher_connection() {
+    let spawned = std::thread::Builder::new().name("launcher-watch".into()).spawn(|| {
+        let mut sink = [0u8; 256];
+        let mut stdin = std::io::stdin();
+        loop {
+            match std::io::Read::read(&mut stdin, &mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        eprintln!("launch: the launcher's connection closed (it stopped the job, or died); this rank exits");
+        std::process::exit(LAUNCHER_GONE);
+    });
+    if let Err(e) = spawned {
+        eprintln!(
+            "warning: cannot watch the launcher's connection ({e}); this rank will not notice the launcher's death"
+        );
+    }
+}
+
+/// Exit code of a remote rank whose launcher connection closed.
+pub const LAUNCHER_GONE: i32 = 4;
+
 impl DistEnv {
     /// Reads the torchrun-style contract (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
     /// MASTER_ADDR, MASTER_PORT), falling back to SLURM (SLURM_PROCID, SLURM_NTASKS,
@@ -91,6 +118,7 @@ impl DistEnv {
             std::io::stdin()
                 .read_line(&mut line)
                 .map_err(io_err("reading the job token from standard input"))?;
+            watch_launcher_connection();
             Some(line.trim().to_string())
         } else {
             None
