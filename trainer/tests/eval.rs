@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use baichuan_data::Tokenizer;
 use baichuan_model::{hf, Baichuan, Layout, ModelConfig};
-use baichuan_trainer::eval::{self, McFormat, McOptions};
+use baichuan_trainer::eval::{self, McFormat, McOptions, PromptStyle};
 use common::run;
 use tch::{Device, Kind, Tensor};
 
@@ -191,6 +191,7 @@ fn prompts_are_the_reference_text_and_a_scorer_that_knows_the_answers_gets_100_p
     assert_eq!(subjects[0].name, "计算机网络");
     let opts = McOptions {
         format: McFormat::Ceval,
+        style: PromptStyle::Official,
         shots: 2,
         seed: None,
         max_len: 4096,
@@ -351,4 +352,77 @@ fn a_zero_head_has_the_vocabulary_as_perplexity() {
         "/nonexistent.txt",
     ]);
     assert!(!ok && stdout.contains("/nonexistent.txt"), "{stdout}");
+}
+
+/// Both prompt conventions of both benchmarks against the text an oracle script builds from the
+/// CSV files the way the reference scripts do (scripts/reference/mc_prompts.py); the ids scored
+/// are the prompt's encoding; Baichuan-style C-Eval draws its shots anew for each question.
+#[test]
+fn prompts_of_both_styles_equal_the_reference_scripts_text() {
+    let tok = Tokenizer::open(&common::tokenizer()).unwrap();
+    let dir = common::temp_dir("eval-prompt-styles");
+    for (format, data, split, name) in [
+        (McFormat::Ceval, "ceval", "val", "ceval"),
+        (McFormat::Mmlu, "mmlu", "test", "mmlu"),
+    ] {
+        for (style, style_name) in [(PromptStyle::Baichuan, "baichuan"), (PromptStyle::Official, "official")] {
+            let shots = 3;
+            let subjects = eval::load_subjects(&fixtures(data), format, split, &[], shots).unwrap();
+            let opts = McOptions {
+                format,
+                style,
+                shots,
+                seed: Some(7),
+                max_len: 100_000,
+                bos: None,
+            };
+            // the reference's own draws: a per-question shuffle for Baichuan's C-Eval (seeded
+            // here), the first rows otherwise (a --seed would shuffle them: not the reference)
+            let per_question = format == McFormat::Ceval && style == PromptStyle::Baichuan;
+            let opts = if per_question {
+                opts
+            } else {
+                McOptions { seed: None, ..opts }
+            };
+            let prompts = eval::build_prompts(&subjects, &opts);
+            assert_eq!(prompts.len(), subjects.iter().map(|s| s.questions.len()).sum::<usize>());
+            let dump = dir.join(format!("{name}-{style_name}.jsonl"));
+            let lines: String = prompts
+                .iter()
+                .map(|p| serde_json::to_string(p).unwrap() + "\n")
+                .collect();
+            std::fs::write(&dump, lines).unwrap();
+            let r = common::run_oracle(
+                "scripts/reference/mc_prompts.py",
+                &[
+                    fixtures(data).to_str().unwrap(),
+                    name,
+                    split,
+                    &shots.to_string(),
+                    style_name,
+                    dump.to_str().unwrap(),
+                ],
+            );
+            assert_eq!(
+                r["checked"].as_u64(),
+                Some(prompts.len() as u64),
+                "{name} {style_name}: {r}"
+            );
+            assert_eq!(r["mismatches"], serde_json::json!([]), "{name} {style_name}");
+            // what is scored is exactly the prompt's encoding (every shot fits here)
+            let items = eval::build_items(&subjects, &tok, &opts).unwrap();
+            for (item, p) in items.iter().zip(&prompts) {
+                let ids: Vec<i64> = tok.encode(&p.text).unwrap().into_iter().map(i64::from).collect();
+                assert_eq!(item.ids, ids, "{name} {style_name} {} {}", p.subject, p.question);
+            }
+            if format == McFormat::Ceval && style == PromptStyle::Baichuan {
+                let orders: std::collections::HashSet<&Vec<usize>> = prompts
+                    .iter()
+                    .filter(|p| p.subject == "computer_network")
+                    .map(|p| &p.shots)
+                    .collect();
+                assert!(orders.len() > 1, "one shuffle for every question: {orders:?}");
+            }
+        }
+    }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use baichuan_trainer::config::DeviceChoice;
-use baichuan_trainer::eval::{self, McFormat, McOptions};
+use baichuan_trainer::eval::{self, McFormat, McOptions, PromptStyle};
 use clap::{Args, Subcommand, ValueEnum};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -14,6 +14,13 @@ pub enum McBenchmark {
     Ceval,
     /// MMLU (Hendrycks): `<dir>/{dev,val,test}/<subject>_<split>.csv`, no header.
     Mmlu,
+}
+
+/// `--prompt-style`.
+#[derive(Clone, Copy, ValueEnum)]
+enum StyleArg {
+    Baichuan,
+    Official,
 }
 
 #[derive(Subcommand)]
@@ -38,9 +45,19 @@ pub struct McArgs {
     split: Option<String>,
     #[arg(long, default_value_t = 5)]
     shots: usize,
-    /// Choose the shots by a seeded shuffle of dev (default: its first rows, as the reference).
+    /// Whose prompts: `baichuan` (Baichuan-7B's evaluate_zh.py / evaluate_mmlu.py: C-Eval examples
+    /// joined by single newlines, shots shuffled anew per question; MMLU prompts capped at 2048
+    /// tokens) or `official` (C-Eval's own evaluator: blank lines, the first k dev rows; MMLU with
+    /// the model's context). README.md gives both templates character by character.
+    #[arg(long, value_enum, default_value = "baichuan")]
+    prompt_style: StyleArg,
+    /// Seed of the shot shuffles: Baichuan-style C-Eval's per-question shuffle (default 0; the
+    /// reference's is unseeded), or otherwise one shuffle per subject instead of the first rows.
     #[arg(long)]
     seed: Option<u64>,
+    /// Also write every prompt (subject, question, the dev rows it holds, text) as JSON lines here.
+    #[arg(long)]
+    dump_prompts: Option<PathBuf>,
     /// Only these subjects (comma-separated file keys).
     #[arg(long, value_delimiter = ',')]
     subjects: Vec<String>,
@@ -101,7 +118,9 @@ fn multiple_choice(a: McArgs) -> Result<()> {
         format,
         split,
         shots,
+        prompt_style,
         seed,
+        dump_prompts,
         subjects,
         max_len,
         batch_tokens,
@@ -116,18 +135,43 @@ fn multiple_choice(a: McArgs) -> Result<()> {
     let split = split.unwrap_or_else(|| if format == McFormat::Ceval { "val" } else { "test" }.into());
     let (m, tok) = super::load_for_inference(&model, device)?;
     let context = m.config.max_position_embeddings as usize;
-    let max_len = max_len.unwrap_or(context);
+    let style = match prompt_style {
+        StyleArg::Baichuan => PromptStyle::Baichuan,
+        StyleArg::Official => PromptStyle::Official,
+    };
+    let default_len = if format == McFormat::Mmlu && style == PromptStyle::Baichuan {
+        eval::BAICHUAN_MMLU_MAX_LEN.min(context)
+    } else {
+        context
+    };
+    let max_len = max_len.unwrap_or(default_len);
     if max_len == 0 || max_len > context {
         bail!("--max-len {max_len}: must be 1..={context} (the model's context)");
     }
     let subjects = eval::load_subjects(&data, format, &split, &subjects, shots)?;
     let opts = McOptions {
         format,
+        style,
         shots,
         seed,
         max_len,
         bos: bos.then_some(m.config.bos_token_id as u32),
     };
+    println!(
+        "prompts: {} style, at most {max_len} tokens (shots dropped to fit)",
+        match style {
+            PromptStyle::Baichuan => "Baichuan-7B's",
+            PromptStyle::Official => "the official evaluators'",
+        }
+    );
+    if let Some(path) = &dump_prompts {
+        let mut text = String::new();
+        for p in eval::build_prompts(&subjects, &opts) {
+            text.push_str(&serde_json::to_string(&p)?);
+            text.push('\n');
+        }
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
     let items = eval::build_items(&subjects, &tok, &opts)?;
     let letters = eval::letter_ids(&tok)?;
     let bar = indicatif::ProgressBar::new(items.len() as u64).with_style(

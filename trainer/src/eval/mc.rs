@@ -7,7 +7,15 @@
 //! one at a time while the prompt is longer than the context, and the prediction being the
 //! largest of the logits of the first tokens of "A", "B", "C", "D" at the last position.
 //! Averages as the reference reports them: C-Eval unweighted over subjects (and per category),
-//! MMLU weighted by questions. Prompts are batched by length (right-padded: with causal
+//! MMLU weighted by questions.
+//!
+//! Two prompt conventions ([`PromptStyle`]): `baichuan` (the default) is Baichuan-7B's scripts'
+//! text: for C-Eval (`evaluate_zh.py`) the instruction ends with one `\n`, every example is
+//! joined with a single `\n` (no blank line) and the shots are a fresh shuffle of dev for each
+//! question (seeded here by `--seed`, question and subject; the reference's is unseeded); for
+//! MMLU (`evaluate_mmlu.py`) shots are dropped while the prompt exceeds 2048 tokens. `official`
+//! is C-Eval's own evaluator (blank lines between examples, the first k dev rows) and MMLU with
+//! the model's whole context. Prompts are batched by length (right-padded: with causal
 //! attention the padding never reaches the last real position, whose logits are gathered).
 
 use std::collections::BTreeMap;
@@ -31,6 +39,19 @@ pub enum McFormat {
 }
 
 pub const LETTERS: [&str; 4] = ["A", "B", "C", "D"];
+
+/// Whose prompt convention to follow (see the module's documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptStyle {
+    /// Baichuan-7B's `evaluation/evaluate_zh.py` and `evaluate_mmlu.py`.
+    Baichuan,
+    /// C-Eval's own evaluator; Hendrycks' MMLU with the model's whole context.
+    Official,
+}
+
+/// The longest MMLU prompt Baichuan-7B's `evaluate_mmlu.py` lets through (it drops shots above).
+pub const BAICHUAN_MMLU_MAX_LEN: usize = 2048;
 
 /// Parses RFC 4180 CSV: commas, double-quoted fields with `""` escapes and embedded newlines,
 /// CRLF or LF line ends, a UTF-8 byte-order mark. Returns the rows (blank lines skipped).
@@ -295,12 +316,22 @@ pub fn load_subjects(
 }
 
 /// One question's text in the prompt, with its answer (a shot) or ending where the answer goes.
+/// In the official C-Eval convention a shot ends with a blank line; see [`assemble`] for the
+/// Baichuan one.
 pub fn format_question(format: McFormat, q: &McQuestion, with_answer: bool) -> String {
+    format_question_in(format, PromptStyle::Official, q, with_answer)
+}
+
+/// [`format_question`] in `style`: Baichuan's C-Eval shots end right after the answer letter.
+pub fn format_question_in(format: McFormat, style: PromptStyle, q: &McQuestion, with_answer: bool) -> String {
     let mut s = q.question.clone();
     for (l, o) in LETTERS.iter().zip(&q.options) {
         s.push_str(&format!("\n{l}. {o}"));
     }
     match (format, with_answer) {
+        (McFormat::Ceval, true) if style == PromptStyle::Baichuan => {
+            s.push_str(&format!("\n答案：{}", LETTERS[q.answer]))
+        }
         (McFormat::Ceval, true) => s.push_str(&format!("\n答案：{}\n\n", LETTERS[q.answer])),
         (McFormat::Ceval, false) => s.push_str("\n答案："),
         (McFormat::Mmlu, true) => s.push_str(&format!("\nAnswer: {}\n\n", LETTERS[q.answer])),
@@ -309,10 +340,20 @@ pub fn format_question(format: McFormat, q: &McQuestion, with_answer: bool) -> S
     s
 }
 
-/// The prompt's opening line. MMLU's keeps the reference's spelling: every word of the subject
-/// is preceded by a space, so the text reads "about  college biology." (two spaces).
+/// The prompt's opening line (official convention). MMLU's keeps the reference's spelling: every
+/// word of the subject is preceded by a space, so the text reads "about  college biology." (two
+/// spaces).
 pub fn header(format: McFormat, subject: &McSubject) -> String {
+    header_in(format, PromptStyle::Official, subject)
+}
+
+/// [`header`] in `style`: Baichuan's C-Eval instruction ends with a single newline.
+pub fn header_in(format: McFormat, style: PromptStyle, subject: &McSubject) -> String {
     match format {
+        McFormat::Ceval if style == PromptStyle::Baichuan => format!(
+            "以下是中国关于{}考试的单项选择题，请选出其中的正确答案。\n",
+            subject.name
+        ),
         McFormat::Ceval => format!(
             "以下是中国关于{}考试的单项选择题，请选出其中的正确答案。\n\n",
             subject.name
@@ -344,10 +385,91 @@ pub fn shot_order(dev_len: usize, k: usize, seed: Option<u64>) -> Vec<usize> {
     idx
 }
 
+/// Joins a prompt: Baichuan's C-Eval puts a newline before every example and before the
+/// question; otherwise the parts follow each other (shots end with their blank line).
+pub fn assemble(format: McFormat, style: PromptStyle, head: &str, shots: &[String], end: &str) -> String {
+    if format == McFormat::Ceval && style == PromptStyle::Baichuan {
+        let mut p = head.to_string();
+        for s in shots {
+            p.push('\n');
+            p.push_str(s);
+        }
+        p.push('\n');
+        p.push_str(end);
+        p
+    } else {
+        format!("{head}{}{end}", shots.concat())
+    }
+}
+
+/// The dev examples of question `question` of subject `subject` in `style`: Baichuan's C-Eval
+/// draws a fresh shuffle for each question (seeded by `seed`, the subject and the question);
+/// otherwise [`shot_order`] (the first k, or one seeded shuffle per subject).
+pub fn shots_for(
+    format: McFormat,
+    style: PromptStyle,
+    dev_len: usize,
+    k: usize,
+    seed: Option<u64>,
+    subject: usize,
+    question: usize,
+) -> Vec<usize> {
+    if format == McFormat::Ceval && style == PromptStyle::Baichuan {
+        let mixed =
+            splitmix64(splitmix64(seed.unwrap_or(0) ^ (subject as u64).wrapping_mul(GOLDEN)) ^ (question as u64));
+        shot_order(dev_len, k, Some(mixed))
+    } else {
+        shot_order(dev_len, k, seed)
+    }
+}
+
+/// One question's prompt text and the dev examples it holds (before any are dropped to fit).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct McPrompt {
+    pub subject: String,
+    pub question: usize,
+    pub shots: Vec<usize>,
+    pub text: String,
+}
+
+/// The parts of question `qi` of subject `si`'s prompt: the dev examples it draws (in order),
+/// their texts with answers, and the question's text ending where the answer goes.
+fn question_parts(s: &McSubject, si: usize, qi: usize, o: &McOptions) -> (Vec<usize>, Vec<String>, String) {
+    let order = shots_for(o.format, o.style, s.dev.len(), o.shots, o.seed, si, qi);
+    let shots = order
+        .iter()
+        .map(|&i| format_question_in(o.format, o.style, &s.dev[i], true))
+        .collect();
+    (
+        order,
+        shots,
+        format_question_in(o.format, o.style, &s.questions[qi], false),
+    )
+}
+
+/// Every question's full prompt in `o.style`, with all its shots.
+pub fn build_prompts(subjects: &[McSubject], o: &McOptions) -> Vec<McPrompt> {
+    let mut out = Vec::new();
+    for (si, s) in subjects.iter().enumerate() {
+        let head = header_in(o.format, o.style, s);
+        for qi in 0..s.questions.len() {
+            let (order, shots, end) = question_parts(s, si, qi, o);
+            out.push(McPrompt {
+                subject: s.key.clone(),
+                question: qi,
+                shots: order,
+                text: assemble(o.format, o.style, &head, &shots, &end),
+            });
+        }
+    }
+    out
+}
+
 /// Options of `eval mc`.
 #[derive(Debug, Clone)]
 pub struct McOptions {
     pub format: McFormat,
+    pub style: PromptStyle,
     pub shots: usize,
     pub seed: Option<u64>,
     /// Longest prompt in tokens; shots are dropped until the prompt fits.
@@ -371,16 +493,12 @@ pub struct McItem {
 pub fn build_items(subjects: &[McSubject], tok: &Tokenizer, o: &McOptions) -> Result<Vec<McItem>, EvalError> {
     let mut items = Vec::new();
     for (si, s) in subjects.iter().enumerate() {
-        let head = header(o.format, s);
-        let shots: Vec<String> = shot_order(s.dev.len(), o.shots, o.seed)
-            .into_iter()
-            .map(|i| format_question(o.format, &s.dev[i], true))
-            .collect();
-        for q in &s.questions {
-            let end = format_question(o.format, q, false);
+        let head = header_in(o.format, o.style, s);
+        for (qi, q) in s.questions.iter().enumerate() {
+            let (_, shots, end) = question_parts(s, si, qi, o);
             let mut k = shots.len();
             let mut ids = loop {
-                let prompt = format!("{head}{}{end}", shots[..k].concat());
+                let prompt = assemble(o.format, o.style, &head, &shots[..k], &end);
                 let mut ids: Vec<i64> = o.bos.map(i64::from).into_iter().collect();
                 ids.extend(tok.encode(&prompt)?.into_iter().map(i64::from));
                 if ids.len() <= o.max_len || k == 0 {
