@@ -41,6 +41,19 @@ fn args(head: &str, run: &Path, extra: &str) -> Vec<String> {
     v
 }
 
+/// Kills a spawned process (and, for `launch`, leaves its ranks to their own link and
+/// timeouts) when a test ends early: a failed assertion must not leave a training run behind.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-9", &self.0.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// The names in `dir`, sorted.
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -249,6 +262,7 @@ fn one_train_per_run_directory() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _guard = KillOnDrop(first.id());
     wait_for_steps(&run_dir, 1);
     let (ok, out) = run(&args("train", &run_dir, "--set train.steps=2 --no-resume"));
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
@@ -376,6 +390,7 @@ fn launch_watching_the_store(launch_args: Vec<String>, port: u16, envs: &[(&str,
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _guard = KillOnDrop(child.id());
     let start = Instant::now();
     let mut bound = None;
     while bound.is_none() && start.elapsed() < Duration::from_secs(60) {
@@ -494,6 +509,7 @@ fn a_remote_rank_ends_when_its_remote_shell_client_is_killed() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _guard = KillOnDrop(launcher.id());
     wait_for_steps(&run_dir, 2);
     let needle = format!("job.run_dir={}", run_dir.display());
     // the launcher's own command line names the script too
@@ -538,6 +554,7 @@ fn sigterm_saves_and_exits_with_the_requeue_code() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let _guard = KillOnDrop(child.id());
         wait_for_steps(&run_dir, 2);
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])

@@ -217,6 +217,67 @@ fn metrics_tensorboard_plot_and_evaluation_of_a_trained_run() {
         .unwrap_or_else(|| panic!("{text}"));
     // trained for 30 steps: far better than uniform over 64000 pieces, far from perfect
     assert!(ppl > 5.0 && ppl < 20000.0, "{text}");
+
+    // the same figure from an independent implementation: transformers on an fp32 LLaMA export,
+    // the same tokens (a prepared shard of the sample) and the same windows
+    let shards = dir.join("sample-shards");
+    run_ok(&[
+        "prepare",
+        "--input",
+        "data/sample",
+        "--tokenizer",
+        model.join("tokenizer.model").to_str().unwrap(),
+        "--out",
+        shards.to_str().unwrap(),
+    ]);
+    let text2 = run_ok(&[
+        "eval",
+        "ppl",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        shards.to_str().unwrap(),
+        "--seq-len",
+        "64",
+        "--max-tokens",
+        "4000",
+        "--device",
+        "cpu",
+    ]);
+    let ppl2: f64 = text2
+        .split("perplexity ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{text2}"));
+    assert_eq!(ppl2, ppl, "text and its prepared shards are the same tokens");
+    let llama = dir.join("llama-fp32");
+    run_ok(&[
+        "export",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        llama.to_str().unwrap(),
+        "--format",
+        "llama",
+    ]);
+    let oracle = common::run_oracle(
+        "scripts/reference/ppl_oracle.py",
+        &[
+            llama.to_str().unwrap(),
+            shards.join("shard-00000.bin").to_str().unwrap(),
+            "4000",
+            "64",
+        ],
+    );
+    println!("eval ppl {ppl} against transformers {oracle}");
+    let want = oracle["ppl"].as_f64().unwrap();
+    assert_eq!(oracle["predicted_tokens"].as_u64(), Some(3999), "{oracle}");
+    // ours prints 4 decimals; both compute in fp32
+    assert!(
+        ((ppl - want) / want).abs() <= 1e-4,
+        "ppl {ppl} against transformers' {want}"
+    );
 }
 
 /// The event writer's records decode back to the scalars written; a torn tail is ignored and a

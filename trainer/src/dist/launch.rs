@@ -296,6 +296,19 @@ pub fn launch(plan: &LaunchPlan) -> Result<i32> {
                     .env_remove(TOKEN_STDIN_VAR)
                     .current_dir(&plan.workdir)
                     .stdin(Stdio::null());
+                #[cfg(target_os = "linux")]
+                {
+                    use std::os::unix::process::CommandExt;
+                    // SAFETY: prctl is async-signal-safe and touches only the child being started.
+                    // A local rank whose launcher dies (even by SIGKILL) gets SIGTERM: it saves
+                    // at the end of its step and exits, instead of training on orphaned.
+                    unsafe {
+                        c.pre_exec(|| {
+                            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                            Ok(())
+                        });
+                    }
+                }
                 c
             } else {
                 let mut vars = forwarded_env(
