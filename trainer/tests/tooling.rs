@@ -1,7 +1,8 @@
 //! The tools around a run, end to end: training `tiny` (shrunk) with validation writes the
 //! expected series to metrics.jsonl and to TensorBoard event files (read back by our reader and
 //! by TensorBoard's own, in .venv); `plot` draws two runs into a PNG that Pillow decodes; the
-//! trained model goes through `eval mc` (both layouts) and `eval ppl`.
+//! trained model goes through `eval mc` (both layouts; each question's prediction compared with
+//! transformers' on the same prompts) and `eval ppl` (equal to transformers' on the same tokens).
 
 mod common;
 
@@ -194,6 +195,7 @@ fn metrics_tensorboard_plot_and_evaluation_of_a_trained_run() {
         let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
         let acc = r["average"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc), "{r}");
+        mc_against_transformers(&model, &dir, format, &fixtures.join(data), &r);
     }
     let text = run_ok(&[
         "eval",
@@ -278,6 +280,68 @@ fn metrics_tensorboard_plot_and_evaluation_of_a_trained_run() {
         ((ppl - want) / want).abs() <= 1e-4,
         "ppl {ppl} against transformers' {want}"
     );
+}
+
+/// `eval mc`'s predictions against transformers reading the same prompts (dumped by
+/// `--dump-prompts`, tokenized by Python sentencepiece) from an fp32 LLaMA export: the same
+/// letter for every question whose top two letter logits are not within 1e-4 (a near tie may
+/// fall either way between two fp32 implementations), and those are most questions.
+fn mc_against_transformers(model: &Path, dir: &Path, format: &str, data: &Path, ours: &serde_json::Value) {
+    let dump = dir.join(format!("{format}-prompts.jsonl"));
+    run_ok(&[
+        "eval",
+        "mc",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--format",
+        format,
+        "--device",
+        "cpu",
+        "--out",
+        dir.join(format!("{format}-again.json")).to_str().unwrap(),
+        "--dump-prompts",
+        dump.to_str().unwrap(),
+    ]);
+    let llama = dir.join("llama-fp32-mc");
+    if !llama.exists() {
+        run_ok(&[
+            "export",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            llama.to_str().unwrap(),
+            "--format",
+            "llama",
+        ]);
+    }
+    let r = common::run_oracle(
+        "scripts/reference/mc_oracle.py",
+        &[
+            llama.to_str().unwrap(),
+            model.join("tokenizer.model").to_str().unwrap(),
+            dump.to_str().unwrap(),
+        ],
+    );
+    let (mut compared, mut total) = (0, 0);
+    for (subject, theirs) in r["predictions"].as_object().unwrap() {
+        let theirs = theirs.as_str().unwrap();
+        let mine = ours["predictions"][subject]
+            .as_str()
+            .unwrap_or_else(|| panic!("{subject}: {ours}"));
+        assert_eq!(mine.len(), theirs.len(), "{format} {subject}");
+        let margins = r["margins"][subject].as_array().unwrap();
+        for (i, (a, b)) in mine.chars().zip(theirs.chars()).enumerate() {
+            total += 1;
+            if margins[i].as_f64().unwrap() > 1e-4 {
+                compared += 1;
+                assert_eq!(a, b, "{format} {subject} question {i}: ours {a}, transformers {b}");
+            }
+        }
+    }
+    println!("{format}: {compared} of {total} predictions compared with transformers', all equal");
+    assert!(total > 0 && compared * 4 >= total * 3, "{compared} of {total} compared");
 }
 
 /// The event writer's records decode back to the scalars written; a torn tail is ignored and a
