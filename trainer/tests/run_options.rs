@@ -199,3 +199,72 @@ fn separate_validation_files_and_jsonl_input() {
         "the meta field was read"
     );
 }
+
+/// `train.spike_zscore`: on a corpus of one repeated sentence with rare lines of random Chinese
+/// characters, the batches holding those lines spike once the loss has settled. The steps the
+/// run skipped are exactly those the documented rule picks when recomputed here from the logged
+/// losses: more than `z` population standard deviations above the mean of the last (up to 100,
+/// at least 20) applied steps' losses.
+#[test]
+fn loss_spikes_are_skipped_by_the_zscore_rule() {
+    let dir = common::temp_dir("opt-spikes");
+    let mut lines: Vec<String> = vec!["the quick brown fox jumps over the lazy dog".to_string(); 3000];
+    let mut x = 12345u64;
+    let mut next = |m: u64| {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (x >> 33) % m
+    };
+    for _ in 0..60 {
+        let noise: String = (0..40)
+            .map(|_| char::from_u32(0x4e00 + next(0x51ff) as u32).unwrap())
+            .collect();
+        let at = next(lines.len() as u64) as usize;
+        lines.insert(at, noise);
+    }
+    let data = dir.join("data.txt");
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let z = 3.0;
+    let out = run_ok(&args(
+        &dir.join("run"),
+        &format!(
+            "--set train.micro_batch_size=4 --set train.steps=250 --set train.spike_zscore={z} \
+             --set data.path=[{:?}] --set checkpoint.interval_steps=0",
+            data.to_str().unwrap()
+        ),
+    ));
+    let rows = common::metrics(&dir.join("run"));
+    assert_eq!(rows.len(), 250);
+    let mut skipped_at = Vec::new();
+    let mut prev = 0;
+    for r in &rows {
+        let n = r["skipped_steps"].as_u64().unwrap();
+        if n > prev {
+            skipped_at.push(r["step"].as_u64().unwrap());
+        }
+        prev = n;
+    }
+    // the rule, recomputed from the logged losses
+    let mut recent: std::collections::VecDeque<f64> = Default::default();
+    let mut want = Vec::new();
+    for r in &rows {
+        let loss = r["loss"].as_f64().unwrap();
+        let spike = recent.len() >= 20 && {
+            let n = recent.len() as f64;
+            let mean = recent.iter().sum::<f64>() / n;
+            let sd = (recent.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+            sd > 0.0 && (loss - mean) / sd > z
+        };
+        if spike {
+            want.push(r["step"].as_u64().unwrap());
+        } else {
+            recent.push_back(loss);
+            if recent.len() > 100 {
+                recent.pop_front();
+            }
+        }
+    }
+    println!("spikes skipped at steps {skipped_at:?}");
+    assert!(!want.is_empty(), "the corpus made no spike");
+    assert_eq!(skipped_at, want);
+    assert_eq!(out.matches("a loss spike").count(), want.len(), "{out}");
+}
