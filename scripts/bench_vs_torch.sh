@@ -4,6 +4,9 @@
 # the ratio of tokens/s.
 #   scripts/bench_vs_torch.sh [CONFIG] [SEQ] [BATCH] [PRECISIONS] [DEVICE]
 #   default: config/small.toml 512 4 "fp32 bf16" cpu
+# On a CPU without bf16 (avx512_bf16, amx_bf16) or fp16 (avx512_fp16, amx_fp16) instructions
+# libtorch emulates those matrix products (under 1 GFLOP/s here): such rows are skipped, saying
+# so, rather than left running for hours. BENCH_FORCE=1 runs them anyway.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -21,7 +24,15 @@ PY
 )
 read -r H L N F V <<<"$shape"
 echo "model: hidden $H, $L layers, $N heads, ffn $F, vocab $V; batch $BATCH x seq $SEQ on $DEVICE"
+echo "machine: $(lscpu | grep 'Model name' | sed 's/Model name: *//'), nproc $(nproc); commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+flags="$( (grep -o -w -E 'avx512_bf16|amx_bf16|avx512_fp16|amx_fp16' /proc/cpuinfo 2>/dev/null || true) | sort -u | tr '\n' ' ')"
 for p in $PRECISIONS; do
+  if [ "$DEVICE" = cpu ] && [ -z "${BENCH_FORCE:-}" ]; then
+    case "$p" in
+      bf16) echo "$flags" | grep -qE 'avx512_bf16|amx_bf16' || { echo "bf16: not run: this CPU has no bf16 instructions (BENCH_FORCE=1 runs it, emulated)"; continue; };;
+      fp16) echo "$flags" | grep -qE 'avx512_fp16|amx_fp16' || { echo "fp16: not run: this CPU has no fp16 instructions (BENCH_FORCE=1 runs it, emulated)"; continue; };;
+    esac
+  fi
   ours=$($B bench --config "$CONFIG" --set data.seq_len="$SEQ" --set train.micro_batch_size="$BATCH" \
     --set train.global_batch_size="$BATCH" --set train.precision="$p" --set train.device="$DEVICE" \
     --steps "$STEPS" --warmup "$WARMUP" --json)
