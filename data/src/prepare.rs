@@ -294,6 +294,15 @@ pub fn prepare(
 
 const WORK_PREFIX: &str = ".prepare-";
 
+/// The inputs, for an error about all of them.
+fn inputs_label(opts: &PrepareOptions) -> String {
+    opts.inputs
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Removes `.prepare-<pid>.tmp` directories of runs that are gone (killed before cleaning up).
 fn remove_stale_work_dirs(out: &Path) {
     let Ok(entries) = fs::read_dir(out) else { return };
@@ -453,12 +462,7 @@ fn tokenize_into(
     result?;
     if stats.tokens == 0 {
         return Err(DataError::Input {
-            path: opts
-                .inputs
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+            path: inputs_label(opts),
             msg: "the input holds no documents (every line is empty); HINT: check the path and format".into(),
         });
     }
@@ -467,12 +471,7 @@ fn tokenize_into(
         let fraction = stats.invalid_utf8_lines as f64 / lines.max(1) as f64;
         if fraction > opts.max_invalid_fraction {
             return Err(DataError::Input {
-                path: opts
-                    .inputs
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                path: inputs_label(opts),
                 msg: format!(
                     "{} of {lines} lines ({:.1}%) are not valid UTF-8: this does not look like text (the limit is \
                      {:.1}%, data.max_invalid_fraction); HINT: check the path and format, or raise the limit",

@@ -6,7 +6,7 @@
 //!   [`trainer`] (`Trainer` and the loop), [`step`] (one micro-batch through the layer-wise
 //!   schedule), [`guard`] (loss scaler, bad steps), [`schedule`] (learning rate)
 //! - the state: [`flat`] (the flat parameter layout), [`optim`] (AdamW), [`checkpoint`],
-//!   [`runlock`] (one run per run directory)
+//!   [`runlock`] (one run per run directory), [`sigterm`] (preemption as a flag)
 //! - many processes: [`dist`] (environment, store, communicators, gradient buckets, launcher,
 //!   watchdog)
 //! - around the run: [`metrics`], [`eval`], [`tools`] (bench, breakdown, memory plan)
@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod optim;
 pub mod runlock;
 pub mod schedule;
+pub mod sigterm;
 pub mod step;
 pub mod tools;
 pub mod trainer;

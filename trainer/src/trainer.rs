@@ -11,7 +11,6 @@
 //! docs/ARCHITECTURE.md for the schedule and the distribution contract.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -366,20 +365,6 @@ fn tokenizer_path(config: &RunConfig) -> PathBuf {
     config.data.tokenizer.clone()
 }
 
-static TERMINATE: AtomicBool = AtomicBool::new(false);
-
-/// On SIGTERM (SLURM preemption, `kill`), finish the step, save a checkpoint and exit.
-fn catch_sigterm() {
-    #[cfg(unix)]
-    {
-        extern "C" fn on_term(_: i32) {
-            TERMINATE.store(true, Ordering::SeqCst);
-        }
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(libc::SIGTERM, on_term as extern "C" fn(i32) as libc::sighandler_t) };
-    }
-}
-
 /// Whether any rank says `flag`.
 fn any_rank(flag: bool, comm: &dyn Communicator) -> Result<bool> {
     Ok(comm.all_reduce_scalar(if flag { 1.0 } else { 0.0 }, ReduceOp::Sum)? > 0.0)
@@ -387,7 +372,7 @@ fn any_rank(flag: bool, comm: &dyn Communicator) -> Result<bool> {
 
 /// Trains as `config` says and saves the model into `<run_dir>/model`.
 pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
-    catch_sigterm();
+    crate::sigterm::install();
     let env = DistEnv::from_env(Duration::from_secs(config.dist.timeout_s))?;
     let (rank, world, main) = (env.rank, env.world, env.rank == 0);
     let resolved = config.validate(world as i64)?;
@@ -483,7 +468,7 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             );
         }
         // checkpoint: by steps, by time, at the end, on SIGTERM or --stop-after
-        let term = any_rank(TERMINATE.load(Ordering::SeqCst), comm)?;
+        let term = any_rank(crate::sigterm::received(), comm)?;
         let stop_here = opts.stop_after == Some(s + 1);
         if saver.due(s + 1, t.steps, term || stop_here, comm)? {
             beat(s + 1, "a checkpoint's copy to host memory");

@@ -372,6 +372,19 @@ fn listening_on(port: u16) -> Option<String> {
     })
 }
 
+/// A hostfile in `dir` of this host first, then "another" host reached through a stand-in for
+/// ssh: its name is this machine's own non-loopback address, so the rank it starts really runs
+/// here while the launcher treats it as remote. Returns that address and the hostfile.
+fn this_host_and_another(dir: &Path) -> (std::net::IpAddr, PathBuf) {
+    let ip = baichuan_trainer::dist::launch::local_ipv4s()
+        .first()
+        .copied()
+        .expect("this machine has no non-loopback IPv4 address to stand for a second node");
+    let hostfile = dir.join("hostfile");
+    std::fs::write(&hostfile, format!("localhost slots=1\n{ip} slots=1\n")).unwrap();
+    (ip, hostfile)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -408,14 +421,7 @@ fn launch_watching_the_store(launch_args: Vec<String>, port: u16, envs: &[(&str,
 #[test]
 fn remote_ranks_get_a_reachable_master_and_never_see_the_token_on_a_command_line() {
     let dir = common::temp_dir("rel-multinode");
-    let ip = baichuan_trainer::dist::launch::local_ipv4s()
-        .first()
-        .copied()
-        .expect("this machine has no non-loopback IPv4 address to stand for a second node");
-    // this host first, then "another" host reached through the stand-in for ssh (its name is
-    // this machine's own address, so the rank it starts really runs here)
-    let hostfile = dir.join("hostfile");
-    std::fs::write(&hostfile, format!("localhost slots=1\n{ip} slots=1\n")).unwrap();
+    let (ip, hostfile) = this_host_and_another(&dir);
     let log = dir.join("ssh.log");
     let port = free_port();
     let shell = format!(
@@ -480,12 +486,7 @@ fn processes_with(needle: &str) -> Vec<u32> {
 #[test]
 fn a_remote_rank_ends_when_its_remote_shell_client_is_killed() {
     let dir = common::temp_dir("rel-remote-kill");
-    let ip = baichuan_trainer::dist::launch::local_ipv4s()
-        .first()
-        .copied()
-        .expect("this machine has no non-loopback IPv4 address to stand for a second node");
-    let hostfile = dir.join("hostfile");
-    std::fs::write(&hostfile, format!("localhost slots=1\n{ip} slots=1\n")).unwrap();
+    let (_, hostfile) = this_host_and_another(&dir);
     let fixture = common::root().join("trainer/tests/fixtures/fake_ssh_detached.sh");
     let run_dir = dir.join("run");
     let mut a = vec![

@@ -253,16 +253,7 @@ fn metrics_tensorboard_plot_and_evaluation_of_a_trained_run() {
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| panic!("{text2}"));
     assert_eq!(ppl2, ppl, "text and its prepared shards are the same tokens");
-    let llama = dir.join("llama-fp32");
-    run_ok(&[
-        "export",
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        llama.to_str().unwrap(),
-        "--format",
-        "llama",
-    ]);
+    let llama = llama_export(&model, &dir);
     let oracle = common::run_oracle(
         "scripts/reference/ppl_oracle.py",
         &[
@@ -280,6 +271,23 @@ fn metrics_tensorboard_plot_and_evaluation_of_a_trained_run() {
         ((ppl - want) / want).abs() <= 1e-4,
         "ppl {ppl} against transformers' {want}"
     );
+}
+
+/// `model` exported once in LLaMA layout, fp32, for transformers (`dir/llama-fp32`).
+fn llama_export(model: &Path, dir: &Path) -> std::path::PathBuf {
+    let llama = dir.join("llama-fp32");
+    if !llama.exists() {
+        run_ok(&[
+            "export",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            llama.to_str().unwrap(),
+            "--format",
+            "llama",
+        ]);
+    }
+    llama
 }
 
 /// `eval mc`'s predictions against transformers reading the same prompts (dumped by
@@ -304,18 +312,7 @@ fn mc_against_transformers(model: &Path, dir: &Path, format: &str, data: &Path, 
         "--dump-prompts",
         dump.to_str().unwrap(),
     ]);
-    let llama = dir.join("llama-fp32-mc");
-    if !llama.exists() {
-        run_ok(&[
-            "export",
-            "--model",
-            model.to_str().unwrap(),
-            "--out",
-            llama.to_str().unwrap(),
-            "--format",
-            "llama",
-        ]);
-    }
+    let llama = llama_export(model, dir);
     let r = common::run_oracle(
         "scripts/reference/mc_oracle.py",
         &[

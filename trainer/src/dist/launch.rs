@@ -22,7 +22,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, ToSocketAddrs, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -249,20 +248,6 @@ pub fn master_address(hosts: &[HostSlots], explicit: Option<&str>) -> Result<Str
     }
 }
 
-static TERMINATE: AtomicBool = AtomicBool::new(false);
-
-/// A SIGTERM to the launcher (a scheduler's preemption) is passed on to the local ranks.
-fn catch_sigterm() {
-    #[cfg(unix)]
-    {
-        extern "C" fn on_term(_: i32) {
-            TERMINATE.store(true, Ordering::SeqCst);
-        }
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(libc::SIGTERM, on_term as extern "C" fn(i32) as libc::sighandler_t) };
-    }
-}
-
 /// Variable telling a remote rank to read the job token from its standard input.
 pub const TOKEN_STDIN_VAR: &str = "BAICHUAN_JOB_TOKEN_STDIN";
 
@@ -270,7 +255,7 @@ pub const TOKEN_STDIN_VAR: &str = "BAICHUAN_JOB_TOKEN_STDIN";
 /// every rank succeeded; [`crate::trainer::EXIT_PREEMPTED`] when ranks stopped on SIGTERM with
 /// their checkpoint saved; else 1 after stopping the others.
 pub fn launch(plan: &LaunchPlan) -> Result<i32> {
-    catch_sigterm();
+    crate::sigterm::install();
     let world: usize = plan.hosts.iter().map(|h| h.slots).sum();
     let master_addr = master_address(&plan.hosts, plan.master_addr.as_deref())?;
     let token = job_token();
@@ -369,7 +354,7 @@ pub fn launch(plan: &LaunchPlan) -> Result<i32> {
     let mut done = vec![false; ranks.len()];
     let (mut preempted, mut passed_term) = (false, false);
     loop {
-        if TERMINATE.load(Ordering::SeqCst) && !passed_term {
+        if crate::sigterm::received() && !passed_term {
             passed_term = true;
             eprintln!("launch: SIGTERM: asking every rank to save a checkpoint and stop");
             // local ranks get the signal; remote ones learn it from them (the ranks agree on it
