@@ -197,26 +197,7 @@ fn metrics_tensorboard_plot_and_evaluation_of_a_trained_run() {
         assert!((0.0..=1.0).contains(&acc), "{r}");
         mc_against_transformers(&model, &dir, format, &fixtures.join(data), &r);
     }
-    let text = run_ok(&[
-        "eval",
-        "ppl",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        "data/sample",
-        "--seq-len",
-        "64",
-        "--max-tokens",
-        "4000",
-        "--device",
-        "cpu",
-    ]);
-    let ppl: f64 = text
-        .split("perplexity ")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| panic!("{text}"));
+    let (ppl, text) = eval_ppl(&model, Path::new("data/sample"));
     // trained for 30 steps: far better than uniform over 64000 pieces, far from perfect
     assert!(ppl > 5.0 && ppl < 20000.0, "{text}");
 
@@ -232,26 +213,7 @@ fn metrics_tensorboard_plot_and_evaluation_of_a_trained_run() {
         "--out",
         shards.to_str().unwrap(),
     ]);
-    let text2 = run_ok(&[
-        "eval",
-        "ppl",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        shards.to_str().unwrap(),
-        "--seq-len",
-        "64",
-        "--max-tokens",
-        "4000",
-        "--device",
-        "cpu",
-    ]);
-    let ppl2: f64 = text2
-        .split("perplexity ")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| panic!("{text2}"));
+    let (ppl2, _) = eval_ppl(&model, &shards);
     assert_eq!(ppl2, ppl, "text and its prepared shards are the same tokens");
     let llama = llama_export(&model, &dir);
     let oracle = common::run_oracle(
@@ -271,6 +233,32 @@ fn metrics_tensorboard_plot_and_evaluation_of_a_trained_run() {
         ((ppl - want) / want).abs() <= 1e-4,
         "ppl {ppl} against transformers' {want}"
     );
+}
+
+/// `eval ppl` of `model` on `data` (windows of 64, the first 4000 tokens, CPU): the printed
+/// perplexity and the whole output.
+fn eval_ppl(model: &Path, data: &Path) -> (f64, String) {
+    let text = run_ok(&[
+        "eval",
+        "ppl",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--seq-len",
+        "64",
+        "--max-tokens",
+        "4000",
+        "--device",
+        "cpu",
+    ]);
+    let ppl = text
+        .split("perplexity ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    (ppl, text)
 }
 
 /// `model` exported once in LLaMA layout, fp32, for transformers (`dir/llama-fp32`).
