@@ -6,7 +6,8 @@
 //!    kernels register themselves when it loads), so the linker's default `--as-needed` would
 //!    drop it and libtorch would then see no CUDA device.
 //! 3. For the model crate, compiles `model/csrc/autograd.cpp` (back-propagation with explicit
-//!    output gradients) against the same libtorch's headers, as torch-sys compiles its own
+//!    output gradients) and `model/csrc/varlen.cpp` (variable-length FlashAttention for document
+//!    masking) against the same libtorch's headers, as torch-sys compiles its own
 //!    wrapper: C++17, the C++11 ABI of the pip wheels (`LIBTORCH_CXX11_ABI` overrides).
 fn main() {
     // torch-sys declares `links = "tch"` and reports `libtorch_lib` to its dependents.
@@ -16,7 +17,7 @@ fn main() {
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     if std::env::var("CARGO_PKG_NAME").as_deref() == Ok("baichuan-model") {
-        compile_autograd_shim(&dir);
+        compile_shims(&dir);
     }
     if std::path::Path::new(&dir).join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-L{dir}");
@@ -24,9 +25,11 @@ fn main() {
     }
 }
 
-fn compile_autograd_shim(lib_dir: &str) {
-    let source = "csrc/autograd.cpp";
-    println!("cargo:rerun-if-changed={source}");
+fn compile_shims(lib_dir: &str) {
+    let sources = ["csrc/autograd.cpp", "csrc/varlen.cpp"];
+    for source in sources {
+        println!("cargo:rerun-if-changed={source}");
+    }
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let include = std::path::Path::new(lib_dir).join("../include");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
@@ -39,6 +42,6 @@ fn compile_autograd_shim(lib_dir: &str) {
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .file(source)
+        .files(sources)
         .compile("baichuan_autograd");
 }

@@ -32,6 +32,9 @@
 #      GPU_CHECK_ONLY=mfu runs section 7 alone (with parity and the oracle first); the default
 #      run has its kernel tests and the accumulated rows (4 x 2 and 8 x 2, eager 4 x 2) only,
 #      so that all of it fits in about 8 minutes with the machine's start-up.
+#   8. document masking: libtorch's variable-length FlashAttention (the CUDA form) against the
+#      dense-mask reference, the attention with its gradients, the whole model and the spliced
+#      training block in bf16 (model/tests/documents.rs); every mode runs it (about 10 s).
 # Every row states its criterion; the table says PASS or FAIL against it (INFO rows are a peer's
 # figures or a breakdown, with no criterion of their own), and the script exits 1 on any FAIL.
 # The CUDA-only tests are #[ignore]d in a CPU run; here they run with --include-ignored.
@@ -54,6 +57,8 @@ if [ "${1:-}" = "--prepare" ]; then
   cp "$(ls -t target/release/deps/rotary_kernel-* | grep -v '\.d$' | head -1)" target/gpu/rotary_kernel
   cargo test --release --quiet -p baichuan-cuda --lib --no-run 2>/dev/null
   cp "$(ls -t target/release/deps/baichuan_cuda-* | grep -v '\.d$' | head -1)" target/gpu/cuda_unit
+  cargo test --release --quiet -p baichuan-model --test documents --no-run 2>/dev/null
+  cp "$(ls -t target/release/deps/documents-* | grep -v '\.d$' | head -1)" target/gpu/documents
   ls -la target/gpu
   exit 0
 fi
@@ -112,6 +117,18 @@ if [ -x target/gpu/cuda_unit ] && [ -z "${GPU_CHECK_DRY:-}" ]; then
   rc=$?
   row "cuda crate tests (NVRTC compile)" "$([ $rc -eq 0 ] && echo PASS || echo FAIL)" "$(grep -o 'test result.*' "$log" | tail -1)" \
     "every test passes, the ignored NVRTC compile of all kernels for sm_80 and sm_90 included"
+  [ $rc -eq 0 ] || tail -20 "$log"
+fi
+
+# 8. document masking: the varlen FlashAttention form against the dense mask (an #[ignore]d test)
+if [ -x target/gpu/documents ] && [ -z "${GPU_CHECK_DRY:-}" ]; then
+  log="$OUT/documents-cuda.log"
+  BAICHUAN_TEST_DEVICE=cuda timeout 120 target/gpu/documents varlen --include-ignored --nocapture >"$log" 2>&1
+  rc=$?
+  grep -E "varlen vs dense" "$log"
+  row "document masking: varlen vs dense" "$([ $rc -eq 0 ] && grep -q '1 passed' "$log" && echo PASS || echo FAIL)" \
+    "$(grep -E 'output rel|logits|training block' "$log" | sed 's/varlen vs dense //' | tr '\n' ' ' | cut -c1-200)" \
+    "bf16: attention output rel < 2e-2 and dq, dk, dv rel < 3e-2; model logits rel < 2e-2; training block output < 2e-2, gradients < 3e-2"
   [ $rc -eq 0 ] || tail -20 "$log"
 fi
 

@@ -4,6 +4,7 @@
 pub mod bpe;
 pub mod hash;
 pub mod loader;
+pub mod mixture;
 pub mod prepare;
 pub mod shard;
 pub mod spm_train;
@@ -12,6 +13,7 @@ pub mod tokenizer;
 pub mod tokenizer_stats;
 
 pub use loader::{Batch, Interleaved, Loader, LoaderState, Prefetcher, SampleOrder, TokenRange, TokenSource};
+pub use mixture::{Mixture, SourceState};
 pub use tokenizer::Tokenizer;
 
 /// Errors of the data crate; each names the file or field and the fix.

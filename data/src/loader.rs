@@ -14,6 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::hash::splitmix64;
+use crate::mixture::{source_seed, Mixture, SourceState};
 use crate::DataError;
 
 /// A keyed bijection of `0..n`.
@@ -65,11 +66,16 @@ impl Permutation {
 }
 
 /// Where the loader stands: `position` counts samples handed out since the start of
-/// training over all ranks (so it is independent of the world size).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// training over all ranks (so it is independent of the world size). A single stream reports
+/// it as epoch and next sample of its order; a mixture reports `epoch` 0, `next_sample` =
+/// the position, and the samples drawn from each source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoaderState {
     pub epoch: u64,
     pub next_sample: u64,
+    /// Mixtures only: samples drawn from each source over all ranks, in the sources' order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceState>,
 }
 
 /// The sample order over a stream of `num_tokens` tokens.
@@ -125,6 +131,7 @@ impl SampleOrder {
         LoaderState {
             epoch: position / self.num_samples,
             next_sample: position % self.num_samples,
+            sources: Vec::new(),
         }
     }
 
@@ -266,21 +273,30 @@ pub struct Batch {
     pub tokens: Vec<u32>,
     pub samples: usize,
     pub seq_len: usize,
-    /// Global sample indices of the rows, for tests and diagnostics.
+    /// Sample indices of the rows within their sources, for tests and diagnostics.
     pub sample_ids: Vec<u64>,
+    /// The source of each row (its index in the mixture; 0 for a single stream).
+    pub sources: Vec<u16>,
 }
 
-/// Hands each rank its slice of consecutive global batches.
+/// Hands each rank its slice of consecutive global batches, from one token stream or from a
+/// weighted [`Mixture`] of several.
 pub struct Loader<S: TokenSource> {
-    source: S,
-    order: SampleOrder,
+    sources: Vec<S>,
+    orders: Vec<SampleOrder>,
+    mixture: Option<Mixture>,
+    seed: u64,
+    seq_len: u64,
     global_batch: u64,
     rank: u64,
     world: u64,
     position: u64,
+    /// Samples drawn from each source before `position`, over all ranks.
+    drawn: Vec<u64>,
 }
 
 impl<S: TokenSource> Loader<S> {
+    /// The loader of one stream.
     pub fn new(
         source: S,
         seq_len: u64,
@@ -289,40 +305,154 @@ impl<S: TokenSource> Loader<S> {
         rank: u64,
         world: u64,
     ) -> Result<Self, DataError> {
-        if world == 0 || rank >= world {
-            return Err(DataError::Config(format!("rank {rank} is outside a world of {world}")));
-        }
-        if global_batch == 0 || !global_batch.is_multiple_of(world) {
-            return Err(DataError::Config(format!(
-                "global batch of {global_batch} sequences does not split evenly over {world} ranks"
-            )));
-        }
+        check_world(global_batch, rank, world)?;
         let order = SampleOrder::new(source.num_tokens(), seq_len, seed)?;
         Ok(Loader {
-            source,
-            order,
+            sources: vec![source],
+            orders: vec![order],
+            mixture: None,
+            seed,
+            seq_len,
             global_batch,
             rank,
             world,
             position: 0,
+            drawn: vec![0],
         })
     }
 
+    /// The loader of a mixture: `sources` in the order of `mixture.names`, each with its own
+    /// epoch order seeded by the run's seed and its name.
+    pub fn mixed(
+        sources: Vec<S>,
+        mixture: Mixture,
+        seq_len: u64,
+        global_batch: u64,
+        seed: u64,
+        rank: u64,
+        world: u64,
+    ) -> Result<Self, DataError> {
+        check_world(global_batch, rank, world)?;
+        if sources.len() != mixture.len() {
+            return Err(DataError::Config(format!(
+                "{} token sources for a mixture of {}",
+                sources.len(),
+                mixture.len()
+            )));
+        }
+        let mut orders = Vec::with_capacity(sources.len());
+        for (s, name) in sources.iter().zip(&mixture.names) {
+            let order = SampleOrder::new(s.num_tokens(), seq_len, source_seed(seed, name))
+                .map_err(|e| DataError::Config(format!("source {name:?}: {e}")))?;
+            orders.push(order);
+        }
+        let n = sources.len();
+        Ok(Loader {
+            sources,
+            orders,
+            mixture: Some(mixture),
+            seed,
+            seq_len,
+            global_batch,
+            rank,
+            world,
+            position: 0,
+            drawn: vec![0; n],
+        })
+    }
+
+    /// The first source's order (the only one of a single stream).
     pub fn order(&self) -> &SampleOrder {
-        &self.order
+        &self.orders[0]
+    }
+
+    pub fn orders(&self) -> &[SampleOrder] {
+        &self.orders
+    }
+
+    pub fn mixture(&self) -> Option<&Mixture> {
+        self.mixture.as_ref()
     }
 
     pub fn source(&self) -> &S {
-        &self.source
+        &self.sources[0]
+    }
+
+    /// Samples drawn from each source so far, over all ranks.
+    pub fn drawn(&self) -> &[u64] {
+        &self.drawn
+    }
+
+    /// The global batches handed out so far.
+    pub fn step(&self) -> u64 {
+        self.position / self.global_batch
+    }
+
+    /// The first step at or after `from_step` and before `to_step` that would draw a source
+    /// past its cap (mixtures with caps only), counted from the current position.
+    pub fn first_exhaustion(&self, to_step: u64) -> Option<crate::mixture::Exhaustion> {
+        self.mixture
+            .as_ref()?
+            .first_exhaustion(self.seed, self.global_batch, self.step(), to_step, &self.drawn)
     }
 
     pub fn state(&self) -> LoaderState {
-        self.order.state_at(self.position)
+        match &self.mixture {
+            None => self.orders[0].state_at(self.position),
+            Some(m) => LoaderState {
+                epoch: 0,
+                next_sample: self.position,
+                sources: m
+                    .names
+                    .iter()
+                    .zip(&self.drawn)
+                    .zip(&self.orders)
+                    .map(|((name, &drawn), order)| SourceState {
+                        name: name.clone(),
+                        drawn,
+                        tokens: drawn * self.seq_len,
+                        samples_per_epoch: order.num_samples(),
+                    })
+                    .collect(),
+            },
+        }
     }
 
-    /// Continues from `state`, which may come from a run at another world size.
+    /// Continues from `state`, which may come from a run at another world size (and, for a
+    /// mixture, with other weights from here on).
     pub fn restore(&mut self, state: LoaderState) -> Result<(), DataError> {
-        let position = self.order.position_of(state)?;
+        let (position, drawn) = match &self.mixture {
+            None => {
+                if !state.sources.is_empty() {
+                    return Err(DataError::Config(
+                        "the checkpoint was written by a run of [[data.sources]] and this config has one stream; \
+                         HINT: resume with the same sources"
+                            .into(),
+                    ));
+                }
+                let p = self.orders[0].position_of(state.clone())?;
+                (p, vec![p])
+            }
+            Some(m) => {
+                let saved: Vec<&str> = state.sources.iter().map(|s| s.name.as_str()).collect();
+                let names: Vec<&str> = m.names.iter().map(String::as_str).collect();
+                if saved != names {
+                    return Err(DataError::Config(format!(
+                        "the checkpoint's data sources are {saved:?} and this config's are {names:?}; \
+                         HINT: resume with the same [[data.sources]] names in the same order (weights may change)"
+                    )));
+                }
+                let drawn: Vec<u64> = state.sources.iter().map(|s| s.drawn).collect();
+                if drawn.iter().sum::<u64>() != state.next_sample {
+                    return Err(DataError::Config(format!(
+                        "the checkpoint's loader state is inconsistent: its sources' draws sum to {} at position {}",
+                        drawn.iter().sum::<u64>(),
+                        state.next_sample
+                    )));
+                }
+                (state.next_sample, drawn)
+            }
+        };
         if position % self.global_batch != 0 {
             return Err(DataError::Config(format!(
                 "loader state (epoch {}, sample {}) is not at a global-batch boundary of {}; \
@@ -331,6 +461,7 @@ impl<S: TokenSource> Loader<S> {
             )));
         }
         self.position = position;
+        self.drawn = drawn;
         Ok(())
     }
 
@@ -338,13 +469,25 @@ impl<S: TokenSource> Loader<S> {
     pub fn next_batch(&mut self) -> Batch {
         let per_rank = self.global_batch / self.world;
         let first = self.position + self.rank * per_rank;
-        let row = self.order.seq_len as usize + 1;
+        let row = self.seq_len as usize + 1;
         let mut tokens = vec![0u32; per_rank as usize * row];
         let mut sample_ids = Vec::with_capacity(per_rank as usize);
-        for (i, chunk) in tokens.chunks_mut(row).enumerate() {
-            let sample = self.order.sample_at(first + i as u64);
-            self.source.read(sample * self.order.seq_len, chunk);
-            sample_ids.push(sample);
+        let mut sources = Vec::with_capacity(per_rank as usize);
+        let mut rows = tokens.chunks_mut(row);
+        for p in self.position..self.position + self.global_batch {
+            let i = match &self.mixture {
+                None => 0,
+                Some(m) => m.source_at(self.seed, p, self.global_batch),
+            };
+            let k = self.drawn[i];
+            self.drawn[i] += 1;
+            if (first..first + per_rank).contains(&p) {
+                let sample = self.orders[i].sample_at(k);
+                let chunk = rows.next().expect("one row per position of this rank");
+                self.sources[i].read(sample * self.seq_len, chunk);
+                sample_ids.push(sample);
+                sources.push(i as u16);
+            }
         }
         self.position += self.global_batch;
         Batch {
@@ -352,8 +495,21 @@ impl<S: TokenSource> Loader<S> {
             samples: per_rank as usize,
             seq_len: row - 1,
             sample_ids,
+            sources,
         }
     }
+}
+
+fn check_world(global_batch: u64, rank: u64, world: u64) -> Result<(), DataError> {
+    if world == 0 || rank >= world {
+        return Err(DataError::Config(format!("rank {rank} is outside a world of {world}")));
+    }
+    if global_batch == 0 || !global_batch.is_multiple_of(world) {
+        return Err(DataError::Config(format!(
+            "global batch of {global_batch} sequences does not split evenly over {world} ranks"
+        )));
+    }
+    Ok(())
 }
 
 /// Produces batches on a background thread, `depth` ahead of the trainer, so the step never
@@ -422,13 +578,13 @@ impl<S: TokenSource + 'static> Prefetcher<S> {
 
     /// The state after the last batch returned by `next_batch`.
     pub fn state(&self) -> LoaderState {
-        self.consumed
+        self.consumed.clone()
     }
 
     /// Continues from `state` (dropping whatever was prefetched).
     pub fn restore(&mut self, state: LoaderState) -> Result<(), DataError> {
         self.park();
-        let result = self.loader.as_mut().expect("parked").restore(state);
+        let result = self.loader.as_mut().expect("parked").restore(state.clone());
         if result.is_ok() {
             self.consumed = state;
         }
@@ -506,7 +662,7 @@ mod tests {
         // resume on 2 ranks: their slices concatenated equal the 1-rank batches
         let mut r0 = Loader::new(tokens.clone(), 16, 8, 9, 0, 2).unwrap();
         let mut r1 = Loader::new(tokens, 16, 8, 9, 1, 2).unwrap();
-        r0.restore(state).unwrap();
+        r0.restore(state.clone()).unwrap();
         r1.restore(state).unwrap();
         for want in &batches[13..] {
             let mut got = r0.next_batch().tokens;
@@ -526,12 +682,12 @@ mod tests {
         }
         let state = p.state();
         assert_eq!(
-            state,
+            state.clone(),
             Loader::new(tokens.clone(), 8, 6, 4, 0, 1).unwrap().order().state_at(66)
         );
         // a fresh prefetcher restored mid-run, and the same one rewound, both continue exactly
         let mut q = Prefetcher::new(Loader::new(tokens, 8, 6, 4, 0, 1).unwrap(), 2);
-        q.restore(state).unwrap();
+        q.restore(state.clone()).unwrap();
         for w in &want[11..] {
             assert_eq!(&q.next_batch(), w);
         }
@@ -607,6 +763,106 @@ mod tests {
             v[0],
             v.last().unwrap()
         );
+    }
+
+    /// Three sources whose tokens tell them apart (source i's tokens are i * 1_000_000 + k).
+    fn three_sources() -> (Vec<Vec<u32>>, Mixture) {
+        let sources = (0..3u32)
+            .map(|i| {
+                (0..[3000u32, 800, 200][i as usize])
+                    .map(|k| i * 1_000_000 + k)
+                    .collect()
+            })
+            .collect();
+        let names = vec!["web".to_string(), "books".to_string(), "code".to_string()];
+        let mixture = Mixture::new(names, vec![5.0, 3.0, 2.0], vec![(30, vec![1.0, 1.0, 8.0])]).unwrap();
+        (sources, mixture)
+    }
+
+    fn mixed(rank: u64, world: u64) -> Loader<Vec<u32>> {
+        let (sources, mixture) = three_sources();
+        Loader::mixed(sources, mixture, 10, 12, 5, rank, world).unwrap()
+    }
+
+    #[test]
+    fn a_mixture_resumes_exactly_and_at_another_world_size() {
+        let mut straight = mixed(0, 1);
+        let want: Vec<Batch> = (0..60).map(|_| straight.next_batch()).collect();
+        // every row holds the tokens of the sample of the source it names
+        for b in &want {
+            for ((row, &src), &id) in b.tokens.chunks(11).zip(&b.sources).zip(&b.sample_ids) {
+                assert_eq!(row[0], src as u32 * 1_000_000 + id as u32 * 10);
+            }
+        }
+        // two ranks from step 0 to 17, then one rank from their checkpoint (past the phase change)
+        let (mut r0, mut r1) = (mixed(0, 2), mixed(1, 2));
+        for w in &want[..17] {
+            let (a, b) = (r0.next_batch(), r1.next_batch());
+            assert_eq!([a.tokens, b.tokens].concat(), w.tokens);
+            assert_eq!([a.sources, b.sources].concat(), w.sources);
+        }
+        assert_eq!(r0.state(), r1.state(), "ranks agree on the per-source counts");
+        let state = r0.state();
+        assert_eq!(state.sources.iter().map(|s| s.drawn).sum::<u64>(), 17 * 12);
+        let json = serde_json::to_string(&state).unwrap();
+        let mut one = mixed(0, 1);
+        one.restore(serde_json::from_str(&json).unwrap()).unwrap();
+        for w in &want[17..] {
+            assert_eq!(&one.next_batch(), w);
+        }
+        // a checkpoint of other sources is refused, naming both lists
+        let mut other = Loader::new((0..5000u32).collect::<Vec<_>>(), 10, 12, 5, 0, 1).unwrap();
+        assert!(other
+            .restore(state.clone())
+            .unwrap_err()
+            .to_string()
+            .contains("[[data.sources]]"));
+        let (sources, _) = three_sources();
+        let renamed = Mixture::new(vec!["a".into(), "b".into(), "c".into()], vec![1.0; 3], vec![]).unwrap();
+        let mut l = Loader::mixed(sources, renamed, 10, 12, 5, 0, 1).unwrap();
+        let err = l.restore(state).unwrap_err().to_string();
+        assert!(err.contains("\"web\"") && err.contains("\"a\""), "{err}");
+    }
+
+    #[test]
+    fn a_mixture_draws_each_source_in_proportion_and_repeats_small_ones() {
+        // before the phase change at step 30 the weights are 0.5, 0.3, 0.2
+        let mut l = mixed(0, 1);
+        let mut rows = [0u64; 3];
+        for _ in 0..30 {
+            for &s in &l.next_batch().sources {
+                rows[s as usize] += 1;
+            }
+        }
+        let n = 30.0 * 12.0;
+        for (i, w) in [0.5f64, 0.3, 0.2].iter().enumerate() {
+            let sd = (n * w * (1.0 - w)).sqrt();
+            assert!((rows[i] as f64 - n * w).abs() < 4.0 * sd, "source {i}: {rows:?}");
+        }
+        // "code" (19 samples an epoch) is drawn far more often than it has samples: each epoch
+        // of it visits every sample once
+        for _ in 30..80 {
+            l.next_batch();
+        }
+        let code = l.drawn()[2];
+        assert!(code > 3 * 19, "{code}");
+        let mut ids = Vec::new();
+        let mut replay = mixed(0, 1);
+        while ids.len() < 38 {
+            let b = replay.next_batch();
+            ids.extend(
+                b.sources
+                    .iter()
+                    .zip(&b.sample_ids)
+                    .filter(|(s, _)| **s == 2)
+                    .map(|(_, &id)| id),
+            );
+        }
+        let first: HashSet<u64> = ids[..19].iter().copied().collect();
+        let second: HashSet<u64> = ids[19..38].iter().copied().collect();
+        assert_eq!(first.len(), 19);
+        assert_eq!(second.len(), 19);
+        assert_ne!(&ids[..19], &ids[19..38], "each epoch is reshuffled");
     }
 
     #[test]

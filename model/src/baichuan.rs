@@ -14,6 +14,10 @@
 //! gradient in place; docs/ARCHITECTURE.md (section 3) describes the splices and where the CUDA
 //! kernels slot in.
 //!
+//! Document masking of packed samples (`Baichuan::forward_documents`, the `docs` of the
+//! training block; `crate::documents`) restricts attention to each document and restarts the
+//! rotary positions there; without documents every path is the one above, unchanged.
+//!
 //! Parameters are plain tensors named by their Hugging Face keys. The model exposes its
 //! pieces (`embed`, `layers[i].forward`, `head`) so that the trainer can run the layer-wise
 //! schedule (detached block inputs, recomputation, per-block gradient hand-off); the model
@@ -22,6 +26,7 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::config::ModelConfig;
+use crate::documents::{DocAttention, Documents};
 use crate::ModelError;
 
 /// Root-mean-square layer norm; the variance is always computed in fp32.
@@ -179,6 +184,96 @@ impl Rotary {
         })
     }
 
+    /// [`Rotary::rotate_qk`] at per-token `positions` (B, T) int64 (document masking). The
+    /// kernel's contract rotates row t of its tables into position t of every batch row, so it
+    /// is handed the micro-batch as one row of B*T tokens with the tables gathered per token.
+    pub fn rotate_qk_at(&self, qkv: &Tensor, positions: &Tensor) -> (Tensor, Tensor) {
+        tch::no_grad(|| match &self.kernel {
+            Some(k) => {
+                let size = qkv.size(); // (B, T, 3, nh, hd)
+                let (bt, nh, hd) = (size[0] * size[1], size[3], size[4]);
+                let flat = qkv.contiguous().view([1, bt, 3, nh, hd]);
+                let cos = self.gather(&self.cos, positions).view([bt, hd]);
+                let sin = self.gather(&self.sin, positions).view([bt, hd]);
+                let (q, k) = k.forward(&flat, &cos, &sin);
+                let out = [size[0], size[1], nh, hd];
+                (q.view(out), k.view(out))
+            }
+            None => {
+                let qk = self.apply_bt_at(&qkv.narrow(2, 0, 2), positions); // (B, T, 2, nh, hd)
+                (qk.select(2, 0), qk.select(2, 1))
+            }
+        })
+    }
+
+    /// [`Rotary::unrotate`] at per-token `positions` (B, T), the transpose of
+    /// [`Rotary::rotate_qk_at`].
+    pub fn unrotate_at(&self, dq: &Tensor, dk: &Tensor, dv: &Tensor, positions: &Tensor) -> Tensor {
+        tch::no_grad(|| match &self.kernel {
+            Some(k) => {
+                let size = dq.size(); // (B, T, nh, hd)
+                let (bt, nh, hd) = (size[0] * size[1], size[2], size[3]);
+                let flat = |x: &Tensor| x.reshape([1, bt, nh, hd]);
+                let cos = self.gather(&self.cos, positions).view([bt, hd]);
+                let sin = self.gather(&self.sin, positions).view([bt, hd]);
+                k.backward(&flat(dq), &flat(dk), &flat(dv), &cos, &sin)
+                    .view([size[0], size[1], 3, nh, hd])
+            }
+            None => {
+                let dy = Tensor::stack(&[dq, dk], 2); // (B, T, 2, nh, hd)
+                let size = dy.size();
+                let (b, t, hd) = (size[0], size[1], size[4]);
+                let cos = self
+                    .gather(&self.cos, positions)
+                    .to_kind(dy.kind())
+                    .view([b, t, 1, 1, hd]);
+                let sin = self
+                    .gather(&self.signed_sin, positions)
+                    .to_kind(dy.kind())
+                    .view([b, t, 1, 1, hd]);
+                let mut dx = &dy * cos;
+                let _ = dx.addcmul_(&dy.roll([hd / 2], [-1]), &(-sin));
+                Tensor::cat(&[dx, dv.unsqueeze(2)], 2)
+            }
+        })
+    }
+
+    /// Rows of `table` (positions, hd) at `positions` (B, T): (B, T, hd), contiguous fp32.
+    fn gather(&self, table: &Tensor, positions: &Tensor) -> Tensor {
+        let size = positions.size();
+        table
+            .index_select(0, &positions.reshape([-1]))
+            .view([size[0], size[1], -1])
+    }
+
+    /// [`Rotary::apply_bt`] at per-token `positions` (B, T) instead of `offset..offset+T`.
+    pub fn apply_bt_at(&self, x: &Tensor, positions: &Tensor) -> Tensor {
+        let size = x.size();
+        let hd = size[size.len() - 1];
+        let mut shape = vec![1i64; size.len()];
+        shape[0] = size[0];
+        shape[1] = size[1];
+        shape[size.len() - 1] = hd; // (B, T, 1, .., 1, hd)
+        let cos = self
+            .gather(&self.cos, positions)
+            .to_kind(x.kind())
+            .view(shape.as_slice());
+        let sin = self
+            .gather(&self.signed_sin, positions)
+            .to_kind(x.kind())
+            .view(shape.as_slice());
+        let mut y = x * cos;
+        let _ = y.addcmul_(&x.roll([hd / 2], [-1]), &sin);
+        y
+    }
+
+    /// [`Rotary::apply`] of `x` (B, nh, T, hd) at per-token `positions` (B, T).
+    pub fn apply_at(&self, x: &Tensor, positions: &Tensor) -> Tensor {
+        let cos = self.gather(&self.cos, positions).to_kind(x.kind()).unsqueeze(1); // (B, 1, T, hd)
+        let sin = self.gather(&self.sin, positions).to_kind(x.kind()).unsqueeze(1);
+        x * cos + rotate_half(x) * sin
+    }
+
     fn move_to(&mut self, device: Device) {
         self.cos = self.cos.to_device(device);
         self.sin = self.sin.to_device(device);
@@ -283,6 +378,28 @@ pub struct Attention {
 }
 
 impl Attention {
+    /// Self-attention restricted to `docs`, with rotary positions restarting per document.
+    fn forward_documents(&self, x: &Tensor, rotary: &Rotary, docs: &Documents) -> Tensor {
+        let (b, t, d) = x.size3().expect("attention input is (B, T, d)");
+        let pos = docs.positions();
+        let qkv = x
+            .linear(&self.w_pack, None::<Tensor>)
+            .view([b, t, 3, self.num_heads, self.head_dim]);
+        let (q, k, v) = if rotary.fused {
+            let parts = qkv.split_with_sizes([2, 1], 2);
+            let qk = rotary.apply_bt_at(&parts[0], pos).unbind(2);
+            (qk[0].shallow_clone(), qk[1].shallow_clone(), parts[1].squeeze_dim(2))
+        // (B, T, nh, hd)
+        } else {
+            let qkv = qkv.permute([2, 0, 3, 1, 4]); // (3, B, nh, T, hd)
+            let q = rotary.apply_at(&qkv.get(0), pos);
+            let k = rotary.apply_at(&qkv.get(1), pos);
+            (q.transpose(1, 2), k.transpose(1, 2), qkv.get(2).transpose(1, 2))
+        };
+        let y = docs.attend(&q, &k, &v).contiguous().view([b, t, d]);
+        y.linear(&self.o_proj, None::<Tensor>)
+    }
+
     fn forward(&self, x: &Tensor, rotary: &Rotary, cache: Option<(&mut KvCache, usize)>) -> Tensor {
         let (b, t, d) = x.size3().expect("attention input is (B, T, d)");
         let offset = cache.as_ref().map_or(0, |(c, _)| c.len);
@@ -352,7 +469,18 @@ pub struct Block {
 impl Block {
     /// `x`: (B, T, d) -> (B, T, d), positions 0..T, causal.
     pub fn forward(&self, x: &Tensor, rotary: &Rotary) -> Tensor {
-        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), rotary, None);
+        self.forward_documents(x, rotary, None)
+    }
+
+    /// [`Block::forward`], with `docs` restricted to each document (attention within it,
+    /// positions from 0 at its start); None is [`Block::forward`].
+    pub fn forward_documents(&self, x: &Tensor, rotary: &Rotary, docs: Option<&Documents>) -> Tensor {
+        let normed = self.input_layernorm.forward(x);
+        let attn = match docs {
+            None => self.self_attn.forward(&normed, rotary, None),
+            Some(docs) => self.self_attn.forward_documents(&normed, rotary, docs),
+        };
+        let h = x + attn;
         &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
     }
 
@@ -368,10 +496,12 @@ impl Block {
     /// rotation is spliced out of autograd: graph S1 runs from `x` to QKV; the rotation (a
     /// device kernel where one is installed) makes leaves of Q and K, V is a leaf view of QKV,
     /// and graph S2 runs from those leaves and `x` to the output. With the reference ops it is
-    /// one graph, as in [`Block::forward`].
-    pub fn train_forward(&self, x: &Tensor, rotary: &Rotary) -> BlockTape {
+    /// one graph, as in [`Block::forward`]. With `docs`, attention and rotary positions are
+    /// restricted to each document ([`Block::forward_documents`]); the same `docs` must be
+    /// passed to [`Block::train_backward`].
+    pub fn train_forward(&self, x: &Tensor, rotary: &Rotary, docs: Option<&Documents>) -> BlockTape {
         if !rotary.fused {
-            return BlockTape::Graph(self.forward(x, rotary));
+            return BlockTape::Graph(self.forward_documents(x, rotary, docs));
         }
         let (b, t, d) = x.size3().expect("block input is (B, T, d)");
         let a = &self.self_attn;
@@ -380,20 +510,27 @@ impl Block {
                 .forward(x)
                 .linear(&a.w_pack, None::<Tensor>)
                 .view([b, t, 3, a.num_heads, a.head_dim]); // S1's output
-        let (q, k) = rotary.rotate_qk(&qkv.detach());
+        let (q, k) = match docs {
+            None => rotary.rotate_qk(&qkv.detach()),
+            Some(docs) => rotary.rotate_qk_at(&qkv.detach(), docs.positions()),
+        };
         let (q, k) = (q.set_requires_grad(true), k.set_requires_grad(true));
         let v = qkv.detach().select(2, 2).set_requires_grad(true);
-        let y = Tensor::scaled_dot_product_attention(
-            &q.transpose(1, 2),
-            &k.transpose(1, 2),
-            &v.transpose(1, 2),
-            None::<Tensor>,
-            0.0,
-            true,
-            None,
-            false,
-        ); // (B, nh, T, hd)
-        let y = y.transpose(1, 2).contiguous().view([b, t, d]);
+        let y = match docs {
+            None => Tensor::scaled_dot_product_attention(
+                &q.transpose(1, 2),
+                &k.transpose(1, 2),
+                &v.transpose(1, 2),
+                None::<Tensor>,
+                0.0,
+                true,
+                None,
+                false,
+            )
+            .transpose(1, 2), // (B, T, nh, hd)
+            Some(docs) => docs.attend(&q, &k, &v),
+        };
+        let y = y.contiguous().view([b, t, d]);
         let h = x + y.linear(&a.o_proj, None::<Tensor>);
         let Some(swiglu) = &rotary.swiglu else {
             let out = &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h));
@@ -424,13 +561,15 @@ impl Block {
     /// Back-propagates `grad` (of `tape`'s output) through the block to its input leaf `x` and
     /// its parameters. With `collect`, returns the gradient of `x` and the parameters'
     /// (in [`Block::named_parameters`] order) without touching any `.grad()`; otherwise they
-    /// accumulate into `x.grad()` and the parameters' `.grad()` and None is returned.
+    /// accumulate into `x.grad()` and the parameters' `.grad()` and None is returned. `docs`
+    /// are those `tape` was recorded with.
     pub fn train_backward(
         &self,
         tape: BlockTape,
         x: &Tensor,
         grad: &Tensor,
         rotary: &Rotary,
+        docs: Option<&Documents>,
         collect: bool,
     ) -> Option<(Tensor, Vec<Tensor>)> {
         let params: Vec<&Tensor> = self.named_parameters().into_iter().map(|(_, p)| p).collect();
@@ -487,11 +626,16 @@ impl Block {
                         g2
                     }
                 };
-                let dqkv = if collect {
-                    rotary.unrotate(&g2[0], &g2[1], &g2[2])
+                let (dq, dk, dv) = if collect {
+                    (g2[0].shallow_clone(), g2[1].shallow_clone(), g2[2].shallow_clone())
                 } else {
-                    rotary.unrotate(&q.grad(), &k.grad(), &v.grad())
+                    (q.grad(), k.grad(), v.grad())
                 };
+                let dqkv = match docs {
+                    None => rotary.unrotate(&dq, &dk, &dv),
+                    Some(docs) => rotary.unrotate_at(&dq, &dk, &dv, docs.positions()),
+                };
+                drop((dq, dk, dv));
                 // S1: from QKV to x, the first norm and W_pack
                 let g1 = back(&qkv, &dqkv, &[x, params[0], params[1]]);
                 collect.then(|| {
@@ -745,6 +889,24 @@ impl Baichuan {
         self.head(&h)
     }
 
+    /// The documents of `ids` (B, T) split after each `eos`, in the attention form that suits
+    /// this model's device, dtype and head size ([`DocAttention::preferred`]).
+    pub fn documents(&self, ids: &Tensor, eos: i64) -> Result<Documents, ModelError> {
+        let form = DocAttention::preferred(ids.device(), self.kind(), self.config.head_dim());
+        Documents::new(ids, eos, form)
+    }
+
+    /// [`Baichuan::forward`] with document masking: each token attends only to earlier tokens
+    /// of its own document, at rotary positions counted from the document's start (see
+    /// [`crate::documents`]). `docs` of `ids`; None is [`Baichuan::forward`].
+    pub fn forward_documents(&self, ids: &Tensor, docs: Option<&Documents>) -> Tensor {
+        let mut h = self.embed(ids);
+        for block in &self.layers {
+            h = block.forward_documents(&h, &self.rotary, docs);
+        }
+        self.head(&h)
+    }
+
     /// Incremental forward for decoding: appends `ids` (B, T) after the cached positions and
     /// returns the logits of the last position (B, V).
     pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor, ModelError> {
@@ -899,6 +1061,124 @@ mod tests {
             let again = cross_entropy_aten(&kept, &targets, None);
             assert!(again.equal(&losses));
             assert!(kept.equal(&x));
+        }
+    }
+
+    /// A [`RotaryKernel`] in ATen ops that keeps the kernel's contract to the letter: row t of
+    /// the tables rotates position t of every batch row (as cuda/kernels/rotary.cu indexes them).
+    #[derive(Debug)]
+    struct TableKernel;
+
+    impl RotaryKernel for TableKernel {
+        fn describe(&self) -> String {
+            "test".into()
+        }
+
+        fn forward(&self, qkv: &Tensor, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor) {
+            let size = qkv.size();
+            let (t, hd) = (size[1], size[4]);
+            let (c, s) = (
+                cos.narrow(0, 0, t).view([t, 1, 1, hd]),
+                sin.narrow(0, 0, t).view([t, 1, 1, hd]),
+            );
+            let x = qkv.narrow(2, 0, 2).to_kind(Kind::Float);
+            let rot = Tensor::cat(&[-x.narrow(4, hd / 2, hd / 2), x.narrow(4, 0, hd / 2)], 4);
+            let y = (&x * c + rot * s).to_kind(qkv.kind());
+            (y.select(2, 0).contiguous(), y.select(2, 1).contiguous())
+        }
+
+        fn backward(&self, dq: &Tensor, dk: &Tensor, dv: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+            let size = dq.size();
+            let (t, hd) = (size[1], size[3]);
+            let (c, s) = (
+                cos.narrow(0, 0, t).view([t, 1, 1, hd]),
+                sin.narrow(0, 0, t).view([t, 1, 1, hd]),
+            );
+            let g = Tensor::stack(&[dq, dk], 2).to_kind(Kind::Float);
+            // the transpose of y = x c + rotate_half(x) s: dx = g c - rotate_half(g s)
+            let gs = &g * s;
+            let back = Tensor::cat(&[gs.narrow(4, hd / 2, hd / 2), -gs.narrow(4, 0, hd / 2)], 4);
+            let dx = (g * c + back).to_kind(dq.kind());
+            Tensor::cat(&[dx, dv.unsqueeze(2)], 2)
+        }
+    }
+
+    /// Per-token positions: a row counting from `offset` is `apply`'s and `apply_bt`'s offset
+    /// form; a row of restarts rotates each piece as if it stood alone; and the kernel path
+    /// (the micro-batch flattened to one row with gathered tables) equals the tensor path.
+    #[test]
+    fn rotary_at_positions() {
+        let r = Rotary::new(8, 16, 10000.0, Device::Cpu);
+        let x = Tensor::randn([2, 3, 7, 8], (Kind::Float, Device::Cpu)); // (B, nh, T, hd)
+        let counting = (Tensor::arange(7, (Kind::Int64, Device::Cpu)) + 4).expand([2, 7], false);
+        let max = |a: Tensor| a.abs().max().double_value(&[]);
+        assert!(max(r.apply_at(&x, &counting) - r.apply(&x, 4)) < 1e-6);
+        let xt = x.transpose(1, 2); // (B, T, nh, hd)
+        assert!(max(r.apply_bt_at(&xt, &counting) - r.apply_bt(&xt, 4)) < 1e-6);
+        // positions 0 1 2 0 1 0 1: the pieces rotate as alone at offset 0
+        let restart = Tensor::from_slice(&[0i64, 1, 2, 0, 1, 0, 1])
+            .view([1, 7])
+            .expand([2, 7], false);
+        let y = r.apply_at(&x, &restart);
+        for (start, len) in [(0, 3), (3, 2), (5, 2)] {
+            let alone = r.apply(&x.narrow(2, start, len), 0);
+            assert!(max(y.narrow(2, start, len) - alone) < 1e-6);
+        }
+        // the spliced pair, with and without a kernel, at positions that differ per row
+        let positions = Tensor::from_slice(&[0i64, 1, 2, 0, 1, 0, 1, 0, 0, 1, 2, 3, 4, 5]).view([2, 7]);
+        let qkv = Tensor::randn([2, 7, 3, 3, 8], (Kind::Float, Device::Cpu));
+        let mut with = Rotary::new(8, 16, 10000.0, Device::Cpu);
+        with.kernel = Some(std::sync::Arc::new(TableKernel));
+        let (q0, k0) = r.rotate_qk_at(&qkv, &positions);
+        let (q1, k1) = with.rotate_qk_at(&qkv, &positions);
+        assert!(max(&q0 - q1) < 1e-6 && max(&k0 - k1) < 1e-6);
+        let q_ref = r
+            .apply_at(&qkv.select(2, 0).transpose(1, 2), &positions)
+            .transpose(1, 2);
+        assert!(max(&q0 - q_ref) < 1e-6);
+        // gradients with attention's transposed strides
+        let g: Vec<Tensor> = (0..3)
+            .map(|_| Tensor::randn([2, 3, 7, 8], (Kind::Float, Device::Cpu)).transpose(1, 2))
+            .collect();
+        let d0 = r.unrotate_at(&g[0], &g[1], &g[2], &positions);
+        let d1 = with.unrotate_at(&g[0], &g[1], &g[2], &positions);
+        assert_eq!(d0.size(), vec![2, 7, 3, 3, 8]);
+        assert!(max(&d0 - d1) < 1e-6);
+        // unrotate is the transpose of rotate: <rotate(x), g> = <x, unrotate(g)>
+        let lhs = (q0 * &g[0]).sum(Kind::Double)
+            + (k0 * &g[1]).sum(Kind::Double)
+            + (qkv.select(2, 2) * &g[2]).sum(Kind::Double);
+        let rhs = (&qkv * &d0).sum(Kind::Double);
+        assert!((lhs - rhs).abs().double_value(&[]) < 1e-4);
+    }
+
+    /// With documents: no EOS is plain causal attention, and a packed row's second document
+    /// sees nothing of the first (its logits equal its own forward alone).
+    #[test]
+    fn document_forward_isolates_documents() {
+        tch::manual_seed(5);
+        let mut m = Baichuan::new(&tiny(), Device::Cpu).unwrap();
+        let max = |a: Tensor| a.abs().max().double_value(&[]);
+        for fused in [true, false] {
+            m.set_fused_ops(fused);
+            let plain = Tensor::from_slice(&[3i64, 4, 5, 6, 7, 8]).view([1, 6]);
+            let docs = m.documents(&plain, 2).unwrap();
+            let (a, b) = tch::no_grad(|| (m.forward(&plain), m.forward_documents(&plain, Some(&docs))));
+            assert!(max(a - b) < 1e-5, "fused {fused}");
+            let packed = Tensor::from_slice(&[9i64, 10, 11, 2, 5, 6, 7]).view([1, 7]);
+            let docs = m.documents(&packed, 2).unwrap();
+            let (whole, first, second) = tch::no_grad(|| {
+                (
+                    m.forward_documents(&packed, Some(&docs)),
+                    m.forward(&packed.narrow(1, 0, 4)),
+                    m.forward(&packed.narrow(1, 4, 3)),
+                )
+            });
+            assert!(max(whole.narrow(1, 0, 4) - first) < 1e-5, "fused {fused}");
+            assert!(max(whole.narrow(1, 4, 3) - &second) < 1e-5, "fused {fused}");
+            // without the mask the second document's logits depend on the first
+            let unmasked = tch::no_grad(|| m.forward(&packed));
+            assert!(max(unmasked.narrow(1, 4, 3) - second) > 1e-4);
         }
     }
 

@@ -5,11 +5,13 @@
 pub mod autograd;
 pub mod baichuan;
 pub mod config;
+pub mod documents;
 pub mod generate;
 pub mod hf;
 
 pub use baichuan::{Baichuan, Block, KvCache};
 pub use config::{Layout, ModelConfig};
+pub use documents::{DocAttention, Documents};
 
 /// Errors of the model crate; each message names the file or field and the fix.
 #[derive(Debug, thiserror::Error)]

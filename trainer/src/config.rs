@@ -151,6 +151,106 @@ pub struct DataConfig {
     /// Text lines that were not valid UTF-8 (and were repaired) above this fraction of the
     /// lines stop tokenization: the input is likely not text.
     pub max_invalid_fraction: f64,
+    /// Attention restricted to each packed document (block-diagonal causal), positions
+    /// restarting at each document.
+    pub document_masking: bool,
+    /// With `document_masking`: train on the first token of each document (predicted from the
+    /// previous document's EOS, which then sees nothing of it).
+    pub loss_after_eos: bool,
+    /// Weighted sources (`[[data.sources]]`); when given, they replace `data.path`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceConfig>,
+    /// Later phases of the sources' weights (`[[data.phases]]`), in increasing `start_step`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<PhaseConfig>,
+}
+
+/// One `[[data.sources]]` table: a named source of training text or shards and its weight.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    /// Files or directories, as `data.path`.
+    pub path: Vec<PathBuf>,
+    /// Relative weight (normalised over the sources).
+    #[serde(default = "one")]
+    pub weight: f64,
+    /// Defaults to `data.format`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DataFormat>,
+    /// Defaults to `data.text_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_key: Option<String>,
+    /// This source's held-out data; empty: `valid_fraction` of its stream.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub valid: Vec<PathBuf>,
+    /// Defaults to `data.valid_fraction`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_fraction: Option<f64>,
+    /// The most epochs (passes, may be fractional) of this source over the run; past it the
+    /// run stops with a message. None: it repeats as often as its weight needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_epochs: Option<f64>,
+    /// The most tokens drawn from this source over the run, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// One `[[data.phases]]` table: the sources' weights from `start_step` on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseConfig {
+    /// The first step (counted from 1, as the logs count) drawn with these weights.
+    pub start_step: u64,
+    /// Weight by source name; a source not named gets 0.
+    pub weights: std::collections::BTreeMap<String, f64>,
+}
+
+impl DataConfig {
+    /// The mixture of `[[data.sources]]` and `[[data.phases]]` (without caps, which need the
+    /// sources' sizes), or None for a single stream.
+    pub fn mixture(&self) -> Result<Option<baichuan_data::Mixture>> {
+        if self.sources.is_empty() {
+            if !self.phases.is_empty() {
+                bail!(
+                    "[[data.phases]] given without [[data.sources]]; HINT: phases change the weights of named sources"
+                );
+            }
+            return Ok(None);
+        }
+        let names: Vec<String> = self.sources.iter().map(|s| s.name.clone()).collect();
+        let mut later = Vec::new();
+        for p in &self.phases {
+            if p.start_step < 2 {
+                bail!(
+                    "data.phases: start_step = {} must be at least 2 (steps count from 1, and step 1 draws with the \
+                     sources' own weights)",
+                    p.start_step
+                );
+            }
+            if let Some(bad) = p.weights.keys().find(|k| !names.contains(k)) {
+                bail!(
+                    "data.phases (start_step {}): weight for {bad:?}, which is not a source; HINT: the sources are {names:?}",
+                    p.start_step
+                );
+            }
+            let w = names.iter().map(|n| p.weights.get(n).copied().unwrap_or(0.0)).collect();
+            later.push((p.start_step - 1, w)); // the mixture counts global batches from 0
+        }
+        if let Some(w) = self.phases.windows(2).find(|w| w[1].start_step <= w[0].start_step) {
+            bail!(
+                "data.phases: start_step {} follows start_step {}; HINT: list phases in increasing start_step",
+                w[1].start_step,
+                w[0].start_step
+            );
+        }
+        let weights = self.sources.iter().map(|s| s.weight).collect();
+        Ok(Some(baichuan_data::Mixture::new(names, weights, later)?))
+    }
 }
 
 impl Default for DataConfig {
@@ -168,6 +268,10 @@ impl Default for DataConfig {
             prefetch: 2,
             verify_shards: true,
             max_invalid_fraction: 0.1,
+            document_masking: false,
+            loss_after_eos: true,
+            sources: Vec::new(),
+            phases: Vec::new(),
         }
     }
 }
@@ -559,9 +663,43 @@ impl RunConfig {
                 self.eval.interval
             );
         }
-        if d.path.is_empty() {
+        if d.path.is_empty() && d.sources.is_empty() {
             bail!("data.path is empty: name at least one file or directory of training text");
         }
+        if !d.sources.is_empty() && d.path != DataConfig::default().path {
+            bail!(
+                "both data.path and [[data.sources]] are set; HINT: move data.path into a [[data.sources]] table (or \
+                 remove the sources)"
+            );
+        }
+        for s in &d.sources {
+            if s.path.is_empty() {
+                bail!(
+                    "data.sources {:?}: path is empty; HINT: name its files or directories",
+                    s.name
+                );
+            }
+            if s.valid_fraction.is_some_and(|f| !(0.0..0.5).contains(&f)) {
+                bail!("data.sources {:?}: valid_fraction must be in [0, 0.5)", s.name);
+            }
+            if s.max_epochs.is_some_and(|e| e.is_nan() || e <= 0.0) || s.max_tokens == Some(0) {
+                bail!(
+                    "data.sources {:?}: max_epochs and max_tokens must be positive; HINT: leave them out for no cap",
+                    s.name
+                );
+            }
+            if s.name
+                .chars()
+                .any(|c| !(c.is_alphanumeric() || c == '-' || c == '_' || c == '.'))
+            {
+                bail!(
+                    "data.sources {:?}: a name may hold letters, digits, '-', '_' and '.' (it names the source's cache \
+                     directory and its metrics)",
+                    s.name
+                );
+            }
+        }
+        d.mixture().context("[data]")?;
         if t.micro_batch_size <= 0 || t.global_batch_size <= 0 {
             bail!("train.micro_batch_size and train.global_batch_size must be positive");
         }
@@ -716,6 +854,21 @@ mod tests {
             },
             data: DataConfig {
                 cache_dir: Some("x".into()),
+                sources: vec![SourceConfig {
+                    name: "x".into(),
+                    path: vec!["x".into()],
+                    weight: 1.0,
+                    format: None,
+                    text_key: None,
+                    valid: Vec::new(),
+                    valid_fraction: None,
+                    max_epochs: None,
+                    max_tokens: None,
+                }],
+                phases: vec![PhaseConfig {
+                    start_step: 2,
+                    weights: Default::default(),
+                }],
                 ..DataConfig::default()
             },
             ..RunConfig::default()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use baichuan_data::prepare::{prepare, Manifest, PrepareOptions, PrepareSummary, MANIFEST_FILE};
 use baichuan_data::shard::ShardSet;
-use baichuan_data::{Batch, Interleaved, Loader, Prefetcher, TokenRange, TokenSource, Tokenizer};
+use baichuan_data::{Batch, Interleaved, Loader, Mixture, Prefetcher, TokenRange, TokenSource, Tokenizer};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{DataFormat, RunConfig, ValidSplit};
@@ -51,11 +51,14 @@ pub fn spread_blocks(total: u64, seq: u64, fraction: f64) -> (u64, u64) {
 /// The data of one rank.
 pub struct Datasets {
     pub train: Prefetcher<Stream>,
-    /// The same validation batches at every evaluation (this rank's rows), if any.
-    pub valid: Vec<Batch>,
+    /// The same validation batches at every evaluation (this rank's rows): one set for a
+    /// single stream (no name), one per source of a mixture that has held-out data.
+    pub valid: Vec<(Option<String>, Vec<Batch>)>,
     pub train_tokens: u64,
     pub vocab_size: u64,
     pub samples_per_epoch: u64,
+    /// Mixtures only.
+    pub mixture: Option<MixtureInfo>,
 }
 
 /// A byte progress bar with MB/s and ETA.
@@ -97,20 +100,31 @@ pub fn print_summary(s: &PrepareSummary, out: &Path) {
     );
 }
 
+/// Where `data.valid` text is tokenized: beside the training cache and named after it
+/// (`<cache>-valid`), so runs whose caches share a parent directory never share it.
+pub fn valid_cache(cache: &Path) -> PathBuf {
+    let name = cache
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "token-cache".into());
+    cache.with_file_name(format!("{name}-valid"))
+}
+
 /// Opens the tokens of `paths` in `format`, tokenizing text into `cache` first when needed.
 fn open_stream(
     config: &RunConfig,
+    input: &Input,
     paths: &[PathBuf],
     cache: &Path,
     tokenizer: &Path,
     verbose: bool,
 ) -> Result<ShardSet> {
     let d = &config.data;
-    match d.format {
+    match input.format {
         DataFormat::Text | DataFormat::Jsonl => {
             let tok = Tokenizer::open(tokenizer)?;
             let mut opts = PrepareOptions::new(paths.to_vec(), cache.to_path_buf());
-            opts.text_key = d.text_key.clone();
+            opts.text_key = input.text_key.clone();
             opts.max_invalid_fraction = d.max_invalid_fraction;
             let bar = byte_bar(0, "tokenizing");
             if !verbose {
@@ -120,7 +134,7 @@ fn open_stream(
                 bar.set_length(total);
                 bar.set_position(done);
             })
-            .with_context(|| format!("tokenizing data.path into the cache {}", cache.display()))?;
+            .with_context(|| format!("tokenizing {} into the cache {}", input.label, cache.display()))?;
             bar.finish_and_clear();
             if verbose {
                 print_summary(&summary, cache);
@@ -135,7 +149,11 @@ fn open_stream(
                 } else if p.is_file() {
                     shards.push(p.clone());
                 } else {
-                    bail!("{}: neither a prepared directory (no {MANIFEST_FILE}) nor a shard file; HINT: run `baichuan prepare`", p.display());
+                    bail!(
+                        "{} ({}): neither a prepared directory (no {MANIFEST_FILE}) nor a shard file; HINT: run `baichuan prepare`",
+                        p.display(),
+                        input.label
+                    );
                 }
             }
             Ok(ShardSet::open(&shards)?)
@@ -143,14 +161,128 @@ fn open_stream(
     }
 }
 
-/// Where `data.valid` text is tokenized: beside the training cache and named after it
-/// (`<cache>-valid`), so runs whose caches share a parent directory never share it.
-pub fn valid_cache(cache: &Path) -> PathBuf {
-    let name = cache
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "token-cache".into());
-    cache.with_file_name(format!("{name}-valid"))
+/// One input of the run: `data.path` or one of `[[data.sources]]`.
+struct Input {
+    /// For messages: `data.path` or `data.sources "name"`.
+    label: String,
+    format: DataFormat,
+    text_key: String,
+    paths: Vec<PathBuf>,
+    valid: Vec<PathBuf>,
+    valid_fraction: f64,
+    cache: PathBuf,
+}
+
+/// The training side and the held-out side (if any) of one input, and its vocabulary.
+struct Opened {
+    train: Split,
+    valid: Option<Split>,
+    vocab: u64,
+}
+
+/// Opens `input` and splits off its held-out part as `data.valid`/`valid_fraction` say.
+fn open_input(config: &RunConfig, input: &Input, tokenizer: &Path, model_vocab: i64, verbose: bool) -> Result<Opened> {
+    let d = &config.data;
+    let all = Arc::new(open_stream(
+        config,
+        input,
+        &input.paths,
+        &input.cache,
+        tokenizer,
+        verbose,
+    )?);
+    if all.vocab_size() > model_vocab as u64 {
+        bail!(
+            "{}: the data was tokenized with a {}-piece vocabulary but model.vocab_size is {model_vocab}; \
+             HINT: use the model's tokenizer, or set model.vocab_size >= {}",
+            input.label,
+            all.vocab_size(),
+            all.vocab_size()
+        );
+    }
+    all.check(model_vocab as u64, d.verify_shards)?;
+    let seq = d.seq_len as u64;
+    let total = all.num_tokens();
+    let label = &input.label;
+    let (train, valid) = if !input.valid.is_empty() {
+        let valid = Arc::new(open_stream(
+            config,
+            input,
+            &input.valid,
+            &valid_cache(&input.cache),
+            tokenizer,
+            verbose,
+        )?);
+        valid.check(model_vocab as u64, d.verify_shards)?;
+        let n = valid.num_tokens();
+        (
+            Split::Range(TokenRange::new(all.clone(), 0, total)),
+            Some(Split::Range(TokenRange::new(valid, 0, n))),
+        )
+    } else if input.valid_fraction > 0.0 && d.valid_split == ValidSplit::End {
+        let held = ((total as f64 * input.valid_fraction).ceil() as u64).max(seq + 1);
+        if held + seq + 1 > total {
+            bail!(
+                "{label}: data.valid_fraction = {} holds out {held} tokens (at least data.seq_len + 1) and leaves too \
+                 little training data in {total} tokens; HINT: lower data.seq_len or data.valid_fraction, or add data",
+                input.valid_fraction
+            );
+        }
+        (
+            Split::Range(TokenRange::new(all.clone(), 0, total - held)),
+            Some(Split::Range(TokenRange::new(all.clone(), total - held, held))),
+        )
+    } else if input.valid_fraction > 0.0 {
+        let (block, period) = spread_blocks(total, seq, input.valid_fraction);
+        let held = Interleaved::new(all.clone(), block, period, true);
+        if held.num_tokens() < seq + 1 {
+            bail!(
+                "{label}: data.valid_fraction = {} with data.valid_split = \"spread\" holds out {} tokens of {total} \
+                 (every {period}th block of {block}), fewer than data.seq_len + 1; HINT: raise data.valid_fraction, \
+                 lower data.seq_len, or add data",
+                input.valid_fraction,
+                held.num_tokens()
+            );
+        }
+        (
+            Split::Spread(Interleaved::new(all.clone(), block, period, false)),
+            Some(Split::Spread(held)),
+        )
+    } else {
+        (Split::Range(TokenRange::new(all.clone(), 0, total)), None)
+    };
+    Ok(Opened {
+        train,
+        valid,
+        vocab: all.vocab_size(),
+    })
+}
+
+/// The fixed validation batches of this rank from `range` (`eval.batches`, or as many as it holds).
+fn valid_batches(
+    config: &RunConfig,
+    range: Split,
+    label: &str,
+    rank: u64,
+    world: u64,
+    verbose: bool,
+) -> Result<Vec<Batch>> {
+    let (seq, global) = (config.data.seq_len as u64, config.train.global_batch_size as u64);
+    let tokens = range.num_tokens();
+    let hint = "HINT: raise data.valid_fraction or add validation data";
+    let mut l = Loader::new(range, seq, global, config.job.seed, rank, world)
+        .with_context(|| format!("{label}: the validation data is smaller than one global batch; {hint}"))?;
+    let available = l.order().num_samples() / global;
+    if available == 0 {
+        bail!(
+            "{label}: validation data holds {tokens} tokens, fewer than one global batch of {global} x {seq}; {hint}"
+        );
+    }
+    let n = config.eval.batches.min(available).max(1);
+    if verbose {
+        println!("data: {label}: {tokens} validation tokens; {n} fixed batches per evaluation");
+    }
+    Ok((0..n).map(|_| l.next_batch()).collect())
 }
 
 /// Builds the data of rank `rank` of `world`.
@@ -167,97 +299,162 @@ pub fn open(
         .cache_dir
         .clone()
         .unwrap_or_else(|| config.job.run_dir.join("token-cache"));
-    let all = Arc::new(open_stream(config, &d.path, &cache, tokenizer, verbose)?);
-    if all.vocab_size() > model_vocab as u64 {
-        bail!(
-            "the data was tokenized with a {}-piece vocabulary but model.vocab_size is {model_vocab}; \
-             HINT: use the model's tokenizer, or set model.vocab_size >= {}",
-            all.vocab_size(),
-            all.vocab_size()
-        );
-    }
-    all.check(model_vocab as u64, d.verify_shards)?;
     let seq = d.seq_len as u64;
     let global = config.train.global_batch_size as u64;
-    let total = all.num_tokens();
-    let (train_range, valid_range) = if !d.valid.is_empty() {
-        let valid = Arc::new(open_stream(config, &d.valid, &valid_cache(&cache), tokenizer, verbose)?);
-        valid.check(model_vocab as u64, d.verify_shards)?;
-        let n = valid.num_tokens();
-        (
-            Split::Range(TokenRange::new(all.clone(), 0, total)),
-            Some(Split::Range(TokenRange::new(valid, 0, n))),
-        )
-    } else if d.valid_fraction > 0.0 && d.valid_split == ValidSplit::End {
-        let held = ((total as f64 * d.valid_fraction).ceil() as u64).max(seq + 1);
-        if held + seq + 1 > total {
-            bail!(
-                "data.valid_fraction = {} holds out {held} tokens (at least data.seq_len + 1) and leaves too little \
-             training data in {total} tokens; HINT: lower data.seq_len or data.valid_fraction, or add data",
-                d.valid_fraction
+    let Some(mut mixture) = d.mixture()? else {
+        let input = Input {
+            label: "data.path".into(),
+            format: d.format,
+            text_key: d.text_key.clone(),
+            paths: d.path.clone(),
+            valid: d.valid.clone(),
+            valid_fraction: d.valid_fraction,
+            cache,
+        };
+        let opened = open_input(config, &input, tokenizer, model_vocab, verbose)?;
+        let train_tokens = opened.train.num_tokens();
+        let loader = Loader::new(opened.train, seq, global, config.job.seed, rank, world)
+            .context("[data] with [train] batch sizes")?;
+        let order = loader.order().clone();
+        if verbose {
+            println!(
+                "data: {} training tokens = {} samples of {}+1 per epoch ({} global batches); {} tail tokens fall outside this epoch's samples",
+                train_tokens,
+                order.num_samples(),
+                seq,
+                order.num_samples() / global,
+                order.leftover_tokens(train_tokens)
             );
         }
-        (
-            Split::Range(TokenRange::new(all.clone(), 0, total - held)),
-            Some(Split::Range(TokenRange::new(all.clone(), total - held, held))),
-        )
-    } else if d.valid_fraction > 0.0 {
-        let (block, period) = spread_blocks(total, seq, d.valid_fraction);
-        let held = Interleaved::new(all.clone(), block, period, true);
-        if held.num_tokens() < seq + 1 {
-            bail!(
-                "data.valid_fraction = {} with data.valid_split = \"spread\" holds out {} tokens of {total} (every \
-                 {period}th block of {block}), fewer than data.seq_len + 1; HINT: raise data.valid_fraction, lower \
-                 data.seq_len, or add data",
-                d.valid_fraction,
-                held.num_tokens()
-            );
-        }
-        (
-            Split::Spread(Interleaved::new(all.clone(), block, period, false)),
-            Some(Split::Spread(held)),
-        )
-    } else {
-        (Split::Range(TokenRange::new(all.clone(), 0, total)), None)
+        let valid = match opened.valid {
+            None => Vec::new(),
+            Some(range) => valid_batches(config, range, "data", rank, world, verbose)?,
+        };
+        return Ok(Datasets {
+            train: Prefetcher::new(loader, d.prefetch),
+            valid: if valid.is_empty() {
+                Vec::new()
+            } else {
+                vec![(None, valid)]
+            },
+            train_tokens,
+            vocab_size: opened.vocab,
+            samples_per_epoch: order.num_samples(),
+            mixture: None,
+        });
     };
-    let train_tokens = train_range.num_tokens();
-    let loader = Loader::new(train_range, seq, global, config.job.seed, rank, world)
-        .context("[data] with [train] batch sizes")?;
-    let order = loader.order().clone();
-    if verbose {
-        println!(
-        "data: {} training tokens = {} samples of {}+1 per epoch ({} global batches); {} tail tokens fall outside this epoch's samples",
-        train_tokens,
-        order.num_samples(),
-        seq,
-        order.num_samples() / global,
-        order.leftover_tokens(train_tokens)
-    );
+    let mut trains = Vec::new();
+    let mut valid = Vec::new();
+    let mut vocab = 0;
+    let mut samples = Vec::new();
+    for s in &d.sources {
+        let label = format!("data.sources {:?}", s.name);
+        let input = Input {
+            label: label.clone(),
+            format: s.format.unwrap_or(d.format),
+            text_key: s.text_key.clone().unwrap_or_else(|| d.text_key.clone()),
+            paths: s.path.clone(),
+            valid: s.valid.clone(),
+            valid_fraction: s.valid_fraction.unwrap_or(d.valid_fraction),
+            cache: source_cache(&cache, &s.name),
+        };
+        let opened = open_input(config, &input, tokenizer, model_vocab, verbose)?;
+        vocab = vocab.max(opened.vocab);
+        let n = baichuan_data::SampleOrder::new(opened.train.num_tokens(), seq, 0)
+            .with_context(|| label.clone())?
+            .num_samples();
+        samples.push(n);
+        if let Some(range) = opened.valid {
+            valid.push((
+                Some(s.name.clone()),
+                valid_batches(config, range, &label, rank, world, verbose)?,
+            ));
+        }
+        trains.push(opened.train);
     }
-    let valid = match valid_range {
-        None => Vec::new(),
-        Some(range) => {
-            let tokens = range.num_tokens();
-            let mut l = Loader::new(range, seq, global, config.job.seed, rank, world)
-                .context("the validation data is smaller than one global batch; HINT: raise data.valid_fraction or add data.valid")?;
-            let available = l.order().num_samples() / global;
-            if available == 0 {
-                bail!("validation data holds {tokens} tokens, fewer than one global batch of {global} x {seq}; HINT: raise data.valid_fraction");
-            }
-            let n = config.eval.batches.min(available).max(1);
-            if verbose {
-                println!("data: {tokens} validation tokens; {n} fixed batches per evaluation");
-            }
-            (0..n).map(|_| l.next_batch()).collect()
+    for (i, s) in d.sources.iter().enumerate() {
+        let by_epochs = s.max_epochs.map(|e| (e * samples[i] as f64).floor() as u64);
+        let by_tokens = s.max_tokens.map(|t| t / seq);
+        let cap = match (by_epochs, by_tokens) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        mixture.set_cap(i, cap);
+    }
+    let train_tokens = trains.iter().map(TokenSource::num_tokens).sum();
+    let loader = Loader::mixed(trains, mixture.clone(), seq, global, config.job.seed, rank, world)
+        .context("[[data.sources]] with [train] batch sizes")?;
+    if verbose {
+        let weights = &mixture.phase_at(0).weights;
+        for (i, s) in d.sources.iter().enumerate() {
+            println!(
+                "data: source {:?}: {} samples of {}+1 per epoch, weight {:.4}{}",
+                s.name,
+                samples[i],
+                seq,
+                weights[i],
+                mixture.caps()[i].map_or(String::new(), |c| format!(", at most {c} samples"))
+            );
         }
-    };
+        for p in &mixture.phases()[1..] {
+            println!("data: from step {} the weights are {:?}", p.start_step + 1, p.weights);
+        }
+    }
     Ok(Datasets {
         train: Prefetcher::new(loader, d.prefetch),
         valid,
         train_tokens,
-        vocab_size: all.vocab_size(),
-        samples_per_epoch: order.num_samples(),
+        vocab_size: vocab,
+        samples_per_epoch: samples.iter().sum(),
+        mixture: Some(MixtureInfo {
+            mixture,
+            samples_per_epoch: samples,
+            seed: config.job.seed,
+            global,
+        }),
     })
+}
+
+/// Where source `name` is tokenized: `<cache>-<name>` beside the run's cache.
+pub fn source_cache(cache: &Path, name: &str) -> PathBuf {
+    let base = cache
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "token-cache".into());
+    cache.with_file_name(format!("{base}-{name}"))
+}
+
+/// A mixture's schedule and its sources' sizes, for the run's accounting and its stop.
+#[derive(Debug, Clone)]
+pub struct MixtureInfo {
+    pub mixture: Mixture,
+    pub samples_per_epoch: Vec<u64>,
+    pub seed: u64,
+    pub global: u64,
+}
+
+impl Datasets {
+    /// The first step before `steps` whose batch would draw a source past its cap, counted
+    /// from the loader's current state, as a message; None if the run can reach `steps`.
+    pub fn exhaustion(&self, steps: u64) -> Option<(u64, String)> {
+        let m = self.mixture.as_ref()?;
+        let state = self.train.state();
+        let drawn: Vec<u64> = state.sources.iter().map(|s| s.drawn).collect();
+        let e = m
+            .mixture
+            .first_exhaustion(m.seed, m.global, state.next_sample / m.global, steps, &drawn)?;
+        let name = &m.mixture.names[e.source];
+        Some((
+            e.step,
+            format!(
+                "source {name:?} reaches its cap of {} samples ({:.2} epochs; data.sources max_epochs / max_tokens) at \
+                 step {} of {steps}",
+                e.cap,
+                e.cap as f64 / m.samples_per_epoch[e.source] as f64,
+                e.step + 1
+            ),
+        ))
+    }
 }
 
 fn is_shard_file(p: &Path) -> bool {

@@ -50,6 +50,11 @@ enum Command {
     },
     /// Remove exact and near-duplicate documents and sentences (MinHash-LSH), in stages or at once.
     Dedup(baichuan_curate::cli::dedup::DedupArgs),
+    /// Learn the weights of a `[[data.sources]]` mixture (`mixture doremi`).
+    Mixture {
+        #[command(subcommand)]
+        what: cli::mixture::MixtureCommand,
+    },
     /// Plot the metrics of one or more run directories (overlaid) into a PNG.
     Plot(cli::plot::PlotArgs),
     /// Parameter count, FLOPs per token, the per-GPU memory plan and the checkpoint of a config.
@@ -88,6 +93,7 @@ fn main() -> Result<()> {
             QualityCommand::Score(a) => baichuan_curate::cli::quality::score(a),
             QualityCommand::Perplexity(a) => cli::perplexity::run(a),
         },
+        Command::Mixture { what } => cli::mixture::run(what),
         Command::Plot(a) => cli::plot::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::Prepare(a) => cli::prepare::run(a),

@@ -13,10 +13,15 @@
 //! The loss is the mean token cross-entropy in fp32, computed in chunks of the sequence so
 //! the full (B, T, V) logits never exist at once; each chunk is back-propagated at once,
 //! with the head spliced out of autograd (see [`chunked_cross_entropy`]).
+//!
+//! With [`DocMasking`] (`data.document_masking`), each packed document is seen alone:
+//! attention and rotary positions restart after every EOS (`baichuan_model::documents`), and
+//! unless `loss_after_eos` the target after an EOS (the next document's first token, which
+//! nothing in its own document predicts) is ignored, the mean running over the scored tokens.
 
 use baichuan_model::autograd;
-use baichuan_model::baichuan::BlockTape;
-use baichuan_model::Baichuan;
+use baichuan_model::baichuan::{BlockTape, IGNORE_INDEX};
+use baichuan_model::{Baichuan, Documents};
 use tch::{Kind, Tensor};
 
 pub use crate::dist::buckets::Unit;
@@ -81,6 +86,42 @@ pub(crate) fn chunked_cross_entropy(
     total
 }
 
+/// Document masking of packed samples (the `data.document_masking` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DocMasking {
+    /// The id that ends every document.
+    pub eos: i64,
+    /// Whether the token after an EOS (the next document's first) is a target; if not, its
+    /// loss is ignored, since nothing of its own document precedes it.
+    pub loss_after_eos: bool,
+}
+
+/// Inputs `tokens[:, :T]`, targets `tokens[:, 1:]` of a micro-batch (B, T+1), with `masking`
+/// the inputs' documents and the targets after an EOS ignored (unless `loss_after_eos`), and
+/// the number of scored targets (read from the device when some may be ignored).
+fn inputs_targets(
+    model: &Baichuan,
+    tokens: &Tensor,
+    masking: Option<&DocMasking>,
+) -> (Tensor, Tensor, Option<Documents>, f64) {
+    let t = tokens.size()[1] - 1;
+    let (inputs, targets) = (tokens.narrow(1, 0, t), tokens.narrow(1, 1, t));
+    let Some(m) = masking else {
+        let n = targets.numel() as f64;
+        return (inputs, targets, None, n);
+    };
+    let docs = model
+        .documents(&inputs, m.eos)
+        .unwrap_or_else(|e| panic!("document masking: {e}"));
+    if m.loss_after_eos {
+        let n = targets.numel() as f64;
+        return (inputs, targets, Some(docs), n);
+    }
+    let targets = targets.masked_fill(&inputs.eq(m.eos), IGNORE_INDEX);
+    let scored = targets.ne(IGNORE_INDEX).sum(Kind::Int64).int64_value(&[]);
+    (inputs, targets, Some(docs), scored.max(1) as f64)
+}
+
 /// Which blocks drop their activations after forward and recompute them just before their
 /// backward (activation checkpointing, Chen et al. 2016): `none`, `full`, or every n-th block.
 pub fn recompute_plan(layers: usize, mode: crate::config::Checkpointing, every: usize) -> Vec<bool> {
@@ -95,21 +136,25 @@ pub fn recompute_plan(layers: usize, mode: crate::config::Checkpointing, every: 
 }
 
 /// What forward leaves for backward: the embedding's output, each block's detached input (a
-/// leaf), each block's tape (None for recomputed blocks), and the top leaf.
+/// leaf), each block's tape (None for recomputed blocks), the top leaf, the targets, the
+/// documents (with masking) and the number of scored targets.
 pub struct Forward {
     embedded: Tensor,
     leaves: Vec<Tensor>,
     tapes: Vec<Option<BlockTape>>,
     top: Tensor,
     targets: Tensor,
+    docs: Option<Documents>,
+    n_tokens: f64,
 }
 
 /// Forward of one micro-batch of `tokens` (B, T+1) int64: inputs `tokens[:, :T]`, targets
 /// `tokens[:, 1:]`. Every block starts from a detached leaf; blocks marked in `recompute`
-/// run without recording a graph.
-pub fn forward(model: &Baichuan, tokens: &Tensor, recompute: &[bool]) -> Forward {
-    let t = tokens.size()[1] - 1;
-    let embedded = model.embed(&tokens.narrow(1, 0, t)); // (B, T, d)
+/// run without recording a graph. With `masking`, attention and positions are per document
+/// (see [`DocMasking`]).
+pub fn forward(model: &Baichuan, tokens: &Tensor, recompute: &[bool], masking: Option<&DocMasking>) -> Forward {
+    let (inputs, targets, docs, n_tokens) = inputs_targets(model, tokens, masking);
+    let embedded = model.embed(&inputs); // (B, T, d)
     let layers = model.layers.len();
     let mut leaves = Vec::with_capacity(layers);
     let mut tapes = Vec::with_capacity(layers);
@@ -118,10 +163,15 @@ pub fn forward(model: &Baichuan, tokens: &Tensor, recompute: &[bool]) -> Forward
         let x = h.set_requires_grad(true);
         if recompute.get(i).copied().unwrap_or(false) {
             // only the input is kept; the same ops as the recomputation in backward
-            h = tch::no_grad(|| model.layers[i].train_forward(&x, &model.rotary).output().detach());
+            h = tch::no_grad(|| {
+                model.layers[i]
+                    .train_forward(&x, &model.rotary, docs.as_ref())
+                    .output()
+                    .detach()
+            });
             tapes.push(None);
         } else {
-            let tape = model.layers[i].train_forward(&x, &model.rotary);
+            let tape = model.layers[i].train_forward(&x, &model.rotary, docs.as_ref());
             h = tape.output().detach();
             tapes.push(Some(tape));
         }
@@ -132,7 +182,9 @@ pub fn forward(model: &Baichuan, tokens: &Tensor, recompute: &[bool]) -> Forward
         leaves,
         tapes,
         top: h.set_requires_grad(true),
-        targets: tokens.narrow(1, 1, t),
+        targets,
+        docs,
+        n_tokens,
     }
 }
 
@@ -210,8 +262,9 @@ pub fn backward(
         mut tapes,
         top,
         targets,
+        docs,
+        n_tokens,
     } = fwd;
-    let n_tokens = targets.numel() as f64;
     let loss_sum = chunked_cross_entropy(model, &top, &targets, chunk_tokens, Some(grad_scale / n_tokens));
     let handing_off = on_unit.is_some();
     let mut done = |unit: Unit, grads: &[Tensor]| {
@@ -226,9 +279,9 @@ pub fn backward(
         let block = &model.layers[i];
         let tape = match tapes[i].take() {
             Some(tape) => tape,
-            None => block.train_forward(&leaves[i], &model.rotary), // recomputed
+            None => block.train_forward(&leaves[i], &model.rotary, docs.as_ref()), // recomputed
         };
-        match block.train_backward(tape, &leaves[i], &grad, &model.rotary, handing_off) {
+        match block.train_backward(tape, &leaves[i], &grad, &model.rotary, docs.as_ref(), handing_off) {
             Some((dx, grads)) => {
                 done(Unit::Block(i), &grads);
                 grad = dx;
@@ -258,23 +311,24 @@ pub fn forward_backward(
     grad_scale: f64,
     chunk_tokens: i64,
     recompute: &[bool],
+    masking: Option<&DocMasking>,
     on_unit: Option<HandOff>,
 ) -> f64 {
-    let fwd = forward(model, tokens, recompute);
+    let fwd = forward(model, tokens, recompute, masking);
     backward(model, fwd, grad_scale, chunk_tokens, on_unit)
 }
 
-/// Mean token loss of a batch without gradients (evaluation), chunked like training.
-pub fn eval_loss(model: &Baichuan, tokens: &Tensor, chunk_tokens: i64) -> f64 {
+/// Mean token loss of a batch without gradients (evaluation), chunked like training, with
+/// `masking` as in [`forward`].
+pub fn eval_loss(model: &Baichuan, tokens: &Tensor, chunk_tokens: i64, masking: Option<&DocMasking>) -> f64 {
     tch::no_grad(|| {
-        let (b, t1) = tokens.size2().expect("tokens are (B, T+1)");
-        let t = t1 - 1;
-        let mut h = model.embed(&tokens.narrow(1, 0, t));
-        for i in 0..model.layers.len() {
-            h = model.block(i, &h);
+        let (inputs, targets, docs, n_tokens) = inputs_targets(model, tokens, masking);
+        let mut h = model.embed(&inputs);
+        for block in &model.layers {
+            h = block.forward_documents(&h, &model.rotary, docs.as_ref());
         }
-        let total = chunked_cross_entropy(model, &h, &tokens.narrow(1, 1, t), chunk_tokens, None);
-        total.double_value(&[]) / (b * t) as f64
+        let total = chunked_cross_entropy(model, &h, &targets, chunk_tokens, None);
+        total.double_value(&[]) / n_tokens
     })
 }
 
@@ -325,7 +379,7 @@ mod tests {
             if mlp {
                 m1.rotary.swiglu = Some(std::sync::Arc::new(baichuan_model::baichuan::SwigluAten));
             }
-            let loss1 = forward_backward(&m1, &tokens, 1.0, 1 << 20, &[], None);
+            let loss1 = forward_backward(&m1, &tokens, 1.0, 1 << 20, &[], None, None);
             let logits = m2.forward(&tokens.narrow(1, 0, 16)).to_kind(Kind::Float);
             let loss2 = logits.view([-1, 97]).cross_entropy_loss::<Tensor>(
                 &tokens.narrow(1, 1, 16).reshape([-1]),
@@ -361,7 +415,7 @@ mod tests {
             Tensor::randint(97, [2, 17], (Kind::Int64, Device::Cpu)),
         ];
         for tokens in &batches {
-            forward_backward(&m1, tokens, 0.5, 1 << 20, &[false, true, false], None);
+            forward_backward(&m1, tokens, 0.5, 1 << 20, &[false, true, false], None, None);
         }
         // as the reducer does: this micro-batch's gradient plus the earlier ones in .grad
         let mut got: Vec<(Unit, Vec<Tensor>)> = Vec::new();
@@ -377,13 +431,14 @@ mod tests {
                 .collect();
             got.push((unit, totals));
         };
-        forward_backward(&m2, &batches[0], 0.5, 1 << 20, &[false, true, false], None);
+        forward_backward(&m2, &batches[0], 0.5, 1 << 20, &[false, true, false], None, None);
         forward_backward(
             &m2,
             &batches[1],
             0.5,
             1 << 20,
             &[false, true, false],
+            None,
             Some(&mut collect),
         );
         let units: Vec<Unit> = got.iter().map(|(u, _)| *u).collect();
@@ -426,7 +481,7 @@ mod tests {
         // each micro-batch's gradient alone, flattened in fp32, summed in fp32
         let mut want = Tensor::zeros([total], (Kind::Float, Device::Cpu));
         for tokens in &batches {
-            forward_backward(&m, tokens, 0.25, 1 << 20, &[], None);
+            forward_backward(&m, tokens, 0.25, 1 << 20, &[], None, None);
             let flat: Vec<Tensor> = m
                 .parameters()
                 .iter()
@@ -442,7 +497,7 @@ mod tests {
             let mut to = MicroBatchHandOff::new(&mut reducer, &m, &Solo, micro as i64, 4, true);
             assert!(to.active(), "stage 0 sums every micro-batch in the buffer");
             let mut f = |unit, fresh: &[Tensor]| to.unit(unit, fresh);
-            forward_backward(&m, tokens, 0.25, 1 << 20, &[true, false, false], Some(&mut f));
+            forward_backward(&m, tokens, 0.25, 1 << 20, &[true, false, false], None, Some(&mut f));
         }
         reducer.finish().unwrap();
         let got = reducer.grad_shard();
@@ -452,11 +507,11 @@ mod tests {
         let mut bf16_sum = GradReducer::new(&slots, 3, 1 << 10, 0, vec![(0, total as usize)], 0, Device::Cpu);
         for (micro, tokens) in batches.iter().enumerate() {
             if micro < 3 {
-                forward_backward(&m, tokens, 0.25, 1 << 20, &[], None);
+                forward_backward(&m, tokens, 0.25, 1 << 20, &[], None, None);
             } else {
                 let mut to = MicroBatchHandOff::new(&mut bf16_sum, &m, &Solo, 3, 4, true);
                 let mut f = |unit, fresh: &[Tensor]| to.unit(unit, fresh);
-                forward_backward(&m, tokens, 0.25, 1 << 20, &[], Some(&mut f));
+                forward_backward(&m, tokens, 0.25, 1 << 20, &[], None, Some(&mut f));
             }
         }
         bf16_sum.finish().unwrap();
@@ -473,10 +528,10 @@ mod tests {
     fn chunked_loss_equals_the_single_chunk_loss() {
         let tokens = Tensor::randint(97, [3, 21], (Kind::Int64, Device::Cpu));
         let (m, m2) = small_models();
-        let whole = eval_loss(&m, &tokens, 1 << 20);
-        let chunked = eval_loss(&m, &tokens, 7);
+        let whole = eval_loss(&m, &tokens, 1 << 20, None);
+        let chunked = eval_loss(&m, &tokens, 7, None);
         assert!((whole - chunked).abs() < 1e-5, "{whole} vs {chunked}");
-        let trained = forward_backward(&m2, &tokens, 1.0, 7, &[], None);
+        let trained = forward_backward(&m2, &tokens, 1.0, 7, &[], None, None);
         assert!((whole - trained).abs() < 1e-5);
     }
 
@@ -486,12 +541,97 @@ mod tests {
         let (plain, mut ckpt) = small_models();
         // recomputation through the spliced MLP product too
         ckpt.rotary.swiglu = Some(std::sync::Arc::new(baichuan_model::baichuan::SwigluAten));
-        let a = forward_backward(&plain, &tokens, 1.0, 1 << 20, &[false, false, false], None);
-        let b = forward_backward(&ckpt, &tokens, 1.0, 1 << 20, &[true, false, true], None);
+        let a = forward_backward(&plain, &tokens, 1.0, 1 << 20, &[false, false, false], None, None);
+        let b = forward_backward(&ckpt, &tokens, 1.0, 1 << 20, &[true, false, true], None, None);
         assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
         for ((name, x), (_, y)) in plain.named_parameters().iter().zip(ckpt.named_parameters()) {
             let diff = (x.grad() - y.grad()).abs().max().double_value(&[]);
             assert!(diff <= 1e-6, "{name}: {diff}");
+        }
+    }
+
+    /// Two rows of packed documents (EOS = 2): EOS inside, two in a row, as the first input,
+    /// and as the last target only.
+    fn packed_tokens() -> Tensor {
+        let tokens = Tensor::randint_low(3, 97, [2, 17], (Kind::Int64, Device::Cpu));
+        for (r, c) in [(0, 3), (0, 9), (0, 10), (1, 0), (1, 6), (1, 16)] {
+            let _ = tokens.get(r).get(c).fill_(2);
+        }
+        tokens
+    }
+
+    /// The targets of `tokens` (B, T+1) written out by hand: the next token, or ignored (-100)
+    /// where the input is EOS unless `loss_after_eos`.
+    fn masked_targets(tokens: &Tensor, loss_after_eos: bool) -> Tensor {
+        let rows = Vec::<Vec<i64>>::try_from(tokens).unwrap();
+        let want: Vec<i64> = rows
+            .iter()
+            .flat_map(|r| (0..r.len() - 1).map(move |i| if r[i] == 2 && !loss_after_eos { -100 } else { r[i + 1] }))
+            .collect();
+        Tensor::from_slice(&want)
+    }
+
+    /// The layer-wise step with document masking (spliced or reference ops, the MLP spliced,
+    /// recomputed blocks, the target after EOS ignored or not) against one autograd graph of
+    /// `Baichuan::forward_documents` and ATen's cross-entropy with mean reduction.
+    #[test]
+    fn document_masked_step_equals_the_full_graph() {
+        let tokens = packed_tokens();
+        let inputs = tokens.narrow(1, 0, 16);
+        for (layer_wise_fused, graph_fused, mlp, recompute, loss_after_eos) in [
+            (true, false, false, vec![], false),
+            (false, false, false, vec![], false),
+            (true, true, false, vec![true, false, true], true),
+            (true, false, true, vec![true, true, true], false),
+            (false, false, false, vec![false, true, false], true),
+        ] {
+            let (mut m1, mut m2) = small_models();
+            m1.set_fused_ops(layer_wise_fused);
+            m2.set_fused_ops(graph_fused);
+            if mlp {
+                m1.rotary.swiglu = Some(std::sync::Arc::new(baichuan_model::baichuan::SwigluAten));
+            }
+            let masking = DocMasking { eos: 2, loss_after_eos };
+            let loss1 = forward_backward(&m1, &tokens, 1.0, 1 << 20, &recompute, Some(&masking), None);
+            let docs = m2.documents(&inputs, 2).unwrap();
+            let logits = m2.forward_documents(&inputs, Some(&docs)).to_kind(Kind::Float);
+            let targets = masked_targets(&tokens, loss_after_eos);
+            let loss2 = logits
+                .view([-1, 97])
+                .cross_entropy_loss::<Tensor>(&targets, None, Reduction::Mean, -100, 0.0);
+            loss2.backward();
+            let case =
+                format!("{layer_wise_fused} vs {graph_fused}, MLP {mlp}, {recompute:?}, after EOS {loss_after_eos}");
+            let diff = (loss1 - loss2.double_value(&[])).abs();
+            assert!(diff < 1e-6, "{case}: loss {diff}");
+            for ((name, a), (_, b)) in m1.named_parameters().iter().zip(m2.named_parameters()) {
+                let diff = (a.grad() - b.grad()).abs().max().double_value(&[]);
+                assert!(diff < 1e-6, "{case}: {name}: {diff}");
+            }
+            // evaluation scores the same tokens
+            let eval = eval_loss(&m1, &tokens, 7, Some(&masking));
+            assert!((eval - loss1).abs() < 1e-5, "{case}: eval {eval} vs {loss1}");
+            // and the masking matters: without it the loss is another
+            let plain = eval_loss(&m1, &tokens, 1 << 20, None);
+            assert!((plain - loss1).abs() > 1e-4, "{case}: masking changed nothing");
+        }
+    }
+
+    /// Without an EOS in the inputs, document masking is plain causal training.
+    #[test]
+    fn document_masking_without_eos_is_the_plain_step() {
+        let tokens = Tensor::randint_low(3, 97, [2, 17], (Kind::Int64, Device::Cpu));
+        let (m1, m2) = small_models();
+        let masking = DocMasking {
+            eos: 2,
+            loss_after_eos: false,
+        };
+        let a = forward_backward(&m1, &tokens, 1.0, 1 << 20, &[], Some(&masking), None);
+        let b = forward_backward(&m2, &tokens, 1.0, 1 << 20, &[], None, None);
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        for ((name, x), (_, y)) in m1.named_parameters().iter().zip(m2.named_parameters()) {
+            let diff = (x.grad() - y.grad()).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "{name}: {diff}");
         }
     }
 

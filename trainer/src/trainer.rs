@@ -10,6 +10,7 @@
 //! the parameters; rank 0 logs, and checkpoints are written as `checkpoint.*` says. See
 //! docs/ARCHITECTURE.md for the schedule and the distribution contract.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,6 +99,8 @@ pub struct Trainer {
     train: TrainConfig,
     accum: i64,
     recompute: Vec<bool>,
+    /// `data.document_masking`: attention within each packed document, with its EOS id.
+    masking: Option<step::DocMasking>,
     /// Every rank's optimizer range, when the state is sharded (ZeRO stage 1 and 2).
     sharded: Option<Vec<(usize, usize)>>,
 }
@@ -153,6 +156,10 @@ impl Trainer {
             train: t.clone(),
             accum: resolved.grad_accum,
             recompute,
+            masking: config.data.document_masking.then_some(step::DocMasking {
+                eos: resolved.model.eos_token_id,
+                loss_after_eos: config.data.loss_after_eos,
+            }),
             sharded: (stage >= 1).then_some(shards),
         })
     }
@@ -187,7 +194,7 @@ impl Trainer {
         for micro in 0..accum {
             last_micro_start = Instant::now();
             let x = batch.narrow(0, micro * micro_rows, micro_rows).to_device(self.device);
-            let fwd = step::forward(&self.model, &x, &self.recompute);
+            let fwd = step::forward(&self.model, &x, &self.recompute, self.masking.as_ref());
             if timed {
                 self.sync();
             }
@@ -267,7 +274,8 @@ impl Trainer {
             while start < b.samples as i64 {
                 let rows = micro.min(b.samples as i64 - start);
                 let x = all.narrow(0, start, rows).to_device(self.device);
-                total += step::eval_loss(&self.model, &x, self.train.loss_chunk_tokens) * rows as f64;
+                total +=
+                    step::eval_loss(&self.model, &x, self.train.loss_chunk_tokens, self.masking.as_ref()) * rows as f64;
                 n += rows;
                 start += rows;
             }
@@ -355,7 +363,7 @@ pub struct TrainOptions {
 }
 
 /// The tokenizer a run uses: `data.tokenizer`, else the one inside `model.init_from`.
-fn tokenizer_path(config: &RunConfig) -> PathBuf {
+pub(crate) fn tokenizer_path(config: &RunConfig) -> PathBuf {
     if let Some(dir) = &config.model.init_from {
         let inside = dir.join(hf::TOKENIZER_FILE);
         if inside.exists() && config.data.tokenizer == crate::config::DataConfig::default().tokenizer {
@@ -415,6 +423,22 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         .unwrap_or_else(|| run_dir.join("checkpoints"));
     let resumed_at = resume(config, opts, &ckpt_dir, &mut tr, &mut data, comm)?;
     let start = resumed_at.unwrap_or(0);
+    // a mixture whose capped source runs out stops the run there, saying so
+    let (end, ran_out) = match data.exhaustion(t.steps) {
+        Some((step, why)) => (step, Some(why)),
+        None => (t.steps, None),
+    };
+    if let Some(why) = &ran_out {
+        if end <= start {
+            anyhow::bail!(
+                "the run cannot go on from step {start}: {why}; HINT: raise that source's max_epochs or max_tokens, \
+                 lower its weight, or lower train.steps"
+            );
+        }
+        if main {
+            println!("data: {why}: the run will stop after step {end}");
+        }
+    }
     let mut saver = checkpointer(config, &env, store_addr.as_deref(), ckpt_dir, mc, &tok_path)?;
     let rates = Rates::new(config, &resolved, &tr, world);
     if main {
@@ -438,7 +462,7 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
     };
 
-    for s in start..t.steps {
+    for s in start..end {
         let t0 = Instant::now();
         let lr = lr_at(s, t.steps, t.warmup_steps, t.lr, t.min_lr);
         let out = tr.step(
@@ -449,17 +473,27 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             false,
         )?;
         let dt = t0.elapsed().as_secs_f64();
-        let last = s + 1 == t.steps;
+        let last = s + 1 == end;
         let evaluate = config.eval.interval > 0 && ((s + 1) % config.eval.interval == 0 || last);
+        let mut by_source = BTreeMap::new();
         let valid_loss = if !data.valid.is_empty() && evaluate {
             beat(s + 1, "validation");
-            Some(tr.validate(&data.valid, comm)?)
+            let mut sum = 0.0;
+            for (name, batches) in &data.valid {
+                let l = tr.validate(batches, comm)?;
+                if let Some(name) = name {
+                    by_source.insert(name.clone(), l);
+                }
+                sum += l;
+            }
+            Some(sum / data.valid.len() as f64)
         } else {
             None
         };
         losses.push(out.loss);
         if let Some(log) = log.as_mut() {
-            let record = rates.record(s + 1, lr, dt, &out, valid_loss, &tr);
+            let mut record = rates.record(s + 1, lr, dt, &out, valid_loss, &tr);
+            record.sources = source_records(&data, &by_source);
             log.write(&record)?;
             report_step(
                 &bar,
@@ -470,7 +504,7 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         // checkpoint: by steps, by time, at the end, on SIGTERM or --stop-after
         let term = any_rank(crate::sigterm::received(), comm)?;
         let stop_here = opts.stop_after == Some(s + 1);
-        if saver.due(s + 1, t.steps, term || stop_here, comm)? {
+        if saver.due(s + 1, end, term || stop_here, comm)? {
             beat(s + 1, "a checkpoint's copy to host memory");
             let copy_start = Instant::now();
             let snap = tr.snapshot(config, &data, s + 1, rates.tokens_per_step);
@@ -498,6 +532,9 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let model_dir = run_dir.join("model");
     tr.save_model(&model_dir, mc, &tok_path, comm)?;
     if main {
+        if let Some(why) = &ran_out {
+            println!("stopped after step {end} of {}: {why}", t.steps);
+        }
         println!("saved the trained model to {}", model_dir.display());
     }
     comm.barrier()?;
@@ -506,7 +543,7 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         start,
         losses,
         run_dir,
-        t.steps * rates.tokens_per_step,
+        end * rates.tokens_per_step,
     ))
 }
 
@@ -666,8 +703,26 @@ impl Rates {
             skipped_steps: tr.scaler.skipped + tr.guard.total,
             valid_loss,
             valid_ppl: valid_loss.map(f64::exp),
+            sources: BTreeMap::new(),
         }
     }
+}
+
+/// Each source's tokens and epochs after the last batch handed out, with its validation loss.
+fn source_records(data: &Datasets, valid: &BTreeMap<String, f64>) -> BTreeMap<String, metrics::SourceRecord> {
+    data.train
+        .state()
+        .sources
+        .into_iter()
+        .map(|s| {
+            let record = metrics::SourceRecord {
+                tokens: s.tokens,
+                epochs: s.epochs(),
+                valid_loss: valid.get(&s.name).copied(),
+            };
+            (s.name, record)
+        })
+        .collect()
 }
 
 impl TrainSummary {
@@ -724,13 +779,24 @@ fn print_plan(config: &RunConfig, resolved: &Resolved, tr: &Trainer, comm: &dyn 
         peak.1
     );
     let bucket_elems = config.dist.bucket_elems(world);
+    let attention = if d.document_masking {
+        let form = baichuan_model::DocAttention::preferred(tr.device, tr.kind, mc.head_dim());
+        format!(
+            "within each document ({form:?}; loss on the token after EOS: {})",
+            if d.loss_after_eos { "yes" } else { "no" }
+        )
+    } else {
+        format!(
+            "scaled_dot_product_attention, {} kernel",
+            baichuan_model::baichuan::attention_backend(mc, t.micro_batch_size, d.seq_len, tr.kind, tr.device)
+        )
+    };
     println!(
-        "dist: {} backend, ZeRO stage {}, {} gradient buckets of ~{:.1} MB; attention: scaled_dot_product_attention, {} kernel",
+        "dist: {} backend, ZeRO stage {}, {} gradient buckets of ~{:.1} MB; attention: {attention}",
         comm.name(),
         t.zero_stage,
         tr.reducer.num_buckets(),
         bucket_elems as f64 * 4.0 / 1e6,
-        baichuan_model::baichuan::attention_backend(mc, t.micro_batch_size, d.seq_len, tr.kind, tr.device)
     );
     let k = &tr.kernels;
     println!(

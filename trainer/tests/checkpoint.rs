@@ -1,6 +1,7 @@
 //! Checkpoints end to end on CPU (fp32, tiny model):
 //! - exact continuation: 20 steps straight against 10, stop, resume, 10 more: identical
-//!   per-step losses and bitwise-identical final weights, for 1 rank and for 2 ranks at ZeRO 1;
+//!   per-step losses and bitwise-identical final weights, for 1 rank and for 2 ranks at ZeRO 1
+//!   (on config/tiny.toml's two-source mixture), and for 1 rank on a single stream;
 //! - resharding: saved by 4 ranks at ZeRO 1, resumed by 2 and by 1: the same losses (1e-5);
 //! - crash safety: `kill -9` during saves leaves a complete previous checkpoint; a corrupted
 //!   file is detected and the previous checkpoint used;
@@ -52,6 +53,12 @@ fn resuming_continues_exactly_for_1_and_2_ranks() {
     let dir = common::temp_dir("ckpt-exact");
     for (name, head, extra, stop) in [
         ("1", "train".to_string(), "", "--stop-after 10"),
+        (
+            "1-single-stream",
+            "train".to_string(),
+            "--set data.sources=[]",
+            "--stop-after 10",
+        ),
         ("2z1", launch_head(2), "--set train.zero_stage=1", "-- --stop-after 10"),
     ] {
         let straight = dir.join(format!("straight-{name}"));

@@ -85,7 +85,14 @@ fn the_sample_goes_through_filter_dedup_and_prepare_into_training() {
             .arg(format!("job.run_dir={}", dir.join("run").display()))
             .arg("--set")
             .arg(format!("data.path=[{:?}]", shards.to_str().unwrap()))
-            .args(["--set", "data.format=shards", "--set", "train.steps=3"])
+            .args([
+                "--set",
+                "data.format=shards",
+                "--set",
+                "train.steps=3",
+                "--set",
+                "data.sources=[]",
+            ])
             .args(SMALL),
     );
     assert!(text.contains("training tokens"), "{text}");

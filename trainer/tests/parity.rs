@@ -47,7 +47,7 @@ fn model_matches_transformers_llama() {
         .to_kind(Kind::Float)
         .to_device(Device::Cpu);
     // chunks of 8 positions exercise the chunked loss
-    let loss = step::forward_backward(&model, &ids.to_device(device), 1.0, 16, &[], None);
+    let loss = step::forward_backward(&model, &ids.to_device(device), 1.0, 16, &[], None, None);
     let mut tensors: Vec<(String, Tensor)> = vec![
         ("ids".into(), ids.shallow_clone()),
         ("logits".into(), logits),

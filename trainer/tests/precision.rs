@@ -35,6 +35,7 @@ fn train(name: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     let rd = format!("job.run_dir={}", run.display());
     let data = shard();
     let mut args = vec!["train", "--config", "config/tiny.toml", "--set", &rd, "--set", &data];
+    args.extend(["--set", "data.sources=[]"]); // one stream, not the config's mixture
     args.extend(
         "--set data.format=shards --set model.vocab_size=512 --set model.hidden_size=64 \
          --set model.intermediate_size=160 --set model.num_hidden_layers=2 --set data.seq_len=32 \

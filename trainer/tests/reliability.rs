@@ -303,7 +303,7 @@ fn token_ids_outside_the_vocabulary_are_refused_by_file() {
     bytes[64 + 101] = 0xff;
     std::fs::write(&shard, &bytes).unwrap();
     let data = format!(
-        "--set data.format=shards --set model.vocab_size=512 --set data.path=[{:?}] --set train.steps=20",
+        "--set data.format=shards --set model.vocab_size=512 --set data.path=[{:?}] --set train.steps=20 --set data.sources=[]",
         shard.to_str().unwrap()
     );
     let out = common::baichuan()

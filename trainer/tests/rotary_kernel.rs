@@ -116,7 +116,7 @@ fn step_grads(model: &Baichuan, tokens: &Tensor, handed_off: bool, recompute: &[
         got.push((unit, fresh.iter().map(|g| g.to_kind(Kind::Float)).collect()));
     };
     let hook: Option<step::HandOff> = if handed_off { Some(&mut take) } else { None };
-    let loss = step::forward_backward(model, tokens, 1.0, 1 << 20, recompute, hook);
+    let loss = step::forward_backward(model, tokens, 1.0, 1 << 20, recompute, None, hook);
     let mut grads = Vec::new();
     for unit in [step::Unit::Embed]
         .into_iter()

@@ -159,7 +159,7 @@ fn separate_validation_files_and_jsonl_input() {
     let out = run_ok(&args(
         &run_dir,
         &format!(
-            "--set data.format=\"jsonl\" --set data.text_key=\"content\" --set data.path=[{:?}] \
+            "--set data.format=\"jsonl\" --set data.text_key=\"content\" --set data.path=[{:?}] --set data.sources=[] \
              --set data.valid=[\"data/sample/tang300.txt\"] --set eval.interval=3 --set eval.batches=2 \
              --set train.steps=6",
             train_file.to_str().unwrap()
@@ -228,7 +228,7 @@ fn loss_spikes_are_skipped_by_the_zscore_rule() {
         &dir.join("run"),
         &format!(
             "--set train.micro_batch_size=4 --set train.steps=250 --set train.spike_zscore={z} \
-             --set data.path=[{:?}] --set checkpoint.interval_steps=0",
+             --set data.path=[{:?}] --set checkpoint.interval_steps=0 --set data.sources=[]",
             data.to_str().unwrap()
         ),
     ));
@@ -267,4 +267,30 @@ fn loss_spikes_are_skipped_by_the_zscore_rule() {
     assert!(!want.is_empty(), "the corpus made no spike");
     assert_eq!(skipped_at, want);
     assert_eq!(out.matches("a loss spike").count(), want.len(), "{out}");
+}
+
+#[test]
+fn document_masking_trains_each_document_alone() {
+    // the step's equality with the per-document autograd reference is step.rs's unit test and
+    // the model's with transformers model/tests/documents.rs; here the option reaches the step
+    let dir = common::temp_dir("opts-docmask");
+    let run_with = |name: &str, extra: &str| {
+        let run_dir = dir.join(name);
+        let text = run_ok(&args(&run_dir, &format!("--set train.steps=3 {extra}")));
+        (text, common::losses(&run_dir))
+    };
+    let (_, plain) = run_with("plain", "");
+    let (text, masked) = run_with("masked", "--set data.document_masking=true");
+    assert!(
+        text.contains("attention: within each document (Dense; loss on the token after EOS: yes)"),
+        "{text}"
+    );
+    let (_, no_first) = run_with(
+        "no-first",
+        "--set data.document_masking=true --set data.loss_after_eos=false",
+    );
+    // the first step's weights are the same initialisation: the losses differ only by masking
+    assert!((plain[0] - masked[0]).abs() > 1e-6, "{plain:?} {masked:?}");
+    assert!((masked[0] - no_first[0]).abs() > 1e-6, "{masked:?} {no_first:?}");
+    assert!(masked.iter().chain(&no_first).all(|l| l.is_finite()));
 }

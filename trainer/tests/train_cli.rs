@@ -256,6 +256,8 @@ fn bad_configs_fail_with_the_key_and_a_hint() {
             "--set",
             "data.path=[\"/nonexistent/corpus\"]",
             "--set",
+            "data.sources=[]",
+            "--set",
             "train.device=cpu",
         ])
         .output()
@@ -353,6 +355,8 @@ fn prepared_shards_train_and_bad_data_is_reported() {
                 "--set",
                 &path,
                 "--set",
+                "data.sources=[]",
+                "--set",
                 "data.format=shards",
                 "--set",
                 "train.steps=3",
@@ -371,6 +375,8 @@ fn prepared_shards_train_and_bad_data_is_reported() {
             &run_dir,
             "--set",
             &path,
+            "--set",
+            "data.sources=[]",
             "--set",
             "data.format=shards",
             "--set",
@@ -398,6 +404,8 @@ fn prepared_shards_train_and_bad_data_is_reported() {
             &run_dir,
             "--set",
             &tiny_path,
+            "--set",
+            "data.sources=[]",
         ])
         .args(SMALL)
         .output()
@@ -418,6 +426,8 @@ fn prepared_shards_train_and_bad_data_is_reported() {
             &run_dir,
             "--set",
             &path,
+            "--set",
+            "data.sources=[]",
             "--set",
             "data.format=shards",
         ])

@@ -241,7 +241,7 @@ pub fn restore(path: &Path, m: &Manifest, opt: &mut FlatAdamW, data: &mut Datase
             );
         }
     }
-    data.train.restore(m.loader)?;
+    data.train.restore(m.loader.clone())?;
     Ok(Restored {
         step: m.step,
         skipped_bad_steps: m.skipped_bad_steps,

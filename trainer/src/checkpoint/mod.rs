@@ -355,6 +355,7 @@ pub(crate) fn test_manifest(
         loader: LoaderState {
             epoch: 0,
             next_sample: 0,
+            sources: Vec::new(),
         },
         scaler: LossScaler::disabled(),
         skipped_bad_steps: 0,

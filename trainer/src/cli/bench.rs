@@ -32,6 +32,13 @@ pub struct BenchArgs {
     /// the whole block with fused and reference ops, and the head, alone; `--steps` calls each.
     #[arg(long)]
     breakdown: bool,
+    /// Time a micro-batch's forward and backward with and without document masking on the
+    /// same packed rows (random documents, see --doc-tokens) and print the ratio.
+    #[arg(long)]
+    document_masking: bool,
+    /// Mean document length in tokens for --document-masking (default: a quarter of seq_len).
+    #[arg(long, value_name = "TOKENS")]
+    doc_tokens: Option<i64>,
 }
 
 #[derive(Subcommand)]
@@ -63,6 +70,26 @@ pub fn run(a: BenchArgs) -> Result<()> {
         } else {
             print!("{}", breakdown::render(&r));
         }
+        return Ok(());
+    }
+    if a.document_masking {
+        let doc = a.doc_tokens.unwrap_or(cfg.data.seq_len / 4).max(1);
+        let r = bench::document_masking(&cfg, a.steps.max(1), a.warmup, doc)?;
+        if a.json {
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
+        println!(
+            "{} parameters, {} on {}, micro-batch {} x {}, {} documents (mean {:.1} tokens), masked attention: {}",
+            r.parameters, r.precision, r.device, r.rows, r.seq_len, r.documents, r.mean_document_tokens, r.attention
+        );
+        println!(
+            "forward+backward: plain {:.1} ms, document-masked {:.1} ms, ratio {:.3} (medians of {}, alternating)",
+            r.plain_s * 1e3,
+            r.masked_s * 1e3,
+            r.ratio,
+            a.steps.max(1)
+        );
         return Ok(());
     }
     let r = bench::train_step(&cfg, a.steps.max(1), a.warmup)?;

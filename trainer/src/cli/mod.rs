@@ -9,6 +9,7 @@ pub mod generate;
 pub mod info;
 pub mod init;
 pub mod launch;
+pub mod mixture;
 pub mod perplexity;
 pub mod plot;
 pub mod prepare;

@@ -56,7 +56,7 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
                 let tokens = Tensor::from_slice(&ids)
                     .view([1, ids.len() as i64])
                     .to_device(model.device());
-                let loss = baichuan_trainer::step::eval_loss(&model, &tokens, 4096);
+                let loss = baichuan_trainer::step::eval_loss(&model, &tokens, 4096, None);
                 scores.push(loss.exp());
             }
             Ok(scores)

@@ -48,7 +48,7 @@ pub fn perplexity(
         let tokens = Tensor::from_slice(&ids)
             .view([rows as i64, t as i64 + 1])
             .to_device(device);
-        let mean = crate::step::eval_loss(model, &tokens, chunk_tokens);
+        let mean = crate::step::eval_loss(model, &tokens, chunk_tokens, None);
         sum += mean * (rows * t) as f64;
         predicted += rows * t;
         windows += rows;

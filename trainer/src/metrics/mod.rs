@@ -43,12 +43,25 @@ pub struct StepRecord {
     /// exp(valid_loss).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub valid_ppl: Option<f64>,
+    /// Mixtures: each source's tokens and epochs so far, and its validation loss on
+    /// evaluation steps (`valid_loss` is then the mean over the sources with held-out data).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sources: std::collections::BTreeMap<String, SourceRecord>,
+}
+
+/// One source's line of a [`StepRecord`].
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SourceRecord {
+    pub tokens: u64,
+    pub epochs: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_loss: Option<f64>,
 }
 
 impl StepRecord {
     /// The record's TensorBoard scalars.
-    pub fn scalars(&self) -> Vec<(&'static str, f64)> {
-        let mut v = vec![
+    pub fn scalars(&self) -> Vec<(String, f64)> {
+        let v = vec![
             ("train/loss", self.loss),
             ("train/lr", self.lr),
             ("train/grad_norm", self.grad_norm),
@@ -61,11 +74,19 @@ impl StepRecord {
             ("train/skipped_steps", self.skipped_steps as f64),
             ("train/tokens", self.tokens as f64),
         ];
+        let mut v: Vec<(String, f64)> = v.into_iter().map(|(k, x)| (k.to_string(), x)).collect();
         if let Some(l) = self.valid_loss {
-            v.push(("valid/loss", l));
+            v.push(("valid/loss".into(), l));
         }
         if let Some(p) = self.valid_ppl {
-            v.push(("valid/ppl", p));
+            v.push(("valid/ppl".into(), p));
+        }
+        for (name, s) in &self.sources {
+            v.push((format!("sources/{name}/tokens"), s.tokens as f64));
+            v.push((format!("sources/{name}/epochs"), s.epochs));
+            if let Some(l) = s.valid_loss {
+                v.push((format!("valid/loss/{name}"), l));
+            }
         }
         v
     }
@@ -120,7 +141,9 @@ impl MetricsLog {
         serde_json::to_writer(&mut self.out, record)?;
         self.out.write_all(b"\n")?;
         self.out.flush()?;
-        self.events.scalars(record.step, &record.scalars())?;
+        let scalars = record.scalars();
+        let refs: Vec<(&str, f64)> = scalars.iter().map(|(k, x)| (k.as_str(), *x)).collect();
+        self.events.scalars(record.step, &refs)?;
         self.events.flush()?;
         Ok(())
     }

@@ -1,6 +1,9 @@
 //! `baichuan bench`: a training step's tokens/s, MFU, memory and its split into forward,
 //! backward, gradient wait and optimizer ([`train_step`]).
 //!
+//! `baichuan bench --document-masking`: a training micro-batch's forward and backward with and
+//! without document masking on the same packed rows, and the ratio ([`document_masking`]).
+//!
 //! `baichuan bench comm`: all-reduce bandwidth of a communication backend across message
 //! sizes, beside this machine's own ceilings measured in the same run (memory copy and a
 //! single loopback TCP stream).
@@ -197,5 +200,103 @@ pub fn train_step(config: &RunConfig, steps: usize, warmup: usize) -> Result<Ste
             k.optimizer
                 .replace("fused CUDA kernel (NVRTC)", "tensor ops (the fused kernel fell back)")
         },
+    })
+}
+
+/// A micro-batch's forward and backward with and without document masking (medians, seconds).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DocMaskBench {
+    pub device: String,
+    pub precision: String,
+    pub parameters: u64,
+    /// Rows x sequence length of the micro-batch.
+    pub rows: i64,
+    pub seq_len: i64,
+    /// Documents in the micro-batch, and their mean length in tokens.
+    pub documents: usize,
+    pub mean_document_tokens: f64,
+    /// The masked attention's form (dense mask or varlen FlashAttention).
+    pub attention: String,
+    pub plain_s: f64,
+    pub masked_s: f64,
+    /// masked_s / plain_s.
+    pub ratio: f64,
+}
+
+/// Times `step::forward_backward` of one micro-batch of `config` on random packed rows, with
+/// documents of `doc_tokens` tokens on average (uniform in [doc_tokens/2, 3 doc_tokens/2],
+/// each ended by EOS, cut by the rows' ends): without masking and with it (attention and
+/// positions per document, no loss after EOS), alternating, after `warmup` untimed pairs.
+/// The model and kernels are built as `train` builds them; no optimizer step.
+pub fn document_masking(config: &RunConfig, steps: usize, warmup: usize, doc_tokens: i64) -> Result<DocMaskBench> {
+    use crate::step;
+    let resolved = config.validate(1)?;
+    let (t, mc, device) = (&config.train, &resolved.model, resolved.device);
+    tch::manual_seed(config.job.seed as i64);
+    let model = baichuan_model::Baichuan::new(mc, Device::Cpu)?;
+    let tr = Trainer::new(config, &resolved, model, device, &Solo)?;
+    let (rows, seq) = (t.micro_batch_size, config.data.seq_len);
+    let eos = mc.eos_token_id;
+    // documents of random lengths laid end to end over the rows' T+1 tokens
+    let tokens = Tensor::randint_low(3, mc.vocab_size, [rows * (seq + 1)], (Kind::Int64, Device::Cpu));
+    let lens = Tensor::randint_low(
+        (doc_tokens / 2).max(1),
+        (3 * doc_tokens / 2).max(2) + 1,
+        [rows * (seq + 1)],
+        (Kind::Int64, Device::Cpu),
+    );
+    let mut at = 0;
+    for len in Vec::<i64>::try_from(&lens)? {
+        at += len;
+        if at > rows * (seq + 1) {
+            break;
+        }
+        let _ = tokens.get(at - 1).fill_(eos);
+    }
+    let tokens = tokens.view([rows, seq + 1]).to_device(device);
+    let masking = step::DocMasking {
+        eos,
+        loss_after_eos: false,
+    };
+    let inputs = tokens.narrow(1, 0, seq);
+    let docs = tr.model.documents(&inputs, eos)?;
+    let starts = inputs.narrow(1, 0, seq - 1).eq(eos).sum(Kind::Int64).int64_value(&[]) + rows;
+    let recompute = step::recompute_plan(tr.model.layers.len(), t.activation_checkpointing, t.checkpoint_every);
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let time = |m: Option<&step::DocMasking>| {
+        sync();
+        let start = Instant::now();
+        step::forward_backward(&tr.model, &tokens, 1.0, t.loss_chunk_tokens, &recompute, m, None);
+        sync();
+        start.elapsed().as_secs_f64()
+    };
+    let (mut plain, mut masked) = (vec![], vec![]);
+    for s in 0..warmup + steps {
+        let (a, b) = (time(None), time(Some(&masking)));
+        if s >= warmup {
+            plain.push(a);
+            masked.push(b);
+        }
+    }
+    let (plain_s, masked_s) = (median(plain), median(masked));
+    Ok(DocMaskBench {
+        device: format!("{device:?}"),
+        precision: format!("{:?}", t.precision).to_lowercase(),
+        parameters: mc.num_parameters(),
+        rows,
+        seq_len: seq,
+        documents: starts as usize,
+        mean_document_tokens: (rows * seq) as f64 / starts as f64,
+        attention: match docs.attention() {
+            baichuan_model::DocAttention::Dense => "dense mask through SDPA".into(),
+            baichuan_model::DocAttention::Varlen => "variable-length FlashAttention".into(),
+        },
+        plain_s,
+        masked_s,
+        ratio: masked_s / plain_s,
     })
 }

@@ -292,10 +292,10 @@ pub fn breakdown(config: &RunConfig, reps: usize) -> Result<Breakdown> {
             format!("whole block ({label} ops)"),
             (if fused == t.fused_ops { layers } else { 0.0 }, block_flops),
             (device, reps),
-            &mut || drop(blk.train_forward(&x, &model.rotary)),
+            &mut || drop(blk.train_forward(&x, &model.rotary, None)),
             &mut || {
-                let tape = blk.train_forward(&x, &model.rotary);
-                drop(blk.train_backward(tape, &x, &g, &model.rotary, true));
+                let tape = blk.train_forward(&x, &model.rotary, None);
+                drop(blk.train_backward(tape, &x, &g, &model.rotary, None, true));
             },
         ));
     }

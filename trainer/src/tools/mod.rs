@@ -1,7 +1,8 @@
 //! Tools around a run: `baichuan bench` (a training step's speed and split, and the TCP
-//! collectives), `bench --breakdown` (each piece of a block timed alone) and the memory plan of
-//! `baichuan info`.
+//! collectives), `bench --breakdown` (each piece of a block timed alone), the memory plan of
+//! `baichuan info`, and DoReMi's learned domain weights (`baichuan mixture doremi`).
 
 pub mod bench;
 pub mod breakdown;
+pub mod doremi;
 pub mod memory_plan;
