@@ -5,7 +5,8 @@
 //! The logits pipeline follows Hugging Face `generate()`: repetition penalty (Keskar et al.
 //! 2019: divide positive logits, multiply negative ones, for every token already in the
 //! sequence, prompt included), then temperature, top-k, top-p, then sampling. Greedy
-//! (`temperature == 0`) takes the arg-max after the penalty.
+//! (`temperature == 0`) takes the arg-max after the penalty. Sampling draws from its own
+//! seeded generator ([`TokenRng`]), not libtorch's global one, so the seed alone decides it.
 
 use tch::{Kind, Tensor};
 
@@ -102,13 +103,49 @@ pub fn processed_logits(logits: &Tensor, seen: &[i64], s: &Sampling) -> Tensor {
     logits
 }
 
-/// Picks the next id from the logits (V,) of the last position.
-pub fn next_token(logits: &Tensor, seen: &[i64], s: &Sampling) -> i64 {
+/// The generator of sampled tokens: splitmix64 over its own state, so a seed alone decides
+/// the draws (libtorch's global generator is shared with everything else in the process,
+/// other threads included).
+#[derive(Debug, Clone)]
+pub struct TokenRng(u64);
+
+impl TokenRng {
+    pub fn new(seed: u64) -> Self {
+        TokenRng(seed)
+    }
+
+    /// A uniform number in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Picks the next id from the logits (V,) of the last position: the argmax at temperature 0,
+/// else a draw from the processed distribution (inverse CDF of one uniform from `rng`).
+pub fn next_token(logits: &Tensor, seen: &[i64], s: &Sampling, rng: &mut TokenRng) -> i64 {
     let logits = processed_logits(logits, seen, s);
     if s.temperature == 0.0 {
         return logits.argmax(0, false).int64_value(&[]);
     }
-    logits.softmax(0, Kind::Float).multinomial(1, false).int64_value(&[0])
+    let probs = logits.softmax(0, Kind::Double).to_device(tch::Device::Cpu);
+    let probs: Vec<f64> = Vec::try_from(&probs).expect("probabilities of a 1-D tensor");
+    let u = rng.uniform() * probs.iter().sum::<f64>();
+    let mut cum = 0.0;
+    let mut last = 0;
+    for (i, &p) in probs.iter().enumerate() {
+        if p > 0.0 {
+            cum += p;
+            last = i;
+            if u < cum {
+                return i as i64;
+            }
+        }
+    }
+    last as i64 // rounding left u at the very top: the last id with probability
 }
 
 /// Generates up to `max_new_tokens` after `prompt`, calling `on_token` with each new id as
@@ -133,7 +170,7 @@ pub fn generate(
             prompt.len()
         )));
     }
-    tch::manual_seed(sampling.seed as i64);
+    let mut rng = TokenRng::new(sampling.seed);
     let device = model.device();
     let mut cache = KvCache::new(&model.config, 1, total.min(max_len), model.kind(), device);
     let mut seen: Vec<i64> = prompt.to_vec();
@@ -142,7 +179,7 @@ pub fn generate(
         let ids = Tensor::from_slice(prompt).to_device(device).unsqueeze(0); // (1, T)
         let mut logits = model.forward_cached(&ids, &mut cache)?.get(0); // (V)
         while new.len() < sampling.max_new_tokens {
-            let id = next_token(&logits, &seen, sampling);
+            let id = next_token(&logits, &seen, sampling, &mut rng);
             new.push(id);
             seen.push(id);
             if !on_token(id) || (sampling.stop_at_eos && id == model.config.eos_token_id) {
@@ -175,17 +212,16 @@ mod tests {
     fn greedy_takes_the_argmax_and_the_penalty_can_change_it() {
         let logits = Tensor::from_slice(&[1.0f32, 3.0, 2.5]);
         let greedy = Sampling::default();
-        assert_eq!(next_token(&logits, &[], &greedy), 1);
+        assert_eq!(next_token(&logits, &[], &greedy, &mut TokenRng::new(0)), 1);
         let penalised = Sampling {
             repetition_penalty: 1.5,
             ..Sampling::default()
         };
-        assert_eq!(next_token(&logits, &[1], &penalised), 2);
+        assert_eq!(next_token(&logits, &[1], &penalised, &mut TokenRng::new(0)), 2);
     }
 
     #[test]
     fn top_k_one_and_tiny_top_p_are_greedy() {
-        tch::manual_seed(3);
         let logits = Tensor::from_slice(&[0.1f32, 0.2, 5.0, 0.3, 4.9]);
         for _ in 0..20 {
             let k1 = Sampling {
@@ -193,19 +229,19 @@ mod tests {
                 top_k: 1,
                 ..Sampling::default()
             };
-            assert_eq!(next_token(&logits, &[], &k1), 2);
+            assert_eq!(next_token(&logits, &[], &k1, &mut TokenRng::new(0)), 2);
             let p = Sampling {
                 temperature: 1.0,
                 top_p: 0.01,
                 ..Sampling::default()
             };
-            assert_eq!(next_token(&logits, &[], &p), 2);
+            assert_eq!(next_token(&logits, &[], &p, &mut TokenRng::new(0)), 2);
         }
     }
 
     #[test]
     fn top_p_keeps_only_the_nucleus() {
-        tch::manual_seed(4);
+        let mut rng = TokenRng::new(4);
         // probabilities about 0.47, 0.47, 0.06: top_p 0.9 keeps the first two
         let logits = Tensor::from_slice(&[2.0f32, 2.0, 0.0]);
         let s = Sampling {
@@ -215,7 +251,7 @@ mod tests {
         };
         let mut counts = [0; 3];
         for _ in 0..200 {
-            counts[next_token(&logits, &[], &s) as usize] += 1;
+            counts[next_token(&logits, &[], &s, &mut rng) as usize] += 1;
         }
         assert_eq!(counts[2], 0);
         assert!(counts[0] > 50 && counts[1] > 50, "{counts:?}");

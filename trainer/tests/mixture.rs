@@ -110,6 +110,17 @@ fn sources_are_counted_and_a_phase_change_resumes_exactly() {
         assert!((r["valid_loss"].as_f64().unwrap() - (b + p) / 2.0).abs() < 1e-9, "{r}");
     }
     assert!(rows[0]["sources"]["poems"].get("valid_loss").is_none());
+    // TensorBoard has the same series
+    let events = baichuan_trainer::metrics::tensorboard::event_files(&run_dir);
+    let scalars = common::tensorboard::read_scalars(&events[0]).unwrap();
+    let tb: Vec<f32> = scalars
+        .iter()
+        .filter(|s| s.tag == "sources/poems/tokens")
+        .map(|s| s.value)
+        .collect();
+    let jsonl: Vec<f32> = rows.iter().map(|r| source_tokens(r, "poems") as f32).collect();
+    assert_eq!(tb, jsonl);
+    assert_eq!(scalars.iter().filter(|s| s.tag == "valid/loss/bible").count(), 2);
     // the manifest holds the draws of each source
     let manifest: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(run_dir.join("checkpoints/step-00000008/manifest.json")).unwrap(),
