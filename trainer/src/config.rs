@@ -379,6 +379,15 @@ pub struct TrainConfig {
     pub min_lr: f64,
     /// Linear warm-up steps.
     pub warmup_steps: u64,
+    /// The learning-rate schedule after warm-up: "cosine", "wsd" or "constant".
+    pub schedule: crate::schedule::Schedule,
+    /// "wsd": steps of the final decay; None: `decay_fraction` of `steps`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decay_steps: Option<u64>,
+    /// "wsd": the decay's share of `steps` when `decay_steps` is not set.
+    pub decay_fraction: f64,
+    /// "wsd": the decay's shape, "linear", "cosine" or "1-sqrt".
+    pub decay_shape: crate::schedule::DecayShape,
     /// AdamW decoupled weight decay, applied to matrices only (not norms).
     pub weight_decay: f64,
     pub betas: [f64; 2],
@@ -414,6 +423,23 @@ pub struct TrainConfig {
     pub grad_accum_dtype: GradAccumDtype,
 }
 
+impl TrainConfig {
+    /// The learning-rate schedule of these settings.
+    pub fn lr_schedule(&self) -> crate::schedule::LrSchedule {
+        crate::schedule::LrSchedule {
+            kind: self.schedule,
+            total: self.steps,
+            warmup: self.warmup_steps,
+            lr: self.lr,
+            min_lr: self.min_lr,
+            decay: self
+                .decay_steps
+                .unwrap_or_else(|| (self.decay_fraction * self.steps as f64).round() as u64),
+            shape: self.decay_shape,
+        }
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
@@ -423,6 +449,10 @@ impl Default for TrainConfig {
             lr: 3e-4,
             min_lr: 3e-5,
             warmup_steps: 10,
+            schedule: crate::schedule::Schedule::Cosine,
+            decay_steps: None,
+            decay_fraction: 0.2,
+            decay_shape: crate::schedule::DecayShape::Linear,
             weight_decay: 0.1,
             betas: [0.9, 0.95],
             eps: 1e-8,
@@ -718,6 +748,20 @@ impl RunConfig {
         if t.lr.is_nan() || t.lr <= 0.0 || t.min_lr < 0.0 || t.min_lr > t.lr {
             bail!("train.lr must be > 0 and 0 <= train.min_lr <= train.lr");
         }
+        if t.schedule == crate::schedule::Schedule::Wsd {
+            if !(t.decay_fraction > 0.0 && t.decay_fraction <= 1.0) {
+                bail!("train.decay_fraction = {} must be in (0, 1]", t.decay_fraction);
+            }
+            let decay = t.lr_schedule().decay;
+            if decay == 0 || decay + t.warmup_steps > t.steps {
+                bail!(
+                    "train.schedule = \"wsd\": a decay of {decay} steps after {} warm-up steps does not fit in \
+                     train.steps = {}; HINT: set train.decay_steps (or train.decay_fraction) so that warm-up + decay <= steps",
+                    t.warmup_steps,
+                    t.steps
+                );
+            }
+        }
         if t.betas.iter().any(|b| !(0.0..1.0).contains(b)) || t.eps.is_nan() || t.eps <= 0.0 {
             bail!("train.betas must lie in [0, 1) and train.eps must be > 0");
         }
@@ -751,6 +795,15 @@ impl RunConfig {
     pub fn warnings(&self) -> Vec<String> {
         let t = &self.train;
         let mut w = Vec::new();
+        if t.schedule != crate::schedule::Schedule::Wsd
+            && (t.decay_steps.is_some() || t.decay_shape != Default::default())
+        {
+            w.push(format!(
+                "train.decay_steps / train.decay_shape are set but train.schedule = {:?}: they shape the \"wsd\" \
+                 schedule only",
+                t.schedule
+            ));
+        }
         if t.warmup_steps > t.steps {
             w.push(format!(
                 "train.warmup_steps = {} exceeds train.steps = {}: the learning rate never reaches train.lr = {} \
@@ -851,6 +904,10 @@ mod tests {
                 initializer_range: Some(1.0),
                 init_from: Some("x".into()),
                 ..ModelSection::default()
+            },
+            train: TrainConfig {
+                decay_steps: Some(1),
+                ..TrainConfig::default()
             },
             data: DataConfig {
                 cache_dir: Some("x".into()),

@@ -33,7 +33,6 @@ use crate::dist::{even_ranges, join, DistEnv};
 use crate::guard::{all_finite, BadStepGuard, LossScaler, Verdict};
 use crate::metrics::{self, MetricsLog, StepRecord};
 use crate::optim::{AdamWParams, FlatAdamW};
-use crate::schedule::lr_at;
 use crate::step;
 
 /// Which implementation runs each replaceable piece (a kernel, or ATen ops and why).
@@ -303,7 +302,14 @@ impl Trainer {
     }
 
     /// This rank's checkpoint state after `step`, copied to host memory.
-    pub fn snapshot(&self, config: &RunConfig, data: &Datasets, step: u64, tokens_per_step: u64) -> Snapshot {
+    pub fn snapshot(
+        &self,
+        config: &RunConfig,
+        data: &Datasets,
+        step: u64,
+        tokens_per_step: u64,
+        parent: Option<&checkpoint::Parent>,
+    ) -> Snapshot {
         Snapshot::take(
             &self.opt,
             RunState {
@@ -316,6 +322,7 @@ impl Trainer {
                 tokens: step * tokens_per_step,
                 rank: self.rank,
                 world: self.world,
+                parent: parent.cloned(),
             },
         )
     }
@@ -358,6 +365,8 @@ pub const EXIT_PREEMPTED: i32 = 75;
 #[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
     pub resume: Resume,
+    /// A decay branch (`--decay-from`): the parent checkpoint, recorded in every manifest.
+    pub parent: Option<checkpoint::Parent>,
     /// Save a checkpoint and stop after this step (as a preemption would).
     pub stop_after: Option<u64>,
 }
@@ -421,7 +430,9 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         .dir
         .clone()
         .unwrap_or_else(|| run_dir.join("checkpoints"));
-    let resumed_at = resume(config, opts, &ckpt_dir, &mut tr, &mut data, comm)?;
+    let (resumed_at, resumed_parent) = resume(config, opts, &ckpt_dir, &mut tr, &mut data, comm)?;
+    // a branch's checkpoints name its parent, also after the branch resumes its own
+    let parent = opts.parent.clone().or(resumed_parent);
     let start = resumed_at.unwrap_or(0);
     // a mixture whose capped source runs out stops the run there, saying so
     let (end, ran_out) = match data.exhaustion(t.steps) {
@@ -462,9 +473,10 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
     };
 
+    let schedule = t.lr_schedule();
     for s in start..end {
         let t0 = Instant::now();
-        let lr = lr_at(s, t.steps, t.warmup_steps, t.lr, t.min_lr);
+        let lr = schedule.at(s);
         let out = tr.step(
             &batch_tensor(&data.train.next_batch(), mc.vocab_size)?,
             lr,
@@ -507,7 +519,7 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         if saver.due(s + 1, end, term || stop_here, comm)? {
             beat(s + 1, "a checkpoint's copy to host memory");
             let copy_start = Instant::now();
-            let snap = tr.snapshot(config, &data, s + 1, rates.tokens_per_step);
+            let snap = tr.snapshot(config, &data, s + 1, rates.tokens_per_step, parent.as_ref());
             disarm();
             saver.save(snap, copy_start.elapsed(), !(term || stop_here || last))?;
         }
@@ -549,7 +561,8 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
 
 /// Resumes as `opts.resume` says from `ckpt_dir` (created, and cleared of interrupted saves,
 /// by rank 0): the weights, this rank's optimizer range (resharded to this world), the data
-/// position, the loss scaler and the bad-step count. Returns the step resumed at, if any.
+/// position, the loss scaler and the bad-step count. Returns the step resumed at, if any, and
+/// the checkpoint's decay-branch parent.
 fn resume(
     config: &RunConfig,
     opts: &TrainOptions,
@@ -557,7 +570,7 @@ fn resume(
     tr: &mut Trainer,
     data: &mut Datasets,
     comm: &dyn Communicator,
-) -> Result<Option<u64>> {
+) -> Result<(Option<u64>, Option<checkpoint::Parent>)> {
     let main = comm.rank() == 0;
     if main {
         std::fs::create_dir_all(ckpt_dir).with_context(|| format!("creating {}", ckpt_dir.display()))?;
@@ -571,7 +584,7 @@ fn resume(
     }
     comm.barrier()?;
     let Some((path, m)) = point else {
-        return Ok(None);
+        return Ok((None, None));
     };
     let r = checkpoint::restore(&path, &m, &mut tr.opt, data, main)?;
     (tr.scaler, tr.guard.total) = (r.scaler, r.skipped_bad_steps);
@@ -594,7 +607,7 @@ fn resume(
             );
         }
     }
-    Ok(Some(r.step))
+    Ok((Some(r.step), m.parent.clone()))
 }
 
 /// The branch rule, applied by rank 0 once the start point is chosen: checkpoints of later
@@ -778,6 +791,19 @@ fn print_plan(config: &RunConfig, resolved: &Resolved, tr: &Trainer, comm: &dyn 
         peak.0,
         peak.1
     );
+    let sched = t.lr_schedule();
+    let shape = match t.schedule {
+        crate::schedule::Schedule::Cosine => format!("cosine to {:e} at step {}", t.min_lr, t.steps),
+        crate::schedule::Schedule::Constant => "constant".into(),
+        crate::schedule::Schedule::Wsd => format!(
+            "stable to step {}, then a {:?} decay over {} steps to {:e}",
+            sched.decay_start(),
+            t.decay_shape,
+            sched.decay,
+            t.min_lr
+        ),
+    };
+    println!("lr: {} warm-up steps to {:e}, {shape}", t.warmup_steps, t.lr);
     let bucket_elems = config.dist.bucket_elems(world);
     let attention = if d.document_masking {
         let form = baichuan_model::DocAttention::preferred(tr.device, tr.kind, mc.head_dim());

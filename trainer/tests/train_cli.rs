@@ -34,7 +34,13 @@ fn train_on_the_sample_then_generate_and_export() {
         "--set",
         "train.device=cpu",
     ]));
-    assert!(text.contains("data: 3 files"), "{text}");
+    // the main job's config is a two-source mixture: each source tokenized into its own cache
+    assert!(
+        text.contains("data: source \"bible\"")
+            && text.contains("data: source \"poems\"")
+            && text.contains("data: 2 files"),
+        "{text}"
+    );
 
     // metrics: one JSON line per step with the documented fields; the loss falls clearly
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
@@ -287,6 +293,8 @@ fn text_is_tokenized_into_a_reused_cache_and_validation_is_logged() {
         "eval.interval=5",
         "--set",
         "eval.batches=2",
+        "--set",
+        "data.sources=[]", // one stream of data.path's three files
     ];
     let first = run_ok(baichuan().args(args).args(SMALL));
     assert!(

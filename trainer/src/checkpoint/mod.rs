@@ -84,6 +84,13 @@ pub struct SlotEntry {
     pub shape: Vec<i64>,
 }
 
+/// Where a decay branch started: its parent checkpoint's directory and step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parent {
+    pub checkpoint: String,
+    pub step: u64,
+}
+
 /// `manifest.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -107,6 +114,9 @@ pub struct Manifest {
     pub files: HashMap<String, FileEntry>,
     /// The run config (TOML) the checkpoint was made with.
     pub config: String,
+    /// A decay branch's parent: the checkpoint it started from (`train --decay-from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Parent>,
     /// CRC-32 of the manifest itself (format 3): of the compact JSON, keys sorted, of every
     /// field but this one (see [`Manifest::to_json`] and [`Manifest::from_json`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -371,6 +381,7 @@ pub(crate) fn test_manifest(
             .collect(),
         files,
         config: String::new(),
+        parent: None,
         manifest_crc32: None,
     }
 }

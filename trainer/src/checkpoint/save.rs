@@ -55,6 +55,8 @@ pub struct RunState<'a> {
     pub tokens: u64,
     pub rank: usize,
     pub world: usize,
+    /// A decay branch's parent checkpoint.
+    pub parent: Option<super::Parent>,
 }
 
 impl Snapshot {
@@ -97,6 +99,7 @@ impl Snapshot {
                 .collect(),
             files: Default::default(),
             config: s.config.to_toml(),
+            parent: s.parent,
             manifest_crc32: None,
         };
         Snapshot {
