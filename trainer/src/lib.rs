@@ -9,7 +9,8 @@
 //!   [`runlock`] (one run per run directory), [`sigterm`] (preemption as a flag)
 //! - many processes: [`dist`] (environment, store, communicators, gradient buckets, launcher,
 //!   watchdog)
-//! - around the run: [`metrics`], [`eval`], [`tools`] (bench, breakdown, memory plan)
+//! - around the run: [`metrics`], [`eval`], [`tools`] (bench, breakdown, memory plan, DoReMi),
+//!   [`scaling`] (scaling-law fits), [`sweep`] (planning scaling sweeps)
 
 pub mod checkpoint;
 pub mod config;
@@ -22,9 +23,11 @@ pub mod host_alloc;
 pub mod metrics;
 pub mod optim;
 pub mod runlock;
+pub mod scaling;
 pub mod schedule;
 pub mod sigterm;
 pub mod step;
+pub mod sweep;
 pub mod tools;
 pub mod trainer;
 

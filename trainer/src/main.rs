@@ -50,6 +50,16 @@ enum Command {
     },
     /// Remove exact and near-duplicate documents and sentences (MinHash-LSH), in stages or at once.
     Dedup(baichuan_curate::cli::dedup::DedupArgs),
+    /// Plan a scaling sweep (IsoFLOP profiles or an N x D grid) and run it (`sweep plan`, `sweep run`).
+    Sweep {
+        #[command(subcommand)]
+        what: cli::sweep::SweepCommand,
+    },
+    /// Scaling-law fits of finished runs or a CSV (`scaling fit`).
+    Scaling {
+        #[command(subcommand)]
+        what: cli::scaling::ScalingCommand,
+    },
     /// Learn the weights of a `[[data.sources]]` mixture (`mixture doremi`).
     Mixture {
         #[command(subcommand)]
@@ -94,6 +104,8 @@ fn main() -> Result<()> {
             QualityCommand::Perplexity(a) => cli::perplexity::run(a),
         },
         Command::Mixture { what } => cli::mixture::run(what),
+        Command::Scaling { what } => cli::scaling::run(what),
+        Command::Sweep { what } => cli::sweep::run(what),
         Command::Plot(a) => cli::plot::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::Prepare(a) => cli::prepare::run(a),

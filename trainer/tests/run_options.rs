@@ -18,16 +18,7 @@ const TINY: &str = "--set model.hidden_size=32 --set model.intermediate_size=64 
     --set data.valid_fraction=0.0 --set train.log_interval=100 --set train.warmup_steps=2";
 
 fn args(run_dir: &Path, extra: &str) -> Vec<String> {
-    let mut v: Vec<String> = vec![
-        "train".into(),
-        "--config".into(),
-        "config/tiny.toml".into(),
-        "--set".into(),
-        format!("job.run_dir={}", run_dir.display()),
-    ];
-    v.extend(TINY.split_whitespace().map(String::from));
-    v.extend(extra.split_whitespace().map(String::from));
-    v
+    common::tiny_train_args(run_dir, TINY, extra)
 }
 
 #[test]

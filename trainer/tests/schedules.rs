@@ -19,16 +19,7 @@ const TINY: &str = "--set model.hidden_size=32 --set model.intermediate_size=64 
     --set train.lr=3e-3 --set train.min_lr=3e-4 --set checkpoint.keep_last=10";
 
 fn args(run_dir: &Path, extra: &str) -> Vec<String> {
-    let mut v: Vec<String> = vec![
-        "train".into(),
-        "--config".into(),
-        "config/tiny.toml".into(),
-        "--set".into(),
-        format!("job.run_dir={}", run_dir.display()),
-    ];
-    v.extend(TINY.split_whitespace().map(String::from));
-    v.extend(extra.split_whitespace().map(String::from));
-    v
+    common::tiny_train_args(run_dir, TINY, extra)
 }
 
 fn lrs(run: &Path) -> Vec<f64> {
@@ -76,14 +67,13 @@ fn a_decay_branch_continues_its_parent_and_resumes_itself() {
     let from = parent.join("checkpoints/step-00000004");
     let branch = |name: &str, extra: &str| {
         let run_dir = dir.join(name);
-        let mut a = args(
+        let a = args(
             &run_dir,
             &format!(
                 "--set train.schedule=\"constant\" --set train.steps=10 --decay-from {} --decay-steps 4 {extra}",
                 from.display()
             ),
         );
-        a.retain(|x| !x.is_empty());
         (run_ok(&a), run_dir)
     };
     let (text, straight) = branch("branch", "");

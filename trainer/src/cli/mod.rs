@@ -13,6 +13,8 @@ pub mod mixture;
 pub mod perplexity;
 pub mod plot;
 pub mod prepare;
+pub mod scaling;
+pub mod sweep;
 pub mod tokenize;
 pub mod tokenizer;
 pub mod train;

@@ -23,7 +23,7 @@ fn gpu_name() -> Option<String> {
 
 /// Dense 16-bit tensor-core peak of known GPUs, FLOP/s: the datasheets give bf16 and fp16 the
 /// same dense rate on all of them.
-fn datasheet_half_peak(name: &str) -> Option<f64> {
+pub fn datasheet_half_peak(name: &str) -> Option<f64> {
     let table = [
         ("H100", 989e12),
         ("H200", 989e12),

@@ -9,6 +9,21 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// `train --config config/tiny.toml --set job.run_dir=<run_dir>`, then the whitespace-separated
+/// words of `settings` and of `extra`.
+pub fn tiny_train_args(run_dir: &Path, settings: &str, extra: &str) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "train".into(),
+        "--config".into(),
+        "config/tiny.toml".into(),
+        "--set".into(),
+        format!("job.run_dir={}", run_dir.display()),
+    ];
+    v.extend(settings.split_whitespace().map(String::from));
+    v.extend(extra.split_whitespace().map(String::from));
+    v
+}
+
 /// The repository root: `$BAICHUAN_ROOT` (for test binaries carried to another machine by
 /// scripts/gpu_check.sh) or the source tree they were built from.
 pub fn root() -> PathBuf {
