@@ -13,6 +13,7 @@
 //! log N, whose vertex is that budget's optimal N; power laws N_opt = k C^a and D_opt = C /
 //! (6 N_opt) fitted through the vertices by least squares in log space.
 
+use baichuan_data::hash::{splitmix64, GOLDEN};
 use serde::Serialize;
 
 /// One finished run: non-embedding parameters, training tokens, final loss, and its compute
@@ -271,11 +272,8 @@ pub fn fit_with_bootstrap(pts: &[Point], resamples: usize, level: f64, seed: u64
     let start = law.theta();
     let mut state = seed ^ 0x5ca1_ab1e;
     let mut next = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        state = state.wrapping_add(GOLDEN);
+        splitmix64(state)
     };
     let samples: Vec<Vec<Point>> = (0..resamples)
         .map(|_| {
@@ -533,11 +531,8 @@ mod tests {
     fn synthetic(law: &Law, sd: f64, seed: u64) -> Vec<Point> {
         let mut state = seed;
         let mut u = move || {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64 + 1e-300
+            state = state.wrapping_add(GOLDEN);
+            (splitmix64(state) >> 11) as f64 / (1u64 << 53) as f64 + 1e-300
         };
         let mut pts = Vec::new();
         for i in 0..8 {
