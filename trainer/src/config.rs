@@ -544,8 +544,11 @@ pub struct CheckpointConfig {
     pub interval_steps: u64,
     /// Save when this many minutes passed since the last save (0: off).
     pub interval_minutes: f64,
-    /// Keep the newest this many checkpoints (0: all).
+    /// Keep the newest this many checkpoints (0: all), besides those of `keep_steps`.
     pub keep_last: usize,
+    /// Also save after these steps, and never prune those checkpoints (a sweep's decay-branch
+    /// points).
+    pub keep_steps: Vec<u64>,
     /// Write in a background thread after a copy to host memory.
     pub async_save: bool,
 }
@@ -557,6 +560,7 @@ impl Default for CheckpointConfig {
             interval_steps: 1000,
             interval_minutes: 0.0,
             keep_last: 3,
+            keep_steps: Vec::new(),
             async_save: true,
         }
     }

@@ -202,7 +202,9 @@ pub fn overrides(run: &PlannedRun, run_dir: &str, micro: i64) -> Vec<String> {
         "train.schedule=\"wsd\"".into(),
         "train.decay_fraction=0.2".into(),
         format!("checkpoint.interval_steps={every}"),
-        "checkpoint.keep_last=10".into(),
+        // the branch points are kept; of the rest, only the newest (for a resume)
+        format!("checkpoint.keep_steps={:?}", run.branches),
+        "checkpoint.keep_last=1".into(),
     ]
 }
 

@@ -662,6 +662,7 @@ fn checkpointer(
         model: model.clone(),
         tokenizer: main.then(|| tokenizer.to_path_buf()),
         keep_last: config.checkpoint.keep_last,
+        keep_steps: config.checkpoint.keep_steps.clone(),
     };
     Ok(Checkpointer::new(ctx, &config.checkpoint, main))
 }

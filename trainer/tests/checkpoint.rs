@@ -83,7 +83,8 @@ fn resuming_continues_exactly_for_1_and_2_ranks() {
 
 #[test]
 fn resuming_on_other_data_says_so() {
-    let run = common::temp_dir("ckpt-other-data").join("run");
+    let dir = common::temp_dir("ckpt-other-data");
+    let run = dir.join("run");
     ok(&args("train", &run, "--stop-after 5"));
     // a validation hold-out now takes tokens from the training stream
     let text = ok(&args(

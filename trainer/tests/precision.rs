@@ -25,12 +25,19 @@ fn shard() -> String {
             let mut w = baichuan_data::shard::ShardWriter::create(&path, 512).unwrap();
             w.write(&ids, 3000).unwrap();
             w.finish().unwrap();
-            format!("data.path=[{:?}]", path.to_str().unwrap())
+            let setting = format!("data.path=[{:?}]", path.to_str().unwrap());
+            std::mem::forget(dir); // the binary's other tests read the shard: left on disk
+            setting
         })
         .clone()
 }
 
 fn train(name: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    train_in(name, extra).1
+}
+
+/// [`train`], keeping the run directory until the caller drops it.
+fn train_in(name: &str, extra: &[&str]) -> (common::TempDir, Vec<serde_json::Value>) {
     let run = common::temp_dir(&format!("precision-{name}"));
     let rd = format!("job.run_dir={}", run.display());
     let data = shard();
@@ -47,7 +54,8 @@ fn train(name: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     let out = common::baichuan().args(&args).output().unwrap();
     assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    let rows = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    (run, rows)
 }
 
 fn losses(rows: &[serde_json::Value]) -> Vec<f64> {
@@ -143,7 +151,7 @@ fn optimizer_state(step_dir: &std::path::Path) -> Vec<(String, tch::Tensor)> {
 #[test]
 fn a_skipped_step_leaves_the_weights_and_moments_alone() {
     let steps = 14;
-    let rows = train(
+    let (run, rows) = train_in(
         "fp16-skip-state",
         &[
             "--set",
@@ -161,7 +169,7 @@ fn a_skipped_step_leaves_the_weights_and_moments_alone() {
         ],
     );
     assert_eq!(rows.len(), steps);
-    let ckpt = common::root().join("target/test-tmp/precision-fp16-skip-state/checkpoints");
+    let ckpt = run.join("checkpoints");
     let skipped: Vec<u64> = rows.iter().map(|r| r["skipped_steps"].as_u64().unwrap()).collect();
     let (mut checked_skip, mut checked_update) = (0, 0);
     for s in 2..=steps {

@@ -81,7 +81,8 @@ fn latest(ckpt: &Path) -> String {
 
 #[test]
 fn a_resume_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
-    let run_dir = common::temp_dir("rel-branch").join("r");
+    let dir = common::temp_dir("rel-branch");
+    let run_dir = dir.join("r");
     let ckpt = run_dir.join("checkpoints");
     run_ok(&args(
         "train",
@@ -162,7 +163,8 @@ fn a_resume_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
 
 #[test]
 fn when_no_checkpoint_verifies_the_run_stops_and_touches_nothing() {
-    let run_dir = common::temp_dir("rel-all-damaged").join("r");
+    let dir = common::temp_dir("rel-all-damaged");
+    let run_dir = dir.join("r");
     let ckpt = run_dir.join("checkpoints");
     run_ok(&args(
         "train",
@@ -214,7 +216,8 @@ fn when_no_checkpoint_verifies_the_run_stops_and_touches_nothing() {
 
 #[test]
 fn an_edited_manifest_is_refused_like_a_damaged_file() {
-    let run_dir = common::temp_dir("rel-manifest").join("r");
+    let dir = common::temp_dir("rel-manifest");
+    let run_dir = dir.join("r");
     let ckpt = run_dir.join("checkpoints");
     run_ok(&args(
         "train",
@@ -251,7 +254,8 @@ fn wait_for_steps(run_dir: &Path, n: usize) {
 
 #[test]
 fn one_train_per_run_directory() {
-    let run_dir = common::temp_dir("rel-lock").join("r");
+    let dir = common::temp_dir("rel-lock");
+    let run_dir = dir.join("r");
     let mut first = common::baichuan()
         .args(args(
             "train",

@@ -74,6 +74,24 @@ fn a_micro_isoflop_sweep_is_planned_run_and_fitted() {
         "{text}"
     );
     assert_eq!(text.matches("decay branch: from").count(), 12, "{text}");
+    // each run keeps its branch points and its last checkpoint, nothing else
+    for r in runs {
+        let ckpts = out.join(r["run_dir"].as_str().unwrap()).join("checkpoints");
+        let mut kept: Vec<i64> = std::fs::read_dir(&ckpts)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+            .collect();
+        kept.sort();
+        let mut want: Vec<i64> = r["branches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_integer().unwrap())
+            .collect();
+        want.push(r["steps"].as_integer().unwrap());
+        assert_eq!(kept, want, "{}", ckpts.display());
+    }
     let again = run_ok(&["sweep", "run", plan_path.to_str().unwrap()]);
     assert_eq!(again.matches(" is finished\n").count(), 18, "{again}");
     // the fit over the 6 runs and 12 branches

@@ -18,7 +18,8 @@ use baichuan_model::{hf, Layout, ModelConfig};
 use tch::{Device, Tensor};
 
 use super::{
-    list, pieces, slot_entries, step_dir, FileEntry, Manifest, ShardEntry, SlotEntry, FORMAT_VERSION, LATEST, MANIFEST,
+    list, pieces, slot_entries, step_dir, step_of, FileEntry, Manifest, ShardEntry, SlotEntry, FORMAT_VERSION, LATEST,
+    MANIFEST,
 };
 use crate::config::{CheckpointConfig, RunConfig};
 use crate::dist::comm::{Communicator, ReduceOp};
@@ -165,6 +166,7 @@ pub fn write(
     model: Option<&ModelConfig>,
     tokenizer: Option<&Path>,
     keep_last: usize,
+    keep_steps: &[u64],
 ) -> Result<PathBuf> {
     let tmp = dir.join(format!("step-{:08}.tmp", snap.step));
     fs::create_dir_all(tmp.join("optim")).with_context(|| format!("creating {}", tmp.display()))?;
@@ -238,7 +240,7 @@ pub fn write(
     if let Some(old) = replaced {
         fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
     }
-    prune(dir, keep_last, &final_dir)?;
+    prune(dir, keep_last, keep_steps, &final_dir)?;
     Ok(final_dir)
 }
 
@@ -267,16 +269,17 @@ pub fn explain_save_error(e: anyhow::Error, dir: &Path) -> anyhow::Error {
     }
 }
 
-/// Keeps the newest `keep` checkpoints (0 keeps all), never deleting `just_written` or the one
-/// `latest` names. Each is renamed to a `.tmp` name before it is deleted, so an interrupted
+/// Keeps the newest `keep` checkpoints (0 keeps all) besides those of `keep_steps`, never
+/// deleting those, `just_written` or the one `latest` names. Each is renamed to a `.tmp` name before it is deleted, so an interrupted
 /// prune leaves no half-deleted directory under a complete-looking name (the next start clears
 /// the `.tmp`).
-fn prune(dir: &Path, keep: usize, just_written: &Path) -> Result<()> {
+fn prune(dir: &Path, keep: usize, keep_steps: &[u64], just_written: &Path) -> Result<()> {
     if keep == 0 {
         return Ok(());
     }
     let latest = fs::read_to_string(dir.join(LATEST)).ok().map(|n| dir.join(n.trim()));
-    for old in list(dir).into_iter().skip(keep) {
+    let kept = |p: &PathBuf| step_of(p).is_some_and(|s| keep_steps.contains(&s));
+    for old in list(dir).into_iter().filter(|p| !kept(p)).skip(keep) {
         if old == just_written || Some(&old) == latest.as_ref() {
             continue;
         }
@@ -362,6 +365,7 @@ pub struct SaveContext {
     pub model: ModelConfig,
     pub tokenizer: Option<PathBuf>,
     pub keep_last: usize,
+    pub keep_steps: Vec<u64>,
 }
 
 impl SaveContext {
@@ -374,6 +378,7 @@ impl SaveContext {
             Some(&self.model),
             self.tokenizer.as_deref(),
             self.keep_last,
+            &self.keep_steps,
         )
     }
 }
@@ -386,6 +391,7 @@ pub struct Checkpointer {
     last_save: Instant,
     interval_steps: u64,
     interval_minutes: f64,
+    keep_steps: Vec<u64>,
     async_save: bool,
     main: bool,
 }
@@ -398,20 +404,25 @@ impl Checkpointer {
             last_save: Instant::now(),
             interval_steps: c.interval_steps,
             interval_minutes: c.interval_minutes,
+            keep_steps: c.keep_steps.clone(),
             async_save: c.async_save,
             main,
         }
     }
 
     /// Whether to save after `step` of `steps`: on `stop` (SIGTERM, --stop-after), at the end,
-    /// every `interval_steps`, or when any rank's clock says `interval_minutes` have passed
+    /// every `interval_steps`, at each of `keep_steps`, or when any rank's clock says `interval_minutes` have passed
     /// (agreed through `comm`, so every rank saves at the same step).
     pub fn due(&self, step: u64, steps: u64, stop: bool, comm: &dyn Communicator) -> Result<bool> {
         let by_time =
             self.interval_minutes > 0.0 && self.last_save.elapsed().as_secs_f64() >= 60.0 * self.interval_minutes;
         let by_time = comm.all_reduce_scalar(if by_time { 1.0 } else { 0.0 }, ReduceOp::Sum)? > 0.0;
         let every = self.interval_steps;
-        Ok(by_time || stop || step == steps || (every > 0 && step.is_multiple_of(every)))
+        Ok(by_time
+            || stop
+            || step == steps
+            || (every > 0 && step.is_multiple_of(every))
+            || self.keep_steps.contains(&step))
     }
 
     /// Writes `snap` (whose copy to host memory took `copied`): on the background thread when
@@ -461,7 +472,7 @@ mod tests {
             fs::create_dir_all(step_dir(&dir, s).join("optim")).unwrap();
         }
         fs::write(dir.join(LATEST), "step-00000002\n").unwrap();
-        prune(&dir, 1, &step_dir(&dir, 3)).unwrap();
+        prune(&dir, 1, &[], &step_dir(&dir, 3)).unwrap();
         assert_eq!(
             list(&dir),
             vec![step_dir(&dir, 9), step_dir(&dir, 3), step_dir(&dir, 2)]
@@ -473,8 +484,30 @@ mod tests {
             .filter(|n| n.ends_with(".tmp"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
-        prune(&dir, 0, &step_dir(&dir, 3)).unwrap(); // 0 keeps all
+        prune(&dir, 0, &[], &step_dir(&dir, 3)).unwrap(); // 0 keeps all
         assert_eq!(list(&dir).len(), 3);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Checkpoints at `checkpoint.keep_steps` (a sweep's decay-branch points) are never pruned
+    /// and do not count towards `keep_last`.
+    #[test]
+    fn pruning_spares_the_kept_steps() {
+        let dir = std::env::temp_dir().join(format!("baichuan-prune-kept-{}", std::process::id()));
+        for s in [2, 4, 6, 8, 10, 12] {
+            fs::create_dir_all(step_dir(&dir, s).join("optim")).unwrap();
+        }
+        fs::write(dir.join(LATEST), "step-00000012\n").unwrap();
+        prune(&dir, 2, &[4, 6], &step_dir(&dir, 12)).unwrap();
+        assert_eq!(
+            list(&dir),
+            vec![
+                step_dir(&dir, 12),
+                step_dir(&dir, 10),
+                step_dir(&dir, 6),
+                step_dir(&dir, 4)
+            ]
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

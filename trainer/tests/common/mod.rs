@@ -104,12 +104,46 @@ pub fn tokenizer() -> PathBuf {
     p
 }
 
-/// A fresh temporary directory under target/ (removed at the start of the next run).
-pub fn temp_dir(name: &str) -> PathBuf {
+/// A fresh temporary directory `target/test-tmp/<name>`, removed when the guard drops at the end
+/// of a passing test (runs of the tiny model write tens of MB per checkpoint, and the suite
+/// together would fill gigabytes); a failing test leaves it for inspection, and the next run
+/// empties it first.
+pub fn temp_dir(name: &str) -> TempDir {
     let dir = root().join("target/test-tmp").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
+}
+
+/// See [`temp_dir`]: derefs to the directory's path.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<OsStr> for TempDir {
+    fn as_ref(&self) -> &OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// The per-step rows of `<run>/metrics.jsonl`.
