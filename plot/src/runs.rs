@@ -4,16 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{render_png, Panel, Series};
-
-/// Why runs could not be plotted; each names the file.
-#[derive(Debug, thiserror::Error)]
-pub enum PlotError {
-    #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
-    #[error("{0}")]
-    Metrics(String),
-}
+use crate::{render_png, write_file, Mark, Paint, Panel, PlotError, Series};
 
 /// One run's curves, read from `<run>/metrics.jsonl` (or that file itself).
 struct RunCurves {
@@ -97,8 +88,8 @@ pub fn plot_runs(runs: &[PathBuf], out: &Path, width: u32, height: u32) -> Resul
     let line = |c: usize, key: &str, label: String, dashed: bool| Series {
         label,
         points: curves[c].series.get(key).cloned().unwrap_or_default(),
-        color: c,
-        dashed,
+        paint: Paint::Palette(c),
+        mark: if dashed { Mark::Dashed } else { Mark::Line },
     };
     let mut loss = Vec::new();
     for (c, l) in labels.iter().enumerate() {
@@ -130,6 +121,7 @@ pub fn plot_runs(runs: &[PathBuf], out: &Path, width: u32, height: u32) -> Resul
         y_label: y.into(),
         log_y,
         series,
+        ..Panel::default()
     };
     let panels = [
         panel("loss", "loss", false, loss),
@@ -137,14 +129,7 @@ pub fn plot_runs(runs: &[PathBuf], out: &Path, width: u32, height: u32) -> Resul
         panel("throughput", "tokens/s", false, per_run("tokens_per_s")),
         panel("grad norm", "grad norm", false, per_run("grad_norm")),
     ];
-    let png = render_png(&panels, 2, width, height);
-    let tmp = out.with_extension("png.tmp");
-    let io = |path: &Path| {
-        let what = format!("writing {}", path.display());
-        move |source| PlotError::Io { what, source }
-    };
-    std::fs::write(&tmp, &png).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, out).map_err(io(out))?;
+    write_file(out, &render_png(&panels, 2, width, height)?)?;
     let steps: usize = curves.iter().map(|c| c.steps).sum();
     Ok(format!(
         "plotted {} run{} ({steps} steps) to {}: loss (validation dashed), learning rate, throughput, grad norm against tokens",

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod optim;
 pub mod runlock;
 pub mod scaling;
+pub mod scaling_plot;
 pub mod schedule;
 pub mod sigterm;
 pub mod step;

@@ -368,10 +368,9 @@ impl IsoFlopFit {
     }
 }
 
-/// Groups points whose compute agrees within 5% (whole steps make a planned budget inexact)
-/// into profiles of at least 3 runs, fits a parabola in ln N to each (least squares), leaves
-/// out those with no minimum, and fits a line through the vertices in log-log space.
-pub fn fit_isoflop(pts: &[Point]) -> Result<IsoFlopFit, String> {
+/// The points in IsoFLOP profiles: sorted by compute, each group's within 5% of its first (whole
+/// steps make a planned budget inexact).
+pub fn group_by_compute(pts: &[Point]) -> Vec<Vec<Point>> {
     let mut sorted = pts.to_vec();
     sorted.sort_by(|a, b| a.flops.total_cmp(&b.flops));
     let mut groups: Vec<Vec<Point>> = Vec::new();
@@ -381,6 +380,14 @@ pub fn fit_isoflop(pts: &[Point]) -> Result<IsoFlopFit, String> {
             _ => groups.push(vec![p]),
         }
     }
+    groups
+}
+
+/// Groups points whose compute agrees within 5% (whole steps make a planned budget inexact)
+/// into profiles of at least 3 runs, fits a parabola in ln N to each (least squares), leaves
+/// out those with no minimum, and fits a line through the vertices in log-log space.
+pub fn fit_isoflop(pts: &[Point]) -> Result<IsoFlopFit, String> {
+    let groups = group_by_compute(pts);
     let mut profiles = Vec::new();
     let mut skipped = Vec::new();
     for g in groups.iter().filter(|g| g.len() >= 3) {

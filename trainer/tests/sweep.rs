@@ -1,7 +1,7 @@
 //! A micro scaling sweep end to end on CPU (README: "Scaling experiments"): `sweep plan` of two
 //! IsoFLOP budgets x 3 sizes of tiny models on the bundled sample, `sweep run` of its runs and
 //! their WSD decay branches (a run stopped part-way is resumed, a second `sweep run` does
-//! nothing), `scaling fit --plan` of all of them, and the SLURM script. A run whose loss blew
+//! nothing), `scaling fit --plan --plot` of all of them, and the SLURM script. A run whose loss blew
 //! up is left out of the fit, saying so.
 
 mod common;
@@ -96,6 +96,7 @@ fn a_micro_isoflop_sweep_is_planned_run_and_fitted() {
     assert_eq!(again.matches(" is finished\n").count(), 18, "{again}");
     // the fit over the 6 runs and 12 branches
     let json = dir.join("fit.json");
+    let png = dir.join("fit.png");
     let text = run_ok(&[
         "scaling",
         "fit",
@@ -107,6 +108,8 @@ fn a_micro_isoflop_sweep_is_planned_run_and_fitted() {
         "1e12",
         "--json",
         json.to_str().unwrap(),
+        "--plot",
+        png.to_str().unwrap(),
     ]);
     let fit: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let points = fit["points"].as_array().unwrap();
@@ -116,6 +119,13 @@ fn a_micro_isoflop_sweep_is_planned_run_and_fitted() {
         assert!(law[k].as_f64().unwrap().is_finite(), "{law}");
     }
     assert!(text.contains("budget 1.000e12 FLOPs: N_opt"), "{text}");
+    // the plot: a PNG of the default 2100 x 700 pixels
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(
+        (&bytes[16..20], &bytes[20..24]),
+        (&2100u32.to_be_bytes()[..], &700u32.to_be_bytes()[..])
+    );
     // a cluster gets the same commands as an array script
     let script = dir.join("sweep.sbatch");
     run_ok(&[

@@ -46,6 +46,13 @@ pub struct FitArgs {
     /// Write the fit as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Draw the fit into this PNG: IsoFLOP profiles with the frontier, N_opt against compute,
+    /// and fitted against measured loss.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// The plot's size in pixels, WIDTHxHEIGHT.
+    #[arg(long, default_value = "2100x700")]
+    plot_size: String,
 }
 
 pub fn run(what: ScalingCommand) -> Result<()> {
@@ -215,6 +222,16 @@ fn fit(a: FitArgs) -> Result<()> {
         let loss = fit.interval(|l| l.loss(n, d));
         println!("N {n:.3e}, D {d:.3e}: loss {}", show(&loss));
         predictions.push(serde_json::json!({"params": n, "tokens": d, "loss": loss}));
+    }
+    if let Some(out) = &a.plot {
+        let (w, h) = super::plot::parse_size(&a.plot_size, "--plot-size")?;
+        let panels = baichuan_trainer::scaling_plot::panels(&pts, &fit, iso.as_ref().ok(), &a.budgets);
+        let png = baichuan_plot::render_png(&panels, 3, w, h)?;
+        baichuan_plot::write_file(out, &png)?;
+        println!(
+            "plotted {}: IsoFLOP profiles with their minima, N_opt against compute, fitted against measured loss",
+            out.display()
+        );
     }
     if let Some(out) = &a.json {
         let doc = serde_json::json!({
