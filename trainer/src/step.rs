@@ -332,6 +332,36 @@ pub fn eval_loss(model: &Baichuan, tokens: &Tensor, chunk_tokens: i64, masking: 
     })
 }
 
+/// The loss of every target of `tokens` (B, T+1) as (B, T) on the CPU, in fp32: the forward of
+/// [`eval_loss`], the head applied `chunk_tokens` tokens at a time.
+pub fn eval_token_losses(model: &Baichuan, tokens: &Tensor, chunk_tokens: i64) -> Tensor {
+    tch::no_grad(|| {
+        let (inputs, targets, _, _) = inputs_targets(model, tokens, None);
+        let mut h = model.embed(&inputs);
+        for block in &model.layers {
+            h = block.forward_documents(&h, &model.rotary, None);
+        }
+        let (b, t, _) = h.size3().expect("hidden is (B, T, d)");
+        let v = model.lm_head.size()[0];
+        let chunk = (chunk_tokens / b).clamp(1, t);
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < t {
+            let len = chunk.min(t - start);
+            let logits = model.head(&h.narrow(1, start, len)).view([-1, v]);
+            let y = targets.narrow(1, start, len).reshape([-1]);
+            parts.push(
+                model
+                    .token_losses(&logits, &y, None)
+                    .view([b, len])
+                    .to_kind(Kind::Float),
+            );
+            start += len;
+        }
+        Tensor::cat(&parts, 1).to_device(tch::Device::Cpu)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -426,3 +426,360 @@ fn prompts_of_both_styles_equal_the_reference_scripts_text() {
         }
     }
 }
+
+/// GAOKAO-Bench and AGIEval fixtures in their real layouts (tests/fixtures/gaokao, agieval):
+/// with no shots every kept question is scored, so the accuracies of models that always answer
+/// one letter are counted by hand; the kept counts per file; the summary over two models and
+/// two benchmarks; malformed records named by file and line.
+#[test]
+fn gaokao_and_agieval_keep_single_answer_four_option_questions() {
+    let dir = common::temp_dir("eval-exams");
+    let (a, b) = (dir.join("always-A"), dir.join("always-B"));
+    always(letter_id("A"), &a);
+    always(letter_id("B"), &b);
+    let summary = dir.join("summary.md");
+    let (gaokao, agieval) = (fixtures("gaokao"), fixtures("agieval/data/v1"));
+    let (ok, text) = run(&[
+        "eval",
+        "mc",
+        "--model",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--bench",
+        &format!("gaokao={}", gaokao.display()),
+        &format!("agieval={}", agieval.display()),
+        "--shots",
+        "0",
+        "--device",
+        "cpu",
+        "--summary",
+        summary.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    // kept answers by hand: Math B,B,A,B,D,B (of 8: one with two answers, one with an E);
+    // History A,C,B; the fill-in-blanks file has only multi-answer questions; lsat-lr B,A,B,C
+    // (of 6: one with five options, one with two labels); logiqa-zh A,A,B (of 4: one cloze)
+    for line in [
+        "2010-2022_Math_II_MCQs.json                          8      6             1             1",
+        "2010-2022_English_Fill_in_Blanks.json                2      0             2             0  skipped",
+        "lsat-lr.jsonl                                        6      4             1             1",
+        "logiqa-zh.jsonl                                      4      3             1             0",
+    ] {
+        assert!(text.contains(line), "no {line:?} in\n{text}");
+    }
+    let want = |m: &str| -> [(&str, f64); 5] {
+        let (math, hist, lsat, logiqa) = if m == "A" {
+            (1.0 / 6.0, 1.0 / 3.0, 1.0 / 4.0, 2.0 / 3.0)
+        } else {
+            (4.0 / 6.0, 1.0 / 3.0, 2.0 / 4.0, 1.0 / 3.0)
+        };
+        [
+            ("Gaokao", (math + hist) / 2.0),
+            ("AGIEval", (lsat + logiqa) / 2.0),
+            ("AGIEval English", lsat),
+            ("AGIEval Chinese", logiqa),
+            ("math", math),
+        ]
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(summary.with_extension("json")).unwrap()).unwrap();
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(
+        md.starts_with("| model | Gaokao | AGIEval | AGIEval Chinese | AGIEval English |"),
+        "{md}"
+    );
+    for (i, m) in ["A", "B"].iter().enumerate() {
+        let row = &json["rows"][i];
+        assert_eq!(row["model"], format!("always-{m}"));
+        for (col, v) in &want(m)[..4] {
+            let got = row["scores"][col].as_f64().unwrap();
+            assert!(close(got, 100.0 * v), "{m} {col}: {got} vs {}", 100.0 * v);
+        }
+        let report = report(&dir.join(format!("always-{m}/eval-gaokao-seeded-0shot.json")));
+        assert!(
+            close(accuracy(&report, "2010-2022_Math_II_MCQs"), want(m)[4].1),
+            "{report}"
+        );
+        assert_eq!(report["files"].as_array().unwrap().len(), 3);
+        assert!(
+            md.contains(&format!("| always-{m} | {:.2} |", 100.0 * want(m)[0].1)),
+            "{md}"
+        );
+    }
+
+    // malformed records: the file and the line or example, and the fix
+    let bad = dir.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(
+        bad.join("sat-math.jsonl"),
+        "{\"question\": \"q\", \"options\": [\"(A)1\", \"(B)2\", \"(C)3\", \"(D)4\"], \"label\": \"A\"}\n{\"question\": oops}\n",
+    )
+    .unwrap();
+    let (ok, text) = run(&[
+        "eval",
+        "mc",
+        "--model",
+        b.to_str().unwrap(),
+        "--data",
+        bad.to_str().unwrap(),
+        "--format",
+        "agieval",
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        !ok && text.contains("sat-math.jsonl: line 2: not a JSON object"),
+        "{text}"
+    );
+    std::fs::write(
+        bad.join("x.json"),
+        "{\"keywords\": \"x\", \"example\": [{\"answer\": [\"A\"], \"index\": 0}]}",
+    )
+    .unwrap();
+    let (ok, text) = run(&[
+        "eval",
+        "mc",
+        "--model",
+        b.to_str().unwrap(),
+        "--data",
+        bad.to_str().unwrap(),
+        "--format",
+        "gaokao",
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        !ok && text.contains("x.json: example 1 (index 0): no `question` string"),
+        "{text}"
+    );
+    let (ok, text) = run(&[
+        "eval",
+        "mc",
+        "--model",
+        b.to_str().unwrap(),
+        "--data",
+        gaokao.to_str().unwrap(),
+        "--format",
+        "gaokao",
+        "--split",
+        "val",
+        "--device",
+        "cpu",
+    ]);
+    assert!(!ok && text.contains("--split: gaokao has no splits"), "{text}");
+}
+
+/// With shots, each file's kept questions are split by the seed into examples and scored
+/// questions: every prompt is the header, two examples and one other question, character for
+/// character as README gives the templates (English as MMLU, Chinese as Baichuan's C-Eval).
+#[test]
+fn exam_prompts_hold_the_seeded_shots_in_their_language() {
+    let dir = common::temp_dir("eval-exam-prompts");
+    let model = dir.join("always-B");
+    always(letter_id("B"), &model);
+    let en = [
+        (
+            "Every cat in the house sleeps after dinner.\nWhich one of the following must be true?",
+            [
+                "No cat sleeps",
+                "The house cat sleeps after dinner",
+                "Dogs sleep",
+                "None of the above",
+            ],
+            "B",
+        ),
+        (
+            "If all squares are rectangles, which follows?",
+            [
+                "Some rectangles are squares",
+                "All rectangles are squares",
+                "No square is a rectangle",
+                "Nothing follows",
+            ],
+            "A",
+        ),
+        (
+            "Ann is taller than Bo. Bo is taller than Cy.\nWho is the shortest?",
+            ["Ann", "Cy", "Bo", "Dee"],
+            "B",
+        ),
+        (
+            "Red is a colour.\nWhat is red?",
+            ["A shape", "A sound", "A colour", "A taste"],
+            "C",
+        ),
+    ];
+    let zh = [
+        (
+            "所有的鸟都会飞。企鹅是鸟。\n由此可以推出：",
+            ["企鹅会飞", "企鹅不会飞", "鸟不会飞", "以上都不对"],
+            "A",
+        ),
+        ("甲比乙高，乙比丙高，最矮的是：", ["丙", "甲", "乙", "无法确定"], "A"),
+        ("一周有几天？", ["五天", "七天", "十天", "三天"], "B"),
+    ];
+    let body = |q: &str, o: &[&str; 4]| format!("{q}\nA. {}\nB. {}\nC. {}\nD. {}", o[0], o[1], o[2], o[3]);
+    let prompts = dir.join("prompts.jsonl");
+    for seed in ["0", "7"] {
+        let (ok, text) = mc(
+            &model,
+            "agieval",
+            "agieval",
+            &[
+                "--shots",
+                "2",
+                "--seed",
+                seed,
+                "--dump-prompts",
+                prompts.to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{text}");
+        let rows: Vec<serde_json::Value> = std::fs::read_to_string(&prompts)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            rows.len(),
+            2 + 1,
+            "lsat-lr keeps 4, logiqa-zh 3; 2 shots each: {rows:?}"
+        );
+        for r in &rows {
+            let text = r["text"].as_str().unwrap();
+            let english = r["subject"] == "lsat-lr";
+            let mut matched = false;
+            let n = if english { en.len() } else { zh.len() };
+            for i in 0..n {
+                for j in 0..n {
+                    for k in 0..n {
+                        if i == j || j == k || i == k {
+                            continue;
+                        }
+                        let want = if english {
+                            let shot = |x: usize| format!("{}\nAnswer: {}\n\n", body(en[x].0, &en[x].1), en[x].2);
+                            format!(
+                                "The following are multiple choice questions (with answers) about LSAT logical reasoning.\n\n{}{}{}\nAnswer:",
+                                shot(i),
+                                shot(j),
+                                body(en[k].0, &en[k].1)
+                            )
+                        } else {
+                            let shot = |x: usize| format!("{}\n答案：{}", body(zh[x].0, &zh[x].1), zh[x].2);
+                            format!(
+                                "以下是中国关于逻辑推理考试的单项选择题，请选出其中的正确答案。\n\n{}\n{}\n{}\n答案：",
+                                shot(i),
+                                shot(j),
+                                body(zh[k].0, &zh[k].1)
+                            )
+                        };
+                        matched |= text == want;
+                    }
+                }
+            }
+            assert!(matched, "seed {seed}: no template matches {text:?}");
+        }
+    }
+}
+
+/// `eval ppl --by-position`: a zero head predicts every token with probability 1/64000 at every
+/// position, also past the model's context (rotary tables extended from 32 to 64 positions); a
+/// random model's per-position losses average to the overall perplexity of the same windows.
+#[test]
+fn loss_by_position_extrapolates_past_the_trained_context() {
+    let dir = common::temp_dir("eval-by-position");
+    tch::manual_seed(5);
+    let config = ModelConfig {
+        max_position_embeddings: 32,
+        ..tiny_config(2)
+    };
+    let zero = Baichuan::new(&config, Device::Cpu).unwrap();
+    let random = Baichuan::new(&config, Device::Cpu).unwrap();
+    tch::no_grad(|| {
+        let _ = zero.lm_head.shallow_clone().zero_();
+    });
+    let (zm, rm) = (dir.join("zero"), dir.join("random"));
+    save(&zero, &zm);
+    save(&random, &rm);
+    let data = common::root().join("data/sample/kjv.txt");
+    let (out, png) = (dir.join("pos.json"), dir.join("pos.png"));
+    let args = |m: &Path, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "eval",
+            "ppl",
+            "--model",
+            m.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(["--device", "cpu", "--max-tokens", "641"].iter().map(|s| s.to_string()));
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let (ok, text) = run(&args(
+        &zm,
+        &[
+            "--by-position",
+            "--seq-len",
+            "64",
+            "--bucket",
+            "16",
+            "--out",
+            out.to_str().unwrap(),
+            "--plot",
+            png.to_str().unwrap(),
+        ],
+    ));
+    assert!(ok, "{text}");
+    let r = report(&out);
+    assert_eq!(r["windows"], 10, "640 predicted tokens in windows of 64: {r}");
+    let buckets = r["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 4);
+    for b in buckets {
+        assert_eq!(b["tokens"], 160);
+        assert!((b["loss"].as_f64().unwrap() - 64000f64.ln()).abs() < 1e-4, "{b}");
+    }
+    assert!(
+        text.contains("rotary tables extended from the model's 32 positions (max_position_embeddings) to 64"),
+        "{text}"
+    );
+    assert_eq!(text.matches("past the model's context").count(), 2, "{text}");
+    assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
+    // without --by-position the context is the limit
+    let (ok, text) = run(&args(&zm, &["--seq-len", "64"]));
+    assert!(!ok && text.contains("--by-position"), "{text}");
+
+    // a random model within its context: per-position losses average to eval ppl's loss
+    let (ok, text) = run(&args(
+        &rm,
+        &[
+            "--by-position",
+            "--seq-len",
+            "32",
+            "--bucket",
+            "8",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    ));
+    assert!(ok, "{text}");
+    let by = report(&out);
+    let ppl_out = dir.join("ppl.json");
+    let (ok, text) = run(&args(&rm, &["--seq-len", "32", "--out", ppl_out.to_str().unwrap()]));
+    assert!(ok, "{text}");
+    let whole = report(&ppl_out);
+    assert_eq!(by["windows"], whole["windows"]);
+    let mean: f64 = by["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["loss"].as_f64().unwrap())
+        .sum::<f64>()
+        / 4.0;
+    let want = whole["loss"].as_f64().unwrap();
+    assert!((mean / want - 1.0).abs() < 1e-5, "{mean} vs {want}");
+    assert!((by["loss"].as_f64().unwrap() / want - 1.0).abs() < 1e-5);
+}

@@ -36,6 +36,32 @@ use super::{data_err, EvalError};
 pub enum McFormat {
     Ceval,
     Mmlu,
+    /// GAOKAO-Bench's objective questions ([`super::exams`]): options inside the question text.
+    Gaokao,
+    /// AGIEval's four-option single-choice subsets ([`super::exams`]).
+    Agieval,
+}
+
+impl McFormat {
+    /// The name in reports and file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            McFormat::Ceval => "ceval",
+            McFormat::Mmlu => "mmlu",
+            McFormat::Gaokao => "gaokao",
+            McFormat::Agieval => "agieval",
+        }
+    }
+
+    /// The prompts of `subject` are Chinese, in the layout of Baichuan-7B's C-Eval script: an
+    /// instruction ending with one newline, examples joined by single newlines, "答案：".
+    fn chinese(self, subject: &McSubject) -> bool {
+        match self {
+            McFormat::Ceval | McFormat::Gaokao => true,
+            McFormat::Mmlu => false,
+            McFormat::Agieval => subject.category != "English",
+        }
+    }
 }
 
 pub const LETTERS: [&str; 4] = ["A", "B", "C", "D"];
@@ -191,6 +217,12 @@ pub fn read_questions(path: &Path, format: McFormat) -> Result<Vec<McQuestion>, 
             (cols, &rows[1..])
         }
         McFormat::Mmlu => ([0, 1, 2, 3, 4, 5], &rows[..]),
+        McFormat::Gaokao | McFormat::Agieval => {
+            return Err(data_err(
+                path,
+                "GAOKAO-Bench and AGIEval are JSON files, read by exams::load_exam",
+            ))
+        }
     };
     let first_row = if format == McFormat::Ceval { 2 } else { 1 };
     body.iter()
@@ -296,7 +328,7 @@ pub fn load_subjects(
                     .find(|(k, _, _)| *k == key)
                     .map(|(_, n, c)| (n.to_string(), c.to_string()))
                     .unwrap_or_else(|| (key.replace('_', " "), "Other".into())),
-                McFormat::Mmlu => {
+                McFormat::Mmlu | McFormat::Gaokao | McFormat::Agieval => {
                     let category = MMLU_SUBJECTS
                         .iter()
                         .find(|(k, _)| *k == key)
@@ -325,10 +357,19 @@ pub fn format_question(format: McFormat, q: &McQuestion, with_answer: bool) -> S
 /// [`format_question`] in `style`: Baichuan's C-Eval shots end right after the answer letter.
 pub fn format_question_in(format: McFormat, style: PromptStyle, q: &McQuestion, with_answer: bool) -> String {
     let mut s = q.question.clone();
-    for (l, o) in LETTERS.iter().zip(&q.options) {
-        s.push_str(&format!("\n{l}. {o}"));
+    if format != McFormat::Gaokao {
+        // GAOKAO-Bench's questions hold their options
+        for (l, o) in LETTERS.iter().zip(&q.options) {
+            s.push_str(&format!("\n{l}. {o}"));
+        }
     }
     match (format, with_answer) {
+        // the exams: in their subject's language, Chinese ones as Baichuan's C-Eval
+        (McFormat::Gaokao, true) => s.push_str(&format!("\n答案：{}", LETTERS[q.answer])),
+        (McFormat::Gaokao, false) => s.push_str("\n答案："),
+        // (an AGIEval subset's language is its subject's: see format_for; this is the Chinese)
+        (McFormat::Agieval, true) => s.push_str(&format!("\n答案：{}", LETTERS[q.answer])),
+        (McFormat::Agieval, false) => s.push_str("\n答案："),
         (McFormat::Ceval, true) if style == PromptStyle::Baichuan => {
             s.push_str(&format!("\n答案：{}", LETTERS[q.answer]))
         }
@@ -338,6 +379,37 @@ pub fn format_question_in(format: McFormat, style: PromptStyle, q: &McQuestion, 
         (McFormat::Mmlu, false) => s.push_str("\nAnswer:"),
     }
     s
+}
+
+/// An AGIEval question in its subset's language: Chinese ones as Baichuan's C-Eval ("答案："),
+/// English ones as MMLU ("Answer:", shots ending with a blank line).
+pub fn format_exam_question(chinese: bool, q: &McQuestion, with_answer: bool) -> String {
+    let mut s = q.question.clone();
+    for (l, o) in LETTERS.iter().zip(&q.options) {
+        s.push_str(&format!("\n{l}. {o}"));
+    }
+    match (chinese, with_answer) {
+        (true, true) => s.push_str(&format!("\n答案：{}", LETTERS[q.answer])),
+        (true, false) => s.push_str("\n答案："),
+        (false, true) => s.push_str(&format!("\nAnswer: {}\n\n", LETTERS[q.answer])),
+        (false, false) => s.push_str("\nAnswer:"),
+    }
+    s
+}
+
+/// [`format_question_in`] for a question of `subject` (AGIEval's language is the subject's).
+pub fn format_for(
+    format: McFormat,
+    style: PromptStyle,
+    subject: &McSubject,
+    q: &McQuestion,
+    with_answer: bool,
+) -> String {
+    if format == McFormat::Agieval {
+        format_exam_question(format.chinese(subject), q, with_answer)
+    } else {
+        format_question_in(format, style, q, with_answer)
+    }
 }
 
 /// The prompt's opening line (official convention). MMLU's keeps the reference's spelling: every
@@ -362,6 +434,16 @@ pub fn header_in(format: McFormat, style: PromptStyle, subject: &McSubject) -> S
             let words: String = subject.key.split('_').map(|w| format!(" {w}")).collect();
             format!("The following are multiple choice questions (with answers) about {words}.\n\n")
         }
+        McFormat::Gaokao | McFormat::Agieval if format.chinese(subject) => {
+            format!(
+                "以下是中国关于{}考试的单项选择题，请选出其中的正确答案。\n",
+                subject.name
+            )
+        }
+        McFormat::Gaokao | McFormat::Agieval => format!(
+            "The following are multiple choice questions (with answers) about {}.\n\n",
+            subject.name
+        ),
     }
 }
 
@@ -385,10 +467,21 @@ pub fn shot_order(dev_len: usize, k: usize, seed: Option<u64>) -> Vec<usize> {
     idx
 }
 
-/// Joins a prompt: Baichuan's C-Eval puts a newline before every example and before the
-/// question; otherwise the parts follow each other (shots end with their blank line).
+/// Joins a prompt: Baichuan's C-Eval (and the Chinese exams, `newlines`) puts a newline before
+/// every example and before the question; otherwise the parts follow each other (shots end with
+/// their blank line).
 pub fn assemble(format: McFormat, style: PromptStyle, head: &str, shots: &[String], end: &str) -> String {
-    if format == McFormat::Ceval && style == PromptStyle::Baichuan {
+    assemble_joined(
+        format == McFormat::Ceval && style == PromptStyle::Baichuan,
+        head,
+        shots,
+        end,
+    )
+}
+
+/// [`assemble`] with the joining chosen: `newlines` for Baichuan's C-Eval layout.
+pub fn assemble_joined(newlines: bool, head: &str, shots: &[String], end: &str) -> String {
+    if newlines {
         let mut p = head.to_string();
         for s in shots {
             p.push('\n');
@@ -414,7 +507,10 @@ pub fn shots_for(
     subject: usize,
     question: usize,
 ) -> Vec<usize> {
-    if format == McFormat::Ceval && style == PromptStyle::Baichuan {
+    if matches!(format, McFormat::Gaokao | McFormat::Agieval) {
+        // the exams' examples were drawn when the file was split: all of them, in that order
+        (0..k.min(dev_len)).collect()
+    } else if format == McFormat::Ceval && style == PromptStyle::Baichuan {
         let mixed =
             splitmix64(splitmix64(seed.unwrap_or(0) ^ (subject as u64).wrapping_mul(GOLDEN)) ^ (question as u64));
         shot_order(dev_len, k, Some(mixed))
@@ -438,13 +534,18 @@ fn question_parts(s: &McSubject, si: usize, qi: usize, o: &McOptions) -> (Vec<us
     let order = shots_for(o.format, o.style, s.dev.len(), o.shots, o.seed, si, qi);
     let shots = order
         .iter()
-        .map(|&i| format_question_in(o.format, o.style, &s.dev[i], true))
+        .map(|&i| format_for(o.format, o.style, s, &s.dev[i], true))
         .collect();
-    (
-        order,
-        shots,
-        format_question_in(o.format, o.style, &s.questions[qi], false),
-    )
+    (order, shots, format_for(o.format, o.style, s, &s.questions[qi], false))
+}
+
+/// Whether `s`'s prompts join their parts with newlines (Baichuan's C-Eval layout).
+fn newlines(o: &McOptions, s: &McSubject) -> bool {
+    match o.format {
+        McFormat::Ceval => o.style == PromptStyle::Baichuan,
+        McFormat::Mmlu => false,
+        McFormat::Gaokao | McFormat::Agieval => o.format.chinese(s),
+    }
 }
 
 /// Every question's full prompt in `o.style`, with all its shots.
@@ -458,7 +559,7 @@ pub fn build_prompts(subjects: &[McSubject], o: &McOptions) -> Vec<McPrompt> {
                 subject: s.key.clone(),
                 question: qi,
                 shots: order,
-                text: assemble(o.format, o.style, &head, &shots, &end),
+                text: assemble_joined(newlines(o, s), &head, &shots, &end),
             });
         }
     }
@@ -498,7 +599,7 @@ pub fn build_items(subjects: &[McSubject], tok: &Tokenizer, o: &McOptions) -> Re
             let (_, shots, end) = question_parts(s, si, qi, o);
             let mut k = shots.len();
             let mut ids = loop {
-                let prompt = assemble(o.format, o.style, &head, &shots[..k], &end);
+                let prompt = assemble_joined(newlines(o, s), &head, &shots[..k], &end);
                 let mut ids: Vec<i64> = o.bos.map(i64::from).into_iter().collect();
                 ids.extend(tok.encode(&prompt)?.into_iter().map(i64::from));
                 if ids.len() <= o.max_len || k == 0 {
@@ -634,6 +735,9 @@ pub struct McReport {
     pub prompts_truncated: usize,
     /// The predicted letter of every question, per subject in file order.
     pub predictions: BTreeMap<String, String>,
+    /// GAOKAO-Bench and AGIEval: each file's questions, those kept and why others were not.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<super::exams::FileCount>,
 }
 
 /// Accuracy per subject and the reference's averages.
@@ -676,9 +780,9 @@ pub fn summarize(
     let questions: usize = total.iter().sum();
     let unweighted = |rs: &[&SubjectResult]| rs.iter().map(|r| r.accuracy).sum::<f64>() / rs.len().max(1) as f64;
     let (average, average_kind, categories) = match format {
-        McFormat::Ceval => {
+        McFormat::Ceval | McFormat::Gaokao | McFormat::Agieval => {
             let mut by: BTreeMap<String, Vec<&SubjectResult>> = BTreeMap::new();
-            for r in &results {
+            for r in results.iter().filter(|r| !r.category.is_empty()) {
                 by.entry(r.category.clone()).or_default().push(r);
             }
             let cats = by.into_iter().map(|(c, rs)| (c, unweighted(&rs))).collect();
@@ -719,7 +823,88 @@ pub fn summarize(
             .count(),
         prompts_truncated: items.iter().filter(|i| i.truncated).count(),
         predictions,
+        files: Vec::new(),
     }
+}
+
+/// The summary of several models on several benchmarks, in the report's shape.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// A Markdown table: a row per model, a column per benchmark's average and per category.
+    pub markdown: String,
+    /// `{"columns": [...], "rows": [{"model", "path", "scores": {column: accuracy}}]}`.
+    pub json: serde_json::Value,
+}
+
+/// A benchmark's name as the report writes it.
+fn display_name(format: McFormat) -> &'static str {
+    match format {
+        McFormat::Ceval => "C-Eval",
+        McFormat::Mmlu => "MMLU",
+        McFormat::Gaokao => "Gaokao",
+        McFormat::Agieval => "AGIEval",
+    }
+}
+
+/// One row per model (its directory's name, or its path where two names agree), a column per
+/// benchmark's average (percent) followed by one per category, in the order the first model's
+/// reports give them; a cell a model lacks is empty.
+pub fn summary_table(rows: &[(std::path::PathBuf, Vec<McReport>)]) -> Summary {
+    let mut columns: Vec<String> = Vec::new();
+    let mut cells: Vec<BTreeMap<String, f64>> = Vec::new();
+    for (_, reports) in rows {
+        let mut row = BTreeMap::new();
+        for r in reports {
+            let name = display_name(r.format);
+            let mut add = |col: String, v: f64| {
+                if !columns.contains(&col) {
+                    columns.push(col.clone());
+                }
+                row.insert(col, 100.0 * v);
+            };
+            add(name.to_string(), r.average);
+            for (c, v) in &r.categories {
+                add(format!("{name} {c}"), *v);
+            }
+        }
+        cells.push(row);
+    }
+    let label = |path: &std::path::Path| {
+        path.file_name()
+            .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+    };
+    let labels: Vec<String> = rows
+        .iter()
+        .map(|(p, _)| {
+            let l = label(p);
+            if rows.iter().filter(|(q, _)| label(q) == l).count() > 1 {
+                p.display().to_string()
+            } else {
+                l
+            }
+        })
+        .collect();
+    let mut md = format!(
+        "| model | {} |\n|---|{}\n",
+        columns.join(" | "),
+        "---:|".repeat(columns.len())
+    );
+    for (l, row) in labels.iter().zip(&cells) {
+        let vals: Vec<String> = columns
+            .iter()
+            .map(|c| row.get(c).map_or_else(String::new, |v| format!("{v:.2}")))
+            .collect();
+        md.push_str(&format!("| {l} | {} |\n", vals.join(" | ")));
+    }
+    let json = serde_json::json!({
+        "columns": columns,
+        "rows": rows.iter().zip(&labels).zip(&cells).map(|(((p, _), l), row)| serde_json::json!({
+            "model": l,
+            "path": p,
+            "scores": row,
+        })).collect::<Vec<_>>(),
+    });
+    Summary { markdown: md, json }
 }
 
 #[cfg(test)]

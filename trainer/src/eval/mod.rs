@@ -1,15 +1,18 @@
 //! Evaluation of a trained model: few-shot multiple choice in the layouts and prompts of the
-//! reference's C-Eval and MMLU scripts ([`mc`], with the subject tables of [`subjects`]), and
+//! reference's C-Eval and MMLU scripts ([`mc`], with the subject tables of [`subjects`]), and of
+//! GAOKAO-Bench and AGIEval as the Baichuan-7B report keeps them ([`exams`]), and
 //! perplexity on text or token shards ([`ppl`]).
 
+pub mod exams;
 pub mod mc;
 pub mod ppl;
 pub mod subjects;
 
 use std::path::{Path, PathBuf};
 
+pub use exams::{load_exam, FileCount};
 pub use mc::*;
-pub use ppl::{perplexity, PplReport};
+pub use ppl::{loss_by_position, perplexity, PositionBucket, PositionOptions, PositionReport, PplReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
