@@ -284,6 +284,9 @@ pub struct EvalConfig {
     pub interval: u64,
     /// Batches (of the global batch size) per evaluation; always the same ones.
     pub batches: u64,
+    /// Multiple-choice benchmarks scored at each evaluation (`[[eval.mc]]`), their accuracy
+    /// logged beside the validation loss.
+    pub mc: Vec<McEvalConfig>,
 }
 
 impl Default for EvalConfig {
@@ -291,8 +294,40 @@ impl Default for EvalConfig {
         EvalConfig {
             interval: 100,
             batches: 4,
+            mc: Vec::new(),
         }
     }
+}
+
+/// One `[[eval.mc]]` table: a benchmark subset scored during training as `eval mc` scores it
+/// (Baichuan-7B's prompts, the A/B/C/D logits).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct McEvalConfig {
+    /// `ceval`, `mmlu`, `gaokao` or `agieval`.
+    pub format: crate::eval::McFormat,
+    /// The benchmark directory, as `eval mc --data`.
+    pub data: PathBuf,
+    /// Only these subjects (file keys or stems); empty: all.
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    /// Few-shot examples per prompt.
+    #[serde(default = "default_mc_shots")]
+    pub shots: usize,
+    /// C-Eval and MMLU: the split (default val for C-Eval, test for MMLU).
+    #[serde(default)]
+    pub split: Option<String>,
+    /// At most this many questions, spread evenly over the subjects' questions (0: all).
+    #[serde(default = "default_mc_questions")]
+    pub max_questions: usize,
+}
+
+fn default_mc_shots() -> usize {
+    5
+}
+
+fn default_mc_questions() -> usize {
+    200
 }
 
 /// Numeric precision of parameters and activations.

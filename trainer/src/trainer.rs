@@ -450,6 +450,22 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             println!("data: {why}: the run will stop after step {end}");
         }
     }
+    let probes = if config.eval.mc.is_empty() {
+        Vec::new()
+    } else {
+        let tok = baichuan_data::Tokenizer::open(&tok_path)?;
+        let probes =
+            crate::eval::probe::probes(&config.eval.mc, &tok, mc.max_position_embeddings as usize, rank, world)?;
+        if main {
+            for p in &probes {
+                println!(
+                    "eval: {} multiple choice, {} questions at each evaluation",
+                    p.name, p.questions
+                );
+            }
+        }
+        probes
+    };
     let mut saver = checkpointer(config, &env, store_addr.as_deref(), ckpt_dir, mc, &tok_path)?;
     let rates = Rates::new(config, &resolved, &tr, world);
     if main {
@@ -502,15 +518,23 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         } else {
             None
         };
+        let mut mc_scores = BTreeMap::new();
+        if evaluate {
+            for p in &probes {
+                beat(s + 1, "multiple-choice evaluation");
+                mc_scores.insert(p.name.clone(), p.score(&tr.model, comm)?);
+            }
+        }
         losses.push(out.loss);
         if let Some(log) = log.as_mut() {
             let mut record = rates.record(s + 1, lr, dt, &out, valid_loss, &tr);
             record.sources = source_records(&data, &by_source);
+            record.mc = mc_scores;
             log.write(&record)?;
             report_step(
                 &bar,
                 &record,
-                (s + 1) % t.log_interval == 0 || s == 0 || last || valid_loss.is_some(),
+                (s + 1) % t.log_interval == 0 || s == 0 || last || valid_loss.is_some() || !record.mc.is_empty(),
             );
         }
         // checkpoint: by steps, by time, at the end, on SIGTERM or --stop-after
@@ -718,6 +742,7 @@ impl Rates {
             valid_loss,
             valid_ppl: valid_loss.map(f64::exp),
             sources: BTreeMap::new(),
+            mc: BTreeMap::new(),
         }
     }
 }
@@ -853,9 +878,12 @@ fn report_step(bar: &ProgressBar, r: &StepRecord, shown: bool) {
     bar.set_message(format!("loss {:.4}", r.loss));
     bar.inc(1);
     if shown {
-        let valid = r
+        let mut valid = r
             .valid_loss
             .map_or(String::new(), |v| format!(" | valid {v:.4} (ppl {:.1})", v.exp()));
+        for (name, acc) in &r.mc {
+            valid.push_str(&format!(" | {name} {:.1}%", 100.0 * acc));
+        }
         bar.suspend(|| {
             println!(
                 "step {:>6} | loss {:.4}{valid} | lr {:.3e} | grad norm {:.3} | {:.0} tok/s | MFU {:.1}% | {:.0} ms",

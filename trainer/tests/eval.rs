@@ -457,13 +457,13 @@ fn gaokao_and_agieval_keep_single_answer_four_option_questions() {
     ]);
     assert!(ok, "{text}");
     // kept answers by hand: Math B,B,A,B,D,B (of 8: one with two answers, one with an E);
-    // History A,C,B; the fill-in-blanks file has only multi-answer questions; lsat-lr B,A,B,C
-    // (of 6: one with five options, one with two labels); logiqa-zh A,A,B (of 4: one cloze)
+    // History A,C,B; the fill-in-blanks file labels no options; lsat-lr B,A,B,C (of 6: one with
+    // five options, one with two labels); logiqa-zh A,A,B (of 4: one cloze, without options)
     for line in [
         "2010-2022_Math_II_MCQs.json                          8      6             1             1",
-        "2010-2022_English_Fill_in_Blanks.json                2      0             2             0  skipped",
+        "2010-2022_English_Fill_in_Blanks.json                2      0             0             2  skipped",
         "lsat-lr.jsonl                                        6      4             1             1",
-        "logiqa-zh.jsonl                                      4      3             1             0",
+        "logiqa-zh.jsonl                                      4      3             0             1",
     ] {
         assert!(text.contains(line), "no {line:?} in\n{text}");
     }
@@ -782,4 +782,72 @@ fn loss_by_position_extrapolates_past_the_trained_context() {
     let want = whole["loss"].as_f64().unwrap();
     assert!((mean / want - 1.0).abs() < 1e-5, "{mean} vs {want}");
     assert!((by["loss"].as_f64().unwrap() / want - 1.0).abs() < 1e-5);
+}
+
+/// `[[eval.mc]]` during training, on 1 rank and split over 2: the accuracy logged at the last
+/// step is the share of questions `eval mc` gets right with the trained model (its per-subject
+/// counts summed), and it is logged at every evaluation.
+#[test]
+fn multiple_choice_during_training_matches_eval_mc_on_the_trained_model() {
+    let dir = common::temp_dir("eval-during-training");
+    let ceval = fixtures("ceval");
+    let probe = format!(
+        "eval.mc=[{{format=\"ceval\", data={:?}, shots=0}}]",
+        ceval.to_str().unwrap()
+    );
+    for (name, head) in [("1", "train"), ("2", "launch --nproc 2 --master-port 0")] {
+        let run_dir = dir.join(format!("run-{name}"));
+        let mut args: Vec<String> = head.split_whitespace().map(String::from).collect();
+        args.extend(
+            [
+                "--config",
+                "config/tiny.toml",
+                "--set",
+                &format!("job.run_dir={}", run_dir.display()),
+                "--set",
+                &probe,
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        args.extend(
+            "--set model.hidden_size=32 --set model.intermediate_size=64 --set model.num_hidden_layers=2 \
+             --set data.seq_len=16 --set train.device=cpu --set train.micro_batch_size=1 \
+             --set train.global_batch_size=4 --set train.steps=6 --set eval.interval=3"
+                .split_whitespace()
+                .map(String::from),
+        );
+        let (ok, text) = run(&args);
+        assert!(
+            ok && text.contains("eval: ceval multiple choice, 7 questions"),
+            "{text}"
+        );
+        let rows = common::metrics(&run_dir);
+        let logged: Vec<(u64, f64)> = rows
+            .iter()
+            .filter_map(|r| Some((r["step"].as_u64()?, r["mc"]["ceval"].as_f64()?)))
+            .collect();
+        assert_eq!(
+            logged.iter().map(|x| x.0).collect::<Vec<_>>(),
+            [3, 6],
+            "{name}: {logged:?}"
+        );
+        let out = dir.join(format!("mc-{name}.json"));
+        let (ok, text) = mc(
+            &run_dir.join("model"),
+            "ceval",
+            "ceval",
+            &["--shots", "0", "--out", out.to_str().unwrap()],
+        );
+        assert!(ok, "{text}");
+        let r = report(&out);
+        let (right, all) = r["subjects"].as_array().unwrap().iter().fold((0, 0), |(a, b), s| {
+            (a + s["correct"].as_u64().unwrap(), b + s["questions"].as_u64().unwrap())
+        });
+        assert_eq!(all, 7);
+        assert!(
+            close(logged[1].1, right as f64 / 7.0),
+            "{name}: logged {logged:?}, eval mc {right}/7"
+        );
+    }
 }

@@ -173,14 +173,15 @@ pub fn read_gaokao(path: &Path) -> Result<(Vec<McQuestion>, FileCount), EvalErro
                 format!("example {} (index {}): no `answer`", i + 1, ex["index"]),
             ));
         }
-        let Some(answer) = single_letter(&ex["answer"]) else {
-            count.not_single_answer += 1;
-            continue;
-        };
+        // options first: a single answer E of a five-option question counts as not four options
         if option_labels(question) != ['A', 'B', 'C', 'D'] {
             count.not_four_options += 1;
             continue;
         }
+        let Some(answer) = single_letter(&ex["answer"]) else {
+            count.not_single_answer += 1;
+            continue;
+        };
         kept.push(McQuestion {
             question: question.trim().to_string(),
             options: Default::default(),
@@ -218,10 +219,6 @@ pub fn read_agieval(path: &Path) -> Result<(Vec<McQuestion>, FileCount), EvalErr
             (_, Some(a)) if !a.is_null() => a,
             _ => return Err(at("neither `label` nor `answer`")),
         };
-        let Some(answer) = single_letter(label) else {
-            count.not_single_answer += 1;
-            continue;
-        };
         let options: Vec<String> = match &rec["options"] {
             serde_json::Value::Array(a) => a
                 .iter()
@@ -234,8 +231,13 @@ pub fn read_agieval(path: &Path) -> Result<(Vec<McQuestion>, FileCount), EvalErr
             serde_json::Value::Null => Vec::new(),
             _ => return Err(at("`options` is not a list")),
         };
+        // options first: a label E of a five-option question counts as not four options
         let Ok(options) = <[String; 4]>::try_from(options) else {
             count.not_four_options += 1;
+            continue;
+        };
+        let Some(answer) = single_letter(label) else {
+            count.not_single_answer += 1;
             continue;
         };
         let passage = rec["passage"].as_str().map(str::trim).unwrap_or("");

@@ -31,7 +31,7 @@ use super::subjects::{CEVAL_SUBJECTS, MMLU_SUBJECTS};
 use super::{data_err, EvalError};
 
 /// The benchmark's file layout and prompt format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum McFormat {
     Ceval,

@@ -6,6 +6,7 @@
 pub mod exams;
 pub mod mc;
 pub mod ppl;
+pub mod probe;
 pub mod subjects;
 
 use std::path::{Path, PathBuf};

@@ -47,6 +47,9 @@ pub struct StepRecord {
     /// evaluation steps (`valid_loss` is then the mean over the sources with held-out data).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub sources: std::collections::BTreeMap<String, SourceRecord>,
+    /// `[[eval.mc]]`: each benchmark subset's accuracy, on evaluation steps.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub mc: std::collections::BTreeMap<String, f64>,
 }
 
 /// One source's line of a [`StepRecord`].
@@ -80,6 +83,9 @@ impl StepRecord {
         }
         if let Some(p) = self.valid_ppl {
             v.push(("valid/ppl".into(), p));
+        }
+        for (name, acc) in &self.mc {
+            v.push((format!("valid/mc/{name}"), *acc));
         }
         for (name, s) in &self.sources {
             v.push((format!("sources/{name}/tokens"), s.tokens as f64));
