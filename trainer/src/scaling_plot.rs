@@ -9,6 +9,11 @@ use baichuan_plot::{ColorScale, Mark, Paint, Panel, Series};
 
 use crate::scaling::{group_by_compute, IsoFlopFit, LawFit, Point};
 
+/// The smallest and largest of `values` (infinity and minus infinity when there are none).
+fn extent(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)))
+}
+
 /// `k` points spaced evenly in log between `lo` and `hi`.
 fn log_grid(lo: f64, hi: f64, k: usize) -> Vec<f64> {
     let (a, b) = (lo.ln(), hi.ln());
@@ -52,9 +57,7 @@ pub fn panels(pts: &[Point], fit: &LawFit, iso: Option<&IsoFlopFit>, budgets: &[
     };
     // each profile's N range, a third wider on each side
     let range = |runs: &[Point]| {
-        let (lo, hi) = runs
-            .iter()
-            .fold((f64::INFINITY, 0.0f64), |(a, b), p| (a.min(p.params), b.max(p.params)));
+        let (lo, hi) = extent(runs.iter().map(|p| p.params));
         (hi > lo).then(|| log_grid(lo / 1.5, hi * 1.5, 60))
     };
     // Approach 3 along every profile of two or more sizes (whether or not Approach 2 fitted it)
@@ -108,9 +111,7 @@ pub fn panels(pts: &[Point], fit: &LawFit, iso: Option<&IsoFlopFit>, budgets: &[
         });
     }
     // the fitted frontier: Approach 3's compute-optimal (N, loss) across the runs' compute
-    let (f_lo, f_hi) = pts
-        .iter()
-        .fold((f64::INFINITY, 0.0f64), |(a, b), p| (a.min(p.flops), b.max(p.flops)));
+    let (f_lo, f_hi) = extent(pts.iter().map(|p| p.flops));
     if f_hi > 0.0 {
         let frontier = log_grid(f_lo, f_hi.max(f_lo * 1.01), 60)
             .into_iter()
@@ -129,7 +130,7 @@ pub fn panels(pts: &[Point], fit: &LawFit, iso: Option<&IsoFlopFit>, budgets: &[
 
     // N_opt against C, over the data's compute and the budgets asked about, a factor 3 wider
     let cs = pts.iter().map(|p| p.flops).chain(budgets.iter().copied());
-    let (c_lo, c_hi) = cs.fold((f64::INFINITY, 0.0f64), |(a, b), c| (a.min(c), b.max(c)));
+    let (c_lo, c_hi) = extent(cs);
     let grid = log_grid(c_lo / 3.0, c_hi * 3.0, 80);
     let mut optimal = Panel {
         title: "compute-optimal model size".into(),
@@ -191,9 +192,7 @@ pub fn panels(pts: &[Point], fit: &LawFit, iso: Option<&IsoFlopFit>, budgets: &[
     }
 
     // fitted against measured loss, coloured by tokens per parameter
-    let (l_lo, l_hi) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
-        (a.min(p.loss), b.max(p.loss))
-    });
+    let (l_lo, l_hi) = extent(pts.iter().map(|p| p.loss));
     let ratio: Vec<f64> = pts.iter().map(|p| p.tokens / p.params).collect();
     let residuals = Panel {
         title: "Approach 3 fit against the runs".into(),

@@ -167,17 +167,13 @@ fn a_model_that_always_answers_one_letter_gets_the_hand_computed_accuracies() {
 
 /// `eval mc` of `model` on fixture set `data` read as `format`, on CPU.
 fn mc(model: &Path, data: &str, format: &str, extra: &[&str]) -> (bool, String) {
-    let (m, d) = (model.to_str().unwrap(), fixtures(data));
-    let mut args = vec![
-        "eval",
-        "mc",
-        "--model",
-        m,
-        "--data",
-        d.to_str().unwrap(),
-        "--format",
-        format,
-    ];
+    mc_at(model, &fixtures(data), format, extra)
+}
+
+/// `eval mc` of `model` on the benchmark directory `data` read as `format`, on CPU.
+fn mc_at(model: &Path, data: &Path, format: &str, extra: &[&str]) -> (bool, String) {
+    let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
+    let mut args = vec!["eval", "mc", "--model", m, "--data", d, "--format", format];
     args.extend(["--device", "cpu"]);
     args.extend(extra);
     run(&args)
@@ -515,18 +511,7 @@ fn gaokao_and_agieval_keep_single_answer_four_option_questions() {
         "{\"question\": \"q\", \"options\": [\"(A)1\", \"(B)2\", \"(C)3\", \"(D)4\"], \"label\": \"A\"}\n{\"question\": oops}\n",
     )
     .unwrap();
-    let (ok, text) = run(&[
-        "eval",
-        "mc",
-        "--model",
-        b.to_str().unwrap(),
-        "--data",
-        bad.to_str().unwrap(),
-        "--format",
-        "agieval",
-        "--device",
-        "cpu",
-    ]);
+    let (ok, text) = mc_at(&b, &bad, "agieval", &[]);
     assert!(
         !ok && text.contains("sat-math.jsonl: line 2: not a JSON object"),
         "{text}"
@@ -536,36 +521,12 @@ fn gaokao_and_agieval_keep_single_answer_four_option_questions() {
         "{\"keywords\": \"x\", \"example\": [{\"answer\": [\"A\"], \"index\": 0}]}",
     )
     .unwrap();
-    let (ok, text) = run(&[
-        "eval",
-        "mc",
-        "--model",
-        b.to_str().unwrap(),
-        "--data",
-        bad.to_str().unwrap(),
-        "--format",
-        "gaokao",
-        "--device",
-        "cpu",
-    ]);
+    let (ok, text) = mc_at(&b, &bad, "gaokao", &[]);
     assert!(
         !ok && text.contains("x.json: example 1 (index 0): no `question` string"),
         "{text}"
     );
-    let (ok, text) = run(&[
-        "eval",
-        "mc",
-        "--model",
-        b.to_str().unwrap(),
-        "--data",
-        gaokao.to_str().unwrap(),
-        "--format",
-        "gaokao",
-        "--split",
-        "val",
-        "--device",
-        "cpu",
-    ]);
+    let (ok, text) = mc_at(&b, &gaokao, "gaokao", &["--split", "val"]);
     assert!(!ok && text.contains("--split: gaokao has no splits"), "{text}");
 }
 
