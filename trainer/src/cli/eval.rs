@@ -265,23 +265,13 @@ fn score_benchmark(
             format.name()
         );
     }
-    let split = match (&a.split, format) {
-        (Some(s), _) => s.clone(),
-        (None, McFormat::Ceval) => "val".into(),
-        (None, McFormat::Mmlu) => "test".into(),
-        (None, _) => "seeded".into(),
-    };
+    let split = a.split.clone().unwrap_or_else(|| format.default_split().into());
     let context = m.config.max_position_embeddings as usize;
     let style = match a.prompt_style {
         StyleArg::Baichuan => PromptStyle::Baichuan,
         StyleArg::Official => PromptStyle::Official,
     };
-    let default_len = if format == McFormat::Mmlu && style == PromptStyle::Baichuan {
-        eval::BAICHUAN_MMLU_MAX_LEN.min(context)
-    } else {
-        context
-    };
-    let max_len = a.max_len.unwrap_or(default_len);
+    let max_len = a.max_len.unwrap_or(format.default_max_len(style, context));
     if max_len == 0 || max_len > context {
         bail!("--max-len {max_len}: must be 1..={context} (the model's context)");
     }

@@ -53,6 +53,26 @@ impl McFormat {
         }
     }
 
+    /// The split scored when none is named: C-Eval's `val` (its test answers are not public),
+    /// MMLU's `test`; the exams have none (each file is split by the seed).
+    pub fn default_split(self) -> &'static str {
+        match self {
+            McFormat::Ceval => "val",
+            McFormat::Mmlu => "test",
+            McFormat::Gaokao | McFormat::Agieval => "seeded",
+        }
+    }
+
+    /// The longest prompt when none is asked for: the model's `context`, or for MMLU in
+    /// Baichuan's style the reference script's 2048 tokens.
+    pub fn default_max_len(self, style: PromptStyle, context: usize) -> usize {
+        if self == McFormat::Mmlu && style == PromptStyle::Baichuan {
+            BAICHUAN_MMLU_MAX_LEN.min(context)
+        } else {
+            context
+        }
+    }
+
     /// The prompts of `subject` are Chinese, in the layout of Baichuan-7B's C-Eval script: an
     /// instruction ending with one newline, examples joined by single newlines, "答案：".
     fn chinese(self, subject: &McSubject) -> bool {

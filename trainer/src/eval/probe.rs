@@ -38,23 +38,15 @@ pub fn probes(
                 .with_context(key)?
                 .0
         } else {
-            let split = c
-                .split
-                .clone()
-                .unwrap_or_else(|| if c.format == McFormat::Ceval { "val" } else { "test" }.into());
+            let split = c.split.clone().unwrap_or_else(|| c.format.default_split().into());
             super::load_subjects(&c.data, c.format, &split, &c.subjects, c.shots).with_context(key)?
-        };
-        let max_len = if c.format == McFormat::Mmlu {
-            mc::BAICHUAN_MMLU_MAX_LEN.min(context)
-        } else {
-            context
         };
         let opts = McOptions {
             format: c.format,
             style: PromptStyle::Baichuan,
             shots: c.shots,
             seed: None,
-            max_len,
+            max_len: c.format.default_max_len(PromptStyle::Baichuan, context),
             bos: None,
         };
         let all = mc::build_items(&subjects, tok, &opts).with_context(key)?;
