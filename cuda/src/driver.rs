@@ -79,6 +79,9 @@ pub struct Driver {
     pub cu_event_record: unsafe extern "C" fn(CuEvent, CuStream) -> c_int,
     pub cu_event_destroy: unsafe extern "C" fn(CuEvent) -> c_int,
     pub cu_stream_wait_event: unsafe extern "C" fn(CuStream, CuEvent, c_uint) -> c_int,
+    pub cu_event_synchronize: unsafe extern "C" fn(CuEvent) -> c_int,
+    /// `cuMemcpyDtoHAsync_v2(dst_host, src_device, bytes, stream)`.
+    pub cu_memcpy_dtoh_async: unsafe extern "C" fn(*mut c_void, u64, usize, CuStream) -> c_int,
     _lib: Library,
 }
 
@@ -196,6 +199,8 @@ impl Driver {
                     cu_event_record: symbol!(cuda, "cuEventRecord"),
                     cu_event_destroy: symbol!(cuda, "cuEventDestroy_v2"),
                     cu_stream_wait_event: symbol!(cuda, "cuStreamWaitEvent"),
+                    cu_event_synchronize: symbol!(cuda, "cuEventSynchronize"),
+                    cu_memcpy_dtoh_async: symbol!(cuda, "cuMemcpyDtoHAsync_v2"),
                     _lib: cuda,
                 })
             })()

@@ -363,6 +363,17 @@ pub enum GradAccumDtype {
     Param,
 }
 
+/// Where the optimizer's state lives.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerOffload {
+    /// On the parameters' device.
+    None,
+    /// In host memory: each bucket's reduced gradient is copied there as its collective
+    /// finishes, AdamW runs on the host's cores, and the parameters go back to the device.
+    Cpu,
+}
+
 /// Where to compute.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -456,6 +467,9 @@ pub struct TrainConfig {
     pub fused_ops: bool,
     /// Where the micro-batches of a step are summed.
     pub grad_accum_dtype: GradAccumDtype,
+    /// Where the fp32 master weights and AdamW moments live: "none" (beside the parameters)
+    /// or "cpu" (host memory, updated by the host's cores: ZeRO-Offload).
+    pub optimizer_offload: OptimizerOffload,
 }
 
 impl TrainConfig {
@@ -506,6 +520,7 @@ impl Default for TrainConfig {
             fused_optimizer: true,
             fused_ops: true,
             grad_accum_dtype: GradAccumDtype::Fp32,
+            optimizer_offload: OptimizerOffload::None,
         }
     }
 }

@@ -23,7 +23,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::save::RunState;
 use crate::checkpoint::{self, Checkpointer, Resume, SaveContext, Snapshot};
-use crate::config::{GradAccumDtype, Precision, Resolved, RunConfig, TrainConfig};
+use crate::config::{GradAccumDtype, OptimizerOffload, Precision, Resolved, RunConfig, TrainConfig};
 use crate::dataset::{self, Datasets};
 use crate::dist::buckets::GradReducer;
 use crate::dist::comm::{Communicator, ReduceOp};
@@ -124,9 +124,10 @@ impl Trainer {
         let shards = even_ranges(total, world);
         let stage = t.zero_stage;
         let mine = if stage >= 1 { shards[rank] } else { (0, total) };
-        let mut opt = FlatAdamW::new(&params, mine, comm)?;
+        let offload = t.optimizer_offload == OptimizerOffload::Cpu;
+        let mut opt = FlatAdamW::new(&params, mine, comm, offload)?;
         kernels.optimizer = opt.choose_update(t.fused_optimizer);
-        let reducer = GradReducer::new(
+        let mut reducer = GradReducer::new(
             &opt.slots,
             model.layers.len(),
             config.dist.bucket_elems(world),
@@ -135,6 +136,9 @@ impl Trainer {
             rank,
             device,
         );
+        if offload {
+            reducer.copy_to_host(opt.host_grad_buffer());
+        }
         let scaler = if t.precision == Precision::Fp16 {
             LossScaler::new(t.loss_scale, t.loss_scale_window)
         } else {
@@ -246,7 +250,17 @@ impl Trainer {
                 weight_decay: t.weight_decay,
                 grad_scale: FlatAdamW::clip_coef(grad_norm, t.grad_clip),
             };
-            self.opt.update(&grad, h).context("the AdamW update")?;
+            match self.reducer.host_grad() {
+                // offload: the host copy was taken before the fp16 unscaling above
+                Some(host) => {
+                    let h = AdamWParams {
+                        grad_scale: h.grad_scale / used_scale,
+                        ..h
+                    };
+                    self.opt.update(&host, h).context("the AdamW update on the host")?
+                }
+                None => self.opt.update(&grad, h).context("the AdamW update")?,
+            }
             self.opt.write_back(comm, self.sharded.as_deref())?; // all-gather the updated shards
         }
         if timed {

@@ -49,7 +49,7 @@ fn check(device: Device, kind: Kind, name: &str) {
         .collect();
     let named: Vec<(String, &Tensor)> = init.iter().map(|(n, _)| n.clone()).zip(params.iter()).collect();
     let total = params.iter().map(|p| p.numel()).sum::<usize>();
-    let mut opt = FlatAdamW::new(&named, (0, total), &Solo).unwrap();
+    let mut opt = FlatAdamW::new(&named, (0, total), &Solo, false).unwrap();
     if device.is_cuda() {
         opt.enable_fused()
             .expect("the fused kernel compiles and loads on this GPU");

@@ -12,6 +12,10 @@
 //! bf16 `.grad` would lose bits with every micro-batch added).
 //! Stage 2 reduce-scatters each bucket so that every rank receives only the part that falls
 //! in its shard of the flat parameter order; no rank ever holds the whole fp32 gradient.
+//!
+//! With optimizer offload ([`GradReducer::copy_to_host`]) each bucket's part of this rank's
+//! shard is also copied to a host buffer right after its collective, in the communicator's
+//! order (on CUDA, on the NCCL stream), so the copies overlap the rest of backward.
 
 use std::time::{Duration, Instant};
 
@@ -58,6 +62,8 @@ pub struct GradReducer {
     num_layers: usize,
     /// Earlier micro-batches of this step were summed into `grad` ([`GradReducer::accumulate`]).
     accumulated: bool,
+    /// Optimizer offload: the host copy of this rank's shard of the reduced gradient.
+    host: Option<Tensor>,
 }
 
 /// Writes parameter `p`'s gradient into `dst` (fp32): this micro-batch's `new` (returned by
@@ -146,7 +152,20 @@ impl GradReducer {
             issued: Vec::new(),
             num_layers,
             accumulated: false,
+            host: None,
         }
+    }
+
+    /// From now on, copies each reduced bucket's part of this rank's shard into `host` (a
+    /// host fp32 buffer of the shard's length), valid after `finish`.
+    pub fn copy_to_host(&mut self, host: Tensor) {
+        assert_eq!(host.numel(), self.shard.1, "the host gradient holds this rank's shard");
+        self.host = Some(host);
+    }
+
+    /// The host copy of the shard's reduced gradient, when offloading.
+    pub fn host_grad(&self) -> Option<Tensor> {
+        self.host.as_ref().map(Tensor::shallow_clone)
     }
 
     pub fn num_buckets(&self) -> usize {
@@ -256,6 +275,23 @@ impl GradReducer {
             let view = self.grad.narrow(0, bucket.start as i64, bucket.len as i64);
             self.in_flight.push((comm.all_reduce(&view, ReduceOp::Avg), None));
         }
+        self.copy_part_to_host(&bucket, &dest, base, comm);
+    }
+
+    /// Offload: queues the copy of the bucket's part of this rank's shard (held in `src`,
+    /// whose element 0 is flat position `base`) to the host buffer, after its collective.
+    fn copy_part_to_host(&mut self, bucket: &Bucket, src: &Tensor, base: usize, comm: &dyn Communicator) {
+        let Some(host) = &self.host else { return };
+        let lo = self.shard.0.max(bucket.start);
+        let hi = (self.shard.0 + self.shard.1).min(bucket.start + bucket.len);
+        if hi <= lo {
+            return;
+        }
+        let (from, to) = (
+            src.narrow(0, (lo - base) as i64, (hi - lo) as i64),
+            host.narrow(0, (lo - self.shard.0) as i64, (hi - lo) as i64),
+        );
+        self.in_flight.push((comm.copy_to_host(&from, &to), None));
     }
 
     /// Waits for every bucket; under stage 2 copies this rank's parts into its shard.

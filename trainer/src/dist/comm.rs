@@ -11,6 +11,8 @@
 //! - `broadcast(root)`: every rank ends with the root's buffer.
 //!
 //! Operations run in submission order on every rank; `Work::wait` blocks until one is done.
+//! `copy_to_host` is a local operation in the same order: it copies a buffer after the
+//! collectives submitted before it (ZeRO-Offload's gradient copy, issued with each bucket).
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 
@@ -92,6 +94,14 @@ pub trait Communicator: Send + Sync {
     fn all_gather(&self, buf: &Tensor, ranges: &[(usize, usize)]) -> Work;
     fn broadcast(&self, buf: &Tensor, root: usize) -> Work;
     fn barrier(&self) -> Result<(), DistError>;
+
+    /// Copies `src` into `dst` (host memory, same length and dtype) once every collective
+    /// submitted before is done; `wait` returns when `dst` holds the data. This default, for
+    /// communicators whose collectives complete when submitted, copies at once.
+    fn copy_to_host(&self, src: &Tensor, dst: &Tensor) -> Work {
+        tch::no_grad(|| dst.shallow_clone().copy_(src));
+        Work::done()
+    }
 
     /// Sum (or mean) of one number over all ranks.
     fn all_reduce_scalar(&self, value: f64, op: ReduceOp) -> Result<f64, DistError> {

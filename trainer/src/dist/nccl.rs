@@ -302,6 +302,58 @@ impl Communicator for NcclCommunicator {
     fn barrier(&self) -> Result<(), DistError> {
         self.store.next_barrier("nccl")
     }
+    /// An asynchronous device-to-host copy on the NCCL stream, so it follows the bucket's
+    /// collective without holding up the compute stream; `wait` blocks the host on its event.
+    fn copy_to_host(&self, src: &Tensor, dst: &Tensor) -> Work {
+        let run = || -> Result<Event, DistError> {
+            let bytes = src.numel() * src.kind().elt_size_in_bytes();
+            if !src.device().is_cuda()
+                || !src.is_contiguous()
+                || dst.device().is_cuda()
+                || !dst.is_contiguous()
+                || dst.kind() != src.kind()
+                || dst.numel() != src.numel()
+            {
+                return Err(DistError::Protocol(
+                    "copy_to_host needs a contiguous CUDA source and a host destination of its size and dtype".into(),
+                ));
+            }
+            let h = self.handles.lock().expect("nccl handles");
+            let api = self.api;
+            // SAFETY: driver calls on this communicator's context and stream; both buffers
+            // are live tensors of `bytes` bytes kept alive by the caller until `wait`.
+            unsafe {
+                api.cuda_ok("cuCtxSetCurrent", (api.cu.cu_ctx_set_current)(h.ctx))?;
+                // the source may have been written on the compute stream: order after it
+                // (the collective before it on this stream is ordered by the stream itself)
+                let ready = self.event()?;
+                api.cuda_ok("cuEventRecord", (api.cu.cu_event_record)(ready.0, std::ptr::null_mut()))?;
+                api.cuda_ok("cuStreamWaitEvent", (api.cu.cu_stream_wait_event)(h.stream, ready.0, 0))?;
+                api.cuda_ok(
+                    "cuMemcpyDtoHAsync",
+                    (api.cu.cu_memcpy_dtoh_async)(dst.data_ptr(), src.data_ptr() as u64, bytes, h.stream),
+                )?;
+                let done = self.event()?;
+                api.cuda_ok("cuEventRecord", (api.cu.cu_event_record)(done.0, h.stream))?;
+                Ok(done)
+            }
+        };
+        match run() {
+            Err(e) => Work::failed(e),
+            Ok(done) => {
+                let ctx = self.handles.lock().expect("nccl handles").ctx as usize;
+                Work::deferred(move || {
+                    let done = done;
+                    let api = done.1;
+                    // SAFETY: the event was recorded on this communicator's stream in `ctx`.
+                    unsafe {
+                        api.cuda_ok("cuCtxSetCurrent", (api.cu.cu_ctx_set_current)(ctx as CuContext))?;
+                        api.cuda_ok("cuEventSynchronize", (api.cu.cu_event_synchronize)(done.0))
+                    }
+                })
+            }
+        }
+    }
     fn all_reduce_scalar(&self, value: f64, op: ReduceOp) -> Result<f64, DistError> {
         let t = Tensor::from_slice(&[value as f32]).to_device(self.device);
         self.all_reduce(&t, op).wait()?;

@@ -29,6 +29,8 @@ enum Op {
     ReduceScatter(Vec<(usize, usize)>, ReduceOp),
     AllGather(Vec<(usize, usize)>),
     Broadcast(usize),
+    /// Copy the buffer into this tensor (host memory).
+    CopyTo(Tensor),
 }
 
 struct Job {
@@ -115,6 +117,10 @@ impl Ring {
 
     fn run(&mut self, op: &Op, buf: &Tensor) -> Result<(), DistError> {
         let _guard = tch::no_grad_guard();
+        if let Op::CopyTo(dst) = op {
+            dst.shallow_clone().copy_(buf);
+            return Ok(());
+        }
         let n = buf.numel();
         let reduces = matches!(op, Op::AllReduce(_) | Op::ReduceScatter(..));
         // work on a host copy: fp32 for reductions, the buffer's own dtype otherwise
@@ -159,6 +165,7 @@ impl Ring {
                 self.all_gather(bytes(), &byte_ranges)?;
             }
             Op::Broadcast(root) => self.broadcast(bytes(), *root)?,
+            Op::CopyTo(_) => unreachable!("copies return above"),
         }
         if needs_copy {
             buf.shallow_clone().copy_(&work);
@@ -364,6 +371,14 @@ impl Communicator for TcpComm {
     }
     fn broadcast(&self, buf: &Tensor, root: usize) -> Work {
         self.submit(Op::Broadcast(root), buf)
+    }
+    fn copy_to_host(&self, src: &Tensor, dst: &Tensor) -> Work {
+        if self.world == 1 {
+            tch::no_grad(|| dst.shallow_clone().copy_(src));
+            return Work::done();
+        }
+        // on the communication thread, after the collectives queued before it
+        self.submit(Op::CopyTo(dst.shallow_clone()), src)
     }
     fn barrier(&self) -> Result<(), DistError> {
         self.store.next_barrier("comm")

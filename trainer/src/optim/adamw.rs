@@ -8,9 +8,14 @@
 //! In fp32 the model's parameters are views of the master buffer, so the update needs no
 //! copy back; in lower precision the master is copied into the parameters after each step.
 //! On CUDA, `enable_fused` swaps the tensor operations for one kernel (`baichuan_cuda::adamw`) that also
-//! writes the low-precision parameters.
+//! writes the low-precision parameters. State in host memory (CPU runs, and GPU runs with
+//! `train.optimizer_offload = "cpu"`) is updated by the same arithmetic on the host's cores
+//! (`host.rs`). Offloaded, the master weights and moments live in (pinned) host memory, the
+//! reducer copies the reduced gradient there bucket by bucket, and the update runs in chunks
+//! while a copier thread sends each finished chunk back to the device in the parameter dtype
+//! (ZeRO-Offload, Ren et al. 2021).
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use baichuan_cuda::adamw::{segments, Buffers, FusedAdamW, Segments, StepConsts};
 use baichuan_cuda::CudaError;
@@ -18,6 +23,12 @@ use baichuan_cuda::CudaError;
 use crate::dist::comm::{Communicator, ReduceOp};
 use crate::dist::DistError;
 use crate::flat::{layout, Slot};
+
+use super::host::{self, HostBuffers};
+
+/// Elements of the offloaded shard updated before the copier thread sends them to the device
+/// (64 MB of fp32: the copy of one chunk overlaps the update of the next).
+const OFFLOAD_CHUNK: usize = 1 << 24;
 
 /// Hyper-parameters of one AdamW step.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +63,17 @@ pub struct FlatAdamW {
     fused: Option<(FusedAdamW, Segments)>,
     /// The last update already wrote the low-precision parameters (the fused kernel does).
     params_fresh: std::cell::Cell<bool>,
+    /// The (offset, len, decayed) segments of the shard, for the host update.
+    segments: Segments,
+    /// Master weights and moments in host memory while the parameters are on a GPU.
+    offload: bool,
+    /// Offload with parameters in 16 bits on a GPU: the pinned host buffer a chunk is rounded
+    /// into before its copy to the device.
+    staging: Option<Tensor>,
+    /// Threads of the host update.
+    threads: usize,
+    /// Elements per offloaded chunk.
+    chunk: usize,
 }
 
 /// Coalesces the decayed slots into contiguous spans, clipped to `[lo, hi)`, shard-relative.
@@ -86,11 +108,13 @@ impl AdamWParams {
 
 impl FlatAdamW {
     /// Moves the parameters into one flat buffer (they become views of it), makes every
-    /// rank's copy equal to rank 0's, and sets up fp32 state for `shard`.
+    /// rank's copy equal to rank 0's, and sets up fp32 state for `shard` (in host memory with
+    /// `offload`).
     pub fn new(
         params: &[(String, &Tensor)],
         shard: (usize, usize),
         comm: &dyn Communicator,
+        offload: bool,
     ) -> Result<Self, DistError> {
         let slots = layout(params);
         let total: i64 = slots.iter().map(|s| s.numel).sum();
@@ -107,33 +131,71 @@ impl FlatAdamW {
         });
         comm.broadcast(&flat, 0).wait()?;
         let (lo, len) = (shard.0 as i64, shard.1 as i64);
-        let alias = kind == Kind::Float;
+        let alias = kind == Kind::Float && !offload;
+        // pinned host memory lets the device copy it asynchronously
+        let host = |t: Tensor| if device.is_cuda() { t.pin_memory(device) } else { t };
+        let state_device = if offload { Device::Cpu } else { device };
         let master = if alias {
             flat.narrow(0, lo, len)
+        } else if offload {
+            let m = host(Tensor::zeros([len], (Kind::Float, Device::Cpu)));
+            tch::no_grad(|| m.shallow_clone().copy_(&flat.narrow(0, lo, len)));
+            m
         } else {
             flat.narrow(0, lo, len).to_kind(Kind::Float)
         };
+        let zeros = || {
+            let t = Tensor::zeros([len], (Kind::Float, state_device));
+            if offload {
+                host(t)
+            } else {
+                t
+            }
+        };
+        let decay_spans = decay_spans(&slots, lo, lo + len);
         Ok(FlatAdamW {
-            decay_spans: decay_spans(&slots, lo, lo + len),
+            segments: segments(&decay_spans, len),
+            decay_spans,
             slots,
-            exp_avg: Tensor::zeros([len], (Kind::Float, device)),
-            exp_avg_sq: Tensor::zeros([len], (Kind::Float, device)),
+            exp_avg: zeros(),
+            exp_avg_sq: zeros(),
             master,
+            staging: (offload && device.is_cuda() && kind != Kind::Float)
+                .then(|| host(Tensor::zeros([len], (kind, Device::Cpu)))),
             params: flat,
             shard,
             step: 0,
             alias,
             fused: None,
             params_fresh: std::cell::Cell::new(false),
+            offload,
+            threads: host::threads(),
+            chunk: OFFLOAD_CHUNK,
         })
+    }
+
+    /// Whether the master weights and moments live in host memory while the parameters are
+    /// on a GPU (or are kept apart from fp32 parameters on the CPU).
+    pub fn is_offloaded(&self) -> bool {
+        self.offload
+    }
+
+    /// A host fp32 buffer of the shard's length for the reduced gradient (pinned beside a
+    /// GPU), which the reducer fills when offloading.
+    pub fn host_grad_buffer(&self) -> Tensor {
+        let t = Tensor::zeros([self.shard.1 as i64], (Kind::Float, Device::Cpu));
+        if self.params.device().is_cuda() {
+            t.pin_memory(self.params.device())
+        } else {
+            t
+        }
     }
 
     /// Uses the fused CUDA kernel for the updates from now on; an error (not CUDA, no NVRTC)
     /// leaves the tensor-op update in place.
     pub fn enable_fused(&mut self) -> Result<(), CudaError> {
         let kernel = FusedAdamW::new(self.master.device())?;
-        let segments = segments(&self.decay_spans, self.shard.1 as i64);
-        self.fused = Some((kernel, segments));
+        self.fused = Some((kernel, self.segments.clone()));
         Ok(())
     }
 
@@ -143,8 +205,19 @@ impl FlatAdamW {
 
     /// Enables the fused kernel when `wanted` and on CUDA; says which update runs, and why.
     pub fn choose_update(&mut self, wanted: bool) -> String {
+        if self.offload {
+            return format!(
+                "offloaded: state in host memory, {} host threads{}",
+                self.threads,
+                if host::uses_avx2() { " (AVX2)" } else { "" }
+            );
+        }
         if !self.master.device().is_cuda() {
-            return "whole-buffer tensor ops".into();
+            return format!(
+                "host update, {} threads{}",
+                self.threads,
+                if host::uses_avx2() { " (AVX2)" } else { "" }
+            );
         }
         if !wanted {
             return "whole-buffer tensor ops (train.fused_optimizer = false)".into();
@@ -211,6 +284,17 @@ impl FlatAdamW {
                 Err(e) => return Err(e),
             }
         }
+        if self.master.device() == Device::Cpu {
+            self.host_update(grad, h.kernel_consts(self.step));
+        } else {
+            self.tensor_update(grad, h);
+        }
+        Ok(())
+    }
+
+    /// The update as whole-buffer tensor operations on the state's device (CUDA without the
+    /// fused kernel), for update number `self.step`.
+    fn tensor_update(&mut self, grad: &Tensor, h: AdamWParams) {
         let step = self.step as i32;
         if h.grad_scale != 1.0 {
             let _ = grad
@@ -241,7 +325,74 @@ impl FlatAdamW {
                 .master
                 .addcdiv_(&(&self.exp_avg * (-h.lr * bias2_sqrt / bias1)), &denom);
         });
-        Ok(())
+    }
+
+    /// The update of state in host memory: all at once, or offloaded in chunks, each sent to
+    /// the device by a copier thread while the next is updated.
+    fn host_update(&mut self, grad: &Tensor, k: StepConsts) {
+        let n = self.shard.1;
+        for (what, t) in [
+            ("master", &self.master),
+            ("gradient", grad),
+            ("exp_avg", &self.exp_avg),
+            ("exp_avg_sq", &self.exp_avg_sq),
+        ] {
+            assert!(
+                t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() && t.numel() == n,
+                "the host update needs a contiguous fp32 host {what} of the shard's {n} elements"
+            );
+        }
+        let ptrs = [&self.master, grad, &self.exp_avg, &self.exp_avg_sq].map(|t| t.data_ptr() as *mut f32);
+        // SAFETY: four distinct contiguous fp32 host buffers of n elements (checked above) that
+        // outlive the call; each chunk's slices are created for its update alone, and the copier
+        // thread reads a chunk only after its update returned, through libtorch.
+        let buffers = |a: usize, len: usize| unsafe {
+            HostBuffers {
+                p: std::slice::from_raw_parts_mut(ptrs[0].add(a), len),
+                g: std::slice::from_raw_parts(ptrs[1].add(a), len),
+                m: std::slice::from_raw_parts_mut(ptrs[2].add(a), len),
+                v: std::slice::from_raw_parts_mut(ptrs[3].add(a), len),
+            }
+        };
+        let threads = self.threads;
+        if !self.offload {
+            host::update(buffers(0, n), 0, &self.segments, &k, threads);
+            return;
+        }
+        let (params, master) = (
+            self.params.narrow(0, self.shard.0 as i64, n as i64),
+            self.master.shallow_clone(),
+        );
+        let staging = self.staging.as_ref().map(Tensor::shallow_clone);
+        let segments = &self.segments;
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(i64, i64)>(4);
+            s.spawn(move || {
+                let _guard = tch::no_grad_guard();
+                for (a, len) in rx {
+                    let chunk = master.narrow(0, a, len);
+                    let to = params.narrow(0, a, len);
+                    match &staging {
+                        // round on the host, then a pinned copy (half the bytes over PCIe)
+                        Some(st) => {
+                            let st = st.narrow(0, a, len);
+                            st.shallow_clone().copy_(&chunk);
+                            to.shallow_clone().copy_(&st);
+                        }
+                        None => to.shallow_clone().copy_(&chunk),
+                    }
+                }
+            });
+            let mut a = 0;
+            while a < n {
+                let len = self.chunk.min(n - a);
+                host::update(buffers(a, len), a, segments, &k, threads);
+                tx.send((a as i64, len as i64))
+                    .expect("the copier thread runs until the sender is dropped");
+                a += len;
+            }
+        });
+        self.params_fresh.set(true);
     }
 
     /// Writes the shard's master weights into the parameters and, when the state is sharded
@@ -280,14 +431,14 @@ impl FlatAdamW {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dist::comm::Solo;
 
     #[test]
     fn parameters_become_views_of_the_flat_buffer_and_fp32_master_aliases_it() {
-        use crate::dist::comm::Solo;
         let a = Tensor::ones([2, 3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
         let b = Tensor::ones([3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
         let params = vec![("a".to_string(), &a), ("b".to_string(), &b)];
-        let opt = FlatAdamW::new(&params, (0, 9), &Solo).unwrap();
+        let opt = FlatAdamW::new(&params, (0, 9), &Solo, false).unwrap();
         assert_eq!(opt.numel(), 9);
         assert_eq!(opt.decay_spans, vec![(0, 6)]);
         tch::no_grad(|| {
@@ -317,9 +468,8 @@ mod tests {
 
     #[test]
     fn clipping_bounds_the_norm() {
-        use crate::dist::comm::Solo;
         let a = Tensor::zeros([4], (Kind::Float, tch::Device::Cpu));
-        let opt = FlatAdamW::new(&[("a".to_string(), &a)], (0, 4), &Solo).unwrap();
+        let opt = FlatAdamW::new(&[("a".to_string(), &a)], (0, 4), &Solo, false).unwrap();
         let grad = Tensor::from_slice(&[3.0f32, 4.0, 0.0, 0.0]);
         let n = opt.grad_norm(&grad, &Solo, false).unwrap();
         assert!((n - 5.0).abs() < 1e-9);
@@ -327,47 +477,78 @@ mod tests {
         assert!((opt.grad_norm(&clipped, &Solo, false).unwrap() - 1.0).abs() < 1e-5);
     }
 
-    /// The kernel's arithmetic, written out on the CPU in f32 with the folded constants, equals
-    /// the tensor-op update (the code the GPU path replaces) to rounding.
-    #[test]
-    fn folded_constants_reproduce_the_tensor_update() {
-        let n = 1000;
-        tch::manual_seed(11);
-        let w = Tensor::randn([n], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
-        let w2d = w.view([10, 100]);
-        let params = vec![("w".to_string(), &w2d)];
-        let mut opt = FlatAdamW::new(&params, (0, n as usize), &crate::dist::comm::Solo).unwrap();
-        let h = AdamWParams {
+    fn hyper() -> AdamWParams {
+        AdamWParams {
             lr: 3e-3,
             beta1: 0.9,
             beta2: 0.95,
             eps: 1e-8,
             weight_decay: 0.1,
             grad_scale: 0.6,
-        };
-        let mut p: Vec<f32> = Vec::try_from(&opt.master).unwrap();
-        let (mut m, mut v) = (vec![0f32; n as usize], vec![0f32; n as usize]);
-        for step in 1..=3u64 {
-            let grad = Tensor::randn([n], (Kind::Float, tch::Device::Cpu));
-            let g: Vec<f32> = Vec::try_from(&grad).unwrap();
-            opt.update(&grad, h).unwrap();
-            let k = h.kernel_consts(step);
-            for i in 0..n as usize {
-                let g = |i: usize| g[i] * k.grad_scale;
-                m[i] += k.w1 * (g(i) - m[i]);
-                v[i] += k.w2 * (g(i) * g(i) - v[i]);
-                p[i] = p[i] * k.decay + (m[i] * k.step_size) / (v[i].sqrt() + k.eps_hat);
-            }
         }
-        let want: Vec<f32> = Vec::try_from(&opt.master).unwrap();
-        let worst = p
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| ((a - b) / b.abs().max(1e-3)).abs())
-            .fold(0f32, f32::max);
-        assert!(
-            worst < 1e-5,
-            "kernel arithmetic differs from the tensor update by {worst}"
-        );
+    }
+
+    /// A 10 x 100 matrix and a 37-vector (decayed and not), as parameters of `kind`.
+    fn two_params(kind: Kind) -> (Tensor, Tensor) {
+        tch::manual_seed(11);
+        let opts = (Kind::Float, tch::Device::Cpu);
+        (
+            Tensor::randn([10, 100], opts).to_kind(kind),
+            Tensor::randn([37], opts).to_kind(kind),
+        )
+    }
+
+    /// The host update (the kernel's folded arithmetic, on the CPU's cores) equals the
+    /// whole-buffer tensor-op update (the CUDA fallback, torch's lerp/addcdiv) to rounding over
+    /// three steps, decayed matrix and undecayed vector alike.
+    #[test]
+    fn the_host_update_equals_the_tensor_update() {
+        let (a, b) = two_params(Kind::Float);
+        let (a2, b2) = (a.copy(), b.copy());
+        let mut host = FlatAdamW::new(&[("a".into(), &a), ("b".into(), &b)], (0, 1037), &Solo, false).unwrap();
+        let mut ops = FlatAdamW::new(&[("a".into(), &a2), ("b".into(), &b2)], (0, 1037), &Solo, false).unwrap();
+        for _ in 0..3 {
+            let grad = Tensor::randn([1037], (Kind::Float, tch::Device::Cpu));
+            host.update(&grad.copy(), hyper()).unwrap();
+            ops.step += 1;
+            ops.tensor_update(&grad, hyper());
+        }
+        let worst = (&host.master - &ops.master)
+            .abs()
+            .divide(&ops.master.abs().clamp_min(1e-3))
+            .max()
+            .double_value(&[]);
+        assert!(worst < 1e-5, "host update differs from the tensor update by {worst}");
+        assert!(worst > 0.0 || host.master.equal(&ops.master));
+    }
+
+    /// Offloaded state on the CPU (kept apart from the fp32 parameters and written back in
+    /// chunks) gives the same bits as the state aliasing the parameters; in bf16 the
+    /// parameters equal the master weights rounded, as without offload.
+    #[test]
+    fn offloaded_state_gives_the_same_bits() {
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let (a, b) = two_params(kind);
+            let (a2, b2) = (a.copy(), b.copy());
+            let mut plain = FlatAdamW::new(&[("a".into(), &a), ("b".into(), &b)], (0, 1037), &Solo, false).unwrap();
+            let mut off = FlatAdamW::new(&[("a".into(), &a2), ("b".into(), &b2)], (0, 1037), &Solo, true).unwrap();
+            off.chunk = 100; // eleven chunks, the last one short, boundaries inside both parameters
+            assert!(off.is_offloaded() && off.master.data_ptr() != off.params.data_ptr());
+            for _ in 0..3 {
+                let grad = Tensor::randn([1037], (Kind::Float, tch::Device::Cpu));
+                plain.update(&grad, hyper()).unwrap();
+                plain.write_back(&Solo, None).unwrap();
+                off.update(&grad, hyper()).unwrap();
+                off.write_back(&Solo, None).unwrap();
+            }
+            assert!(plain.master.equal(&off.master), "{kind:?}: master weights");
+            assert!(plain.exp_avg_sq.equal(&off.exp_avg_sq), "{kind:?}: second moments");
+            assert!(plain.params.equal(&off.params), "{kind:?}: parameters");
+            assert!(a.equal(&a2) && b.equal(&b2), "{kind:?}: the model's views");
+            assert!(
+                off.params.equal(&off.master.to_kind(kind)),
+                "{kind:?}: params are the rounded master"
+            );
+        }
     }
 }
