@@ -7,7 +7,8 @@
 //!    drop it and libtorch would then see no CUDA device.
 //! 3. For the model crate, compiles `model/csrc/autograd.cpp` (back-propagation with explicit
 //!    output gradients) and `model/csrc/varlen.cpp` (variable-length FlashAttention for document
-//!    masking) against the same libtorch's headers, as torch-sys compiles its own
+//!    masking) and `model/csrc/pinned.cpp` (pinned host tensors for optimizer offload) against
+//!    the same libtorch's headers, as torch-sys compiles its own
 //!    wrapper: C++17, the C++11 ABI of the pip wheels (`LIBTORCH_CXX11_ABI` overrides).
 fn main() {
     // torch-sys declares `links = "tch"` and reports `libtorch_lib` to its dependents.
@@ -26,7 +27,7 @@ fn main() {
 }
 
 fn compile_shims(lib_dir: &str) {
-    let sources = ["csrc/autograd.cpp", "csrc/varlen.cpp"];
+    let sources = ["csrc/autograd.cpp", "csrc/varlen.cpp", "csrc/pinned.cpp"];
     for source in sources {
         println!("cargo:rerun-if-changed={source}");
     }

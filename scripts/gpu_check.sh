@@ -36,6 +36,13 @@
 #      dense-mask reference, the attention with its gradients, the whole model and the spliced
 #      training block in bf16 (model/tests/documents.rs), and `bench --document-masking` on `small`
 #      (bf16, 4 x 2048): the masked step's cost; every mode runs both (about 40 s).
+#   9. the baichuan-7b preset on the lent GPU (GPU_CHECK_ONLY=7b, alone: about 7 minutes with
+#      start-up; not part of the default run): pinned host buffers, then `bench` of the real 7B
+#      (bf16, 1 x 4096 per micro-batch, 4 accumulated, random tokens) with full activation
+#      checkpointing and the state on the GPU, the same with optimizer offload, and offload with
+#      every second block recomputed; each row has tokens/s, MFU, the step split and peak
+#      memory beside `baichuan info`'s prediction. GPU_CHECK_DRY=1 GPU_CHECK_ONLY=7b runs the
+#      same commands on the CPU with a toy model (plumbing only: its rows are INFO).
 # Every row states its criterion; the table says PASS or FAIL against it (INFO rows are a peer's
 # figures or a breakdown, with no criterion of their own), and the script exits 1 on any FAIL.
 # The CUDA-only tests are #[ignore]d in a CPU run; here they run with --include-ignored.
@@ -60,6 +67,8 @@ if [ "${1:-}" = "--prepare" ]; then
   cp "$(ls -t target/release/deps/baichuan_cuda-* | grep -v '\.d$' | head -1)" target/gpu/cuda_unit
   cargo test --release --quiet -p baichuan-model --test documents --no-run 2>/dev/null
   cp "$(ls -t target/release/deps/documents-* | grep -v '\.d$' | head -1)" target/gpu/documents
+  cargo test --release --quiet -p baichuan-model --lib --no-run 2>/dev/null
+  cp "$(ls -t target/release/deps/baichuan_model-* | grep -v '\.d$' | head -1)" target/gpu/model_unit
   ls -la target/gpu
   exit 0
 fi
@@ -371,6 +380,66 @@ if [ "${GPU_CHECK_ONLY:-all}" = all ] || [ "${GPU_CHECK_ONLY:-all}" = mfu ]; the
   [ -n "$SHORT7" ] || eager_row "1x$SEQ" 1 1
   [ -n "$ONLY_BENCH$SHORT7" ] || eager_row "8 x 1x$SEQ accumulated" 1 8
   eager_row "4 x 2x$SEQ accumulated" 2 4
+fi
+
+# 9. the 7B preset itself (GPU_CHECK_ONLY=7b): does it fit as `info` says, with and without
+# optimizer offload, and at what speed
+if [ "${GPU_CHECK_ONLY:-all}" = 7b ]; then
+  if [ -z "${GPU_CHECK_DRY:-}" ]; then
+    log="$OUT/pinned.log"
+    timeout 60 target/gpu/model_unit pinned --include-ignored >"$log" 2>&1
+    rc=$?
+    row "pinned host buffers (offload)" "$([ $rc -eq 0 ] && grep -q '2 passed' "$log" && echo PASS || echo FAIL)" \
+      "$(grep -o 'test result.*' "$log" | tail -1)" "a zeroed pinned bf16 buffer is allocated directly"
+    [ $rc -eq 0 ] || tail -20 "$log"
+  fi
+  S7=(--set train.device=cuda); ACC=4; ST7=3; W7=1
+  if [ -n "${GPU_CHECK_DRY:-}" ]; then
+    S7=(--set train.device=cpu --set model.hidden_size=64 --set model.num_hidden_layers=4 --set model.num_attention_heads=4
+        --set model.intermediate_size=128 --set data.seq_len=32); ST7=1
+  fi
+  seven_row() {  # NAME AC EVERY OFFLOAD [CRITERION-KIND]
+    local name=$1 ac=$2 every=$3 off=$4 kind=${5:-}
+    local iflags=(--world-size 1 --zero-stage 0 --dtype bf16)
+    [ "$ac" = none ] || iflags+=(--activation-checkpointing --checkpoint-every "$every")
+    [ "$off" = cpu ] && iflags+=(--offload)
+    "$B" info --config config/baichuan-7b.toml "${S7[@]}" "${iflags[@]}" >"$OUT/info-$name.txt" 2>&1
+    local pred; pred=$(grep -o 'total *[0-9.]* GiB' "$OUT/info-$name.txt" | grep -o '[0-9.]*' | head -1)
+    local ours; ours=$(timeout 300 "$B" bench --config config/baichuan-7b.toml "${S7[@]}" --set train.precision=bf16 \
+      --set train.micro_batch_size=1 --set train.global_batch_size=$ACC --set train.activation_checkpointing="$ac" \
+      --set train.checkpoint_every="$every" --set train.optimizer_offload="$off" \
+      --steps $ST7 --warmup $W7 --json 2>"$OUT/bench7-$name.err" | tail -1)
+    local line; line=$("$PY" - "$ours" "${pred:-nan}" "$kind" "${GPU_CHECK_DRY:-}" <<'PY'
+import json, sys
+try:
+    o = json.loads(sys.argv[1])
+except Exception as e:
+    print("FAIL no result (%s): %r" % (e, sys.argv[1][:120])); sys.exit()
+pred, kind, dry = float(sys.argv[2]) + 3.0, sys.argv[3], sys.argv[4]  # info's total + 3 GiB context/slack
+peak = o["peak_memory_mb"] / 1024
+ok = {"fit": abs(peak / pred - 1) <= 0.05, "80gb": peak <= 79.1, "mfu": True, "": True}[kind]
+fb = o["forward_s"] + o["backward_s"]
+flops = o["mfu"] * o["peak"] * o["step_s"]  # model FLOPs of the step
+status = "INFO" if dry or kind in ("mfu", "") else ("PASS" if ok else "FAIL")
+print("%s %.0f tok/s, MFU %.1f%% (fwd+bwd alone %.1f%%), step %.2f s = fwd %.2f + bwd %.2f + wait %.2f + opt %.2f; peak %.1f GiB vs info %.1f GiB (%+.1f%%); %s"
+      % (status, o["tokens_per_s"], 100 * o["mfu"], 100 * flops / fb / o["peak"], o["step_s"], o["forward_s"], o["backward_s"],
+         o["comm_wait_s"], o["optimizer_s"], peak, pred, 100 * (peak / pred - 1), o["optimizer"][:60]))
+PY
+)
+    echo "7B $name: $line"
+    local crit
+    case "$kind" in
+      fit) crit="peak memory (nvidia-smi) within 5% of info's total + 3 GiB";;
+      80gb) crit="peak memory <= 79.1 GiB (fits an 80 GB card)";;
+      mfu) crit="measurement: MFU against the report's 58.3% (the gap is explained in the notes)";;
+      *) crit="none stated";;
+    esac
+    row "7B $name" "${line%% *}" "${line#* }" "$crit"
+    [ -n "$ours" ] || tail -5 "$OUT/bench7-$name.err"
+  }
+  seven_row "full AC, state on GPU" full 1 none fit
+  seven_row "full AC, offload" full 1 cpu 80gb
+  seven_row "AC every 2, offload" every_n 2 cpu mfu
 fi
 
 echo

@@ -8,6 +8,7 @@ pub mod config;
 pub mod documents;
 pub mod generate;
 pub mod hf;
+pub mod pinned;
 
 pub use baichuan::{Baichuan, Block, KvCache};
 pub use config::{Layout, ModelConfig};

@@ -137,7 +137,7 @@ impl Trainer {
             device,
         );
         if offload {
-            reducer.copy_to_host(opt.host_grad_buffer());
+            reducer.copy_to_host(opt.host_grad_buffer()?);
         }
         let scaler = if t.precision == Precision::Fp16 {
             LossScaler::new(t.loss_scale, t.loss_scale_window)
@@ -420,8 +420,10 @@ pub fn train(config: &RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             eprintln!("warning: {w}");
         }
     }
-    if device == Device::Cpu && env.local_world > 1 {
-        // ranks sharing a machine share its cores (as torchrun's OMP_NUM_THREADS advice)
+    let host_work = device == Device::Cpu || config.train.optimizer_offload == OptimizerOffload::Cpu;
+    if host_work && env.local_world > 1 {
+        // ranks sharing a machine share its cores (as torchrun's OMP_NUM_THREADS advice); so
+        // do offloaded optimizers, whose host update uses libtorch's thread count
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         tch::set_num_threads((cores / env.local_world).max(1) as i32);
     }

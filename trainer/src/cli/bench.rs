@@ -1,6 +1,6 @@
 //! `baichuan bench`: a training step of a config's model on random tokens (speed, split, MFU,
 //! memory), `bench --breakdown` (each piece of a block alone), and `bench comm` (all-reduce
-//! bandwidth of the TCP backend).
+//! bandwidth of the TCP backend), and `bench adamw` (the host AdamW of CPU runs and offload).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -55,11 +55,53 @@ enum BenchCommand {
         #[arg(long, default_value_t = 64)]
         max_mb: usize,
     },
+    /// The host AdamW (CPU runs and optimizer offload): parameters updated per second.
+    Adamw {
+        /// Parameters in the buffer, in millions.
+        #[arg(long, default_value_t = 64)]
+        params_m: usize,
+        /// Threads (default: all available).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Timed updates (after one untimed).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Print one JSON object instead of a line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    if let Some(BenchCommand::Comm { backend, nproc, max_mb }) = a.what {
-        return comm(&backend, nproc, max_mb);
+    match a.what {
+        Some(BenchCommand::Comm { backend, nproc, max_mb }) => return comm(&backend, nproc, max_mb),
+        Some(BenchCommand::Adamw {
+            params_m,
+            threads,
+            steps,
+            json,
+        }) => {
+            if params_m == 0 {
+                bail!("--params-m 0: the buffer needs at least a million parameters");
+            }
+            let threads = threads.unwrap_or_else(baichuan_trainer::optim::host::threads).max(1);
+            let r = bench::host_adamw(params_m * 1_000_000, threads, steps);
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "host AdamW: {} parameters, {} threads{}: {:.1} ms per update, {:.0} M params/s, {:.1} GB/s",
+                    r.params,
+                    r.threads,
+                    if r.avx2 { " (AVX2)" } else { "" },
+                    r.seconds * 1e3,
+                    r.params_per_s / 1e6,
+                    r.gb_per_s
+                );
+            }
+            return Ok(());
+        }
+        None => {}
     }
     let config = a.config.context("bench needs --config (or the `comm` subcommand)")?;
     let cfg = RunConfig::load(&config, &a.overrides)?;

@@ -22,6 +22,12 @@ pub struct InfoArgs {
     zero_stage: u8,
     #[arg(long)]
     activation_checkpointing: bool,
+    /// With --activation-checkpointing: recompute every N-th block only (1: every block).
+    #[arg(long, default_value_t = 1)]
+    checkpoint_every: u64,
+    /// Plan the optimizer state in host memory (`train.optimizer_offload = "cpu"`).
+    #[arg(long)]
+    offload: bool,
     /// GB/s one rank writes to the checkpoint directory, for the checkpoint's write time
     /// (`scripts/bench_checkpoint.sh` measures this machine's).
     #[arg(long, default_value_t = 1.0)]
@@ -34,6 +40,9 @@ pub fn run(a: InfoArgs) -> Result<()> {
     if a.zero_stage > 2 {
         bail!("--zero-stage {}: stages 0, 1 and 2 are supported", a.zero_stage);
     }
+    if a.checkpoint_every == 0 {
+        bail!("--checkpoint-every 0: must be at least 1 (1 recomputes every block)");
+    }
     if a.write_gbps <= 0.0 {
         bail!("--write-gbps {}: must be positive", a.write_gbps);
     }
@@ -42,6 +51,8 @@ pub fn run(a: InfoArgs) -> Result<()> {
         param_bytes: a.dtype.kind().elt_size_in_bytes() as u64,
         zero_stage: a.zero_stage,
         activation_checkpointing: a.activation_checkpointing,
+        checkpoint_every: a.checkpoint_every,
+        offload: a.offload,
         micro_batch_size: cfg.train.micro_batch_size as u64,
         seq_len: cfg.data.seq_len as u64,
         loss_chunk_tokens: cfg.train.loss_chunk_tokens as u64,

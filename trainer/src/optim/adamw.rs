@@ -27,8 +27,9 @@ use crate::flat::{layout, Slot};
 use super::host::{self, HostBuffers};
 
 /// Elements of the offloaded shard updated before the copier thread sends them to the device
-/// (64 MB of fp32: the copy of one chunk overlaps the update of the next).
-const OFFLOAD_CHUNK: usize = 1 << 24;
+/// (64 MB of fp32: the copy of one chunk overlaps the update of the next); `info`'s memory
+/// plan counts one staging chunk (`tools::memory_plan::OFFLOAD_CHUNK`).
+pub const OFFLOAD_CHUNK: usize = 1 << 24;
 
 /// Hyper-parameters of one AdamW step.
 #[derive(Debug, Clone, Copy)]
@@ -67,13 +68,33 @@ pub struct FlatAdamW {
     segments: Segments,
     /// Master weights and moments in host memory while the parameters are on a GPU.
     offload: bool,
-    /// Offload with parameters in 16 bits on a GPU: the pinned host buffer a chunk is rounded
-    /// into before its copy to the device.
+    /// Offload with parameters in 16 bits on a GPU: the pinned host buffer of one chunk that
+    /// each chunk is rounded into before its (blocking) copy to the device.
     staging: Option<Tensor>,
-    /// Threads of the host update.
-    threads: usize,
     /// Elements per offloaded chunk.
     chunk: usize,
+}
+
+/// A zeroed host buffer for offloaded state beside `device`: pinned when it is a GPU (so that
+/// copies run asynchronously), allocated pinned directly (a 7B model's state would not fit
+/// twice in host memory).
+fn host_zeros(len: i64, kind: Kind, device: Device) -> Result<Tensor, DistError> {
+    if !device.is_cuda() {
+        return Ok(Tensor::zeros([len], (kind, Device::Cpu)));
+    }
+    baichuan_model::pinned::zeros_pinned(len, kind).map_err(|e| {
+        DistError::Protocol(format!(
+            "optimizer offload: cannot allocate {:.2} GiB of pinned host memory ({e}); HINT: the host needs 16 bytes \
+             per parameter of each rank's shard (baichuan info --offload)",
+            len as f64 * kind.elt_size_in_bytes() as f64 / (1u64 << 30) as f64
+        ))
+    })
+}
+
+/// Threads of the host update: libtorch's intra-op threads (the trainer gives each local rank
+/// its share of the cores).
+fn host_threads() -> usize {
+    tch::get_num_threads().max(1) as usize
 }
 
 /// Coalesces the decayed slots into contiguous spans, clipped to `[lo, hi)`, shard-relative.
@@ -132,24 +153,20 @@ impl FlatAdamW {
         comm.broadcast(&flat, 0).wait()?;
         let (lo, len) = (shard.0 as i64, shard.1 as i64);
         let alias = kind == Kind::Float && !offload;
-        // pinned host memory lets the device copy it asynchronously
-        let host = |t: Tensor| if device.is_cuda() { t.pin_memory(device) } else { t };
-        let state_device = if offload { Device::Cpu } else { device };
         let master = if alias {
             flat.narrow(0, lo, len)
         } else if offload {
-            let m = host(Tensor::zeros([len], (Kind::Float, Device::Cpu)));
+            let m = host_zeros(len, Kind::Float, device)?;
             tch::no_grad(|| m.shallow_clone().copy_(&flat.narrow(0, lo, len)));
             m
         } else {
             flat.narrow(0, lo, len).to_kind(Kind::Float)
         };
-        let zeros = || {
-            let t = Tensor::zeros([len], (Kind::Float, state_device));
+        let zeros = || -> Result<Tensor, DistError> {
             if offload {
-                host(t)
+                host_zeros(len, Kind::Float, device)
             } else {
-                t
+                Ok(Tensor::zeros([len], (Kind::Float, device)))
             }
         };
         let decay_spans = decay_spans(&slots, lo, lo + len);
@@ -157,11 +174,12 @@ impl FlatAdamW {
             segments: segments(&decay_spans, len),
             decay_spans,
             slots,
-            exp_avg: zeros(),
-            exp_avg_sq: zeros(),
+            exp_avg: zeros()?,
+            exp_avg_sq: zeros()?,
             master,
             staging: (offload && device.is_cuda() && kind != Kind::Float)
-                .then(|| host(Tensor::zeros([len], (kind, Device::Cpu)))),
+                .then(|| host_zeros(len.min(OFFLOAD_CHUNK as i64), kind, device))
+                .transpose()?,
             params: flat,
             shard,
             step: 0,
@@ -169,7 +187,6 @@ impl FlatAdamW {
             fused: None,
             params_fresh: std::cell::Cell::new(false),
             offload,
-            threads: host::threads(),
             chunk: OFFLOAD_CHUNK,
         })
     }
@@ -182,13 +199,8 @@ impl FlatAdamW {
 
     /// A host fp32 buffer of the shard's length for the reduced gradient (pinned beside a
     /// GPU), which the reducer fills when offloading.
-    pub fn host_grad_buffer(&self) -> Tensor {
-        let t = Tensor::zeros([self.shard.1 as i64], (Kind::Float, Device::Cpu));
-        if self.params.device().is_cuda() {
-            t.pin_memory(self.params.device())
-        } else {
-            t
-        }
+    pub fn host_grad_buffer(&self) -> Result<Tensor, DistError> {
+        host_zeros(self.shard.1 as i64, Kind::Float, self.params.device())
     }
 
     /// Uses the fused CUDA kernel for the updates from now on; an error (not CUDA, no NVRTC)
@@ -208,14 +220,14 @@ impl FlatAdamW {
         if self.offload {
             return format!(
                 "offloaded: state in host memory, {} host threads{}",
-                self.threads,
+                host_threads(),
                 if host::uses_avx2() { " (AVX2)" } else { "" }
             );
         }
         if !self.master.device().is_cuda() {
             return format!(
                 "host update, {} threads{}",
-                self.threads,
+                host_threads(),
                 if host::uses_avx2() { " (AVX2)" } else { "" }
             );
         }
@@ -354,7 +366,7 @@ impl FlatAdamW {
                 v: std::slice::from_raw_parts_mut(ptrs[3].add(a), len),
             }
         };
-        let threads = self.threads;
+        let threads = host_threads();
         if !self.offload {
             host::update(buffers(0, n), 0, &self.segments, &k, threads);
             return;
@@ -375,7 +387,7 @@ impl FlatAdamW {
                     match &staging {
                         // round on the host, then a pinned copy (half the bytes over PCIe)
                         Some(st) => {
-                            let st = st.narrow(0, a, len);
+                            let st = st.narrow(0, 0, len);
                             st.shallow_clone().copy_(&chunk);
                             to.shallow_clone().copy_(&st);
                         }

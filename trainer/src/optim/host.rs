@@ -112,13 +112,19 @@ pub fn update(b: HostBuffers, base: usize, segments: &[(i64, i64, bool)], k: &St
     }
     let HostBuffers { p, g, m, v } = b;
     std::thread::scope(|s| {
-        let parts = p
+        let mut parts = p
             .chunks_mut(per)
             .zip(g.chunks(per))
             .zip(m.chunks_mut(per))
-            .zip(v.chunks_mut(per));
-        for (i, (((p, g), m), v)) in parts.enumerate() {
+            .zip(v.chunks_mut(per))
+            .enumerate();
+        let first = parts.next();
+        for (i, (((p, g), m), v)) in parts {
             s.spawn(move || update_range(HostBuffers { p, g, m, v }, base + i * per, segments, k));
+        }
+        // the calling thread takes the first chunk
+        if let Some((_, (((p, g), m), v))) = first {
+            update_range(HostBuffers { p, g, m, v }, base, segments, k);
         }
     });
 }

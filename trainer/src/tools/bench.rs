@@ -8,6 +8,10 @@
 //! sizes, beside this machine's own ceilings measured in the same run (memory copy and a
 //! single loopback TCP stream).
 //!
+//! `baichuan bench adamw`: the host AdamW of CPU runs and optimizer offload (`optim::host`),
+//! parameters updated per second over a flat buffer, for comparison with `torch.optim.AdamW`
+//! on the same threads (`scripts/bench_adamw.sh`).
+//!
 //! Bandwidths follow nccl-tests' conventions: algorithm bandwidth = bytes / time; bus
 //! bandwidth = algbw x 2(W-1)/W for all-reduce, which is comparable with link speed.
 //! The ranks are threads of this process, each with its own store connection and ring
@@ -135,6 +139,52 @@ pub struct StepBench {
     pub loss: String,
     /// Which SwiGLU product ran (kernel, spliced out of autograd, or ATen ops).
     pub swiglu: String,
+}
+
+/// The host AdamW's speed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdamWBench {
+    pub params: usize,
+    pub threads: usize,
+    pub avx2: bool,
+    /// Median seconds per update.
+    pub seconds: f64,
+    pub params_per_s: f64,
+    /// Bytes moved per second: 16 read (weight, gradient, two moments) + 12 written per parameter.
+    pub gb_per_s: f64,
+}
+
+/// Times `steps` updates (after one untimed) of `params` fp32 parameters on `threads` threads,
+/// all decayed, as the matrices of a model are.
+pub fn host_adamw(params: usize, threads: usize, steps: usize) -> AdamWBench {
+    use crate::optim::host::{update, uses_avx2, HostBuffers};
+    let k = baichuan_cuda::adamw::StepConsts::new(3e-4, (0.9, 0.95), 1e-8, 0.1, 1.0, 1);
+    let (mut p, mut m, mut v) = (vec![0.5f32; params], vec![0f32; params], vec![0f32; params]);
+    let g: Vec<f32> = (0..params).map(|i| ((i % 1999) as f32 - 999.0) * 1e-3).collect();
+    let segments = [(0i64, params as i64, true)];
+    let mut times = Vec::new();
+    for i in 0..=steps.max(1) {
+        let start = Instant::now();
+        let b = HostBuffers {
+            p: &mut p,
+            g: &g,
+            m: &mut m,
+            v: &mut v,
+        };
+        update(b, 0, &segments, &k, threads);
+        if i > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let seconds = median(times);
+    AdamWBench {
+        params,
+        threads,
+        avx2: uses_avx2(),
+        seconds,
+        params_per_s: params as f64 / seconds,
+        gb_per_s: 28.0 * params as f64 / seconds / 1e9,
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -9,6 +9,12 @@
 //! ZeRO (Rajbhandari et al. 2020): fp32 master and both AdamW moments are 12 bytes per
 //! parameter, divided over the ranks from stage 1, the fp32 gradient from stage 2.
 //!
+//! With optimizer offload (ZeRO-Offload, Ren et al. 2021) the master weights and moments
+//! leave the GPU for host memory, which also holds the reduced fp32 gradient of the shard: 16
+//! host bytes per parameter of the rank's shard, plus, in 16-bit precision, one staging chunk
+//! of 2^24 parameters (32 MiB) through which updated chunks go back to the device. The fit table compares the device total, plus 3 GiB for the
+//! CUDA context and allocator slack, with each GPU's memory as libtorch reports it.
+//!
 //! The checkpoint's size follows its layout (see `checkpoint/`): the weights in the parameter
 //! dtype, and the fp32 master weights and both moments; its write time is that of the rank
 //! that writes most (rank 0: the weights and its optimizer shard) at a given per-rank write
@@ -24,6 +30,11 @@ pub struct PlanInput {
     pub param_bytes: u64,
     pub zero_stage: u8,
     pub activation_checkpointing: bool,
+    /// With activation checkpointing: every this-many-th block is recomputed (blocks 0, n,
+    /// 2n, ...); 1 recomputes every block.
+    pub checkpoint_every: u64,
+    /// Master weights and moments in host memory (`train.optimizer_offload = "cpu"`).
+    pub offload: bool,
     pub micro_batch_size: u64,
     pub seq_len: u64,
     /// Tokens per cross-entropy chunk (bounds the fp32 logits).
@@ -41,13 +52,31 @@ pub struct MemoryPlan {
     pub fp32_grads: u64,
     pub activations: u64,
     pub logits: u64,
+    /// Host memory per rank for the offloaded state (0 without offload).
+    pub host: u64,
 }
 
 impl MemoryPlan {
+    /// Device bytes.
     pub fn total(&self) -> u64 {
         self.weights + self.grads + self.master_and_moments + self.fp32_grads + self.activations + self.logits
     }
 }
+
+/// GPUs and their memory as libtorch reports it (`total_memory`), in GiB.
+pub const GPUS: [(&str, f64); 5] = [
+    ("A100 40GB", 39.4),
+    ("A800 / A100 80GB", 79.2),
+    ("H100 80GB", 79.1),
+    ("H200 141GB", 139.8),
+    ("B200 180GB", 178.4),
+];
+
+/// Parameters per offloaded chunk (the optimizer's `OFFLOAD_CHUNK`).
+pub const OFFLOAD_CHUNK: u64 = 1 << 24;
+
+/// The CUDA context and the caching allocator's slack, GiB, added to the plan for the fit.
+pub const SLACK_GIB: f64 = 3.0;
 
 pub fn plan(c: &ModelConfig, p: &PlanInput) -> MemoryPlan {
     let n = c.num_parameters();
@@ -64,18 +93,32 @@ pub fn plan(c: &ModelConfig, p: &PlanInput) -> MemoryPlan {
         n * p.param_bytes
     };
     // fp32 master (only in mixed precision; in fp32 the weights are the master) + 2 moments
-    let state_per_param = if mixed { 12 } else { 8 };
-    let master_and_moments = if p.zero_stage >= 1 {
-        n * state_per_param / w
+    let state_per_param = if mixed || p.offload { 12 } else { 8 };
+    let shard = if p.zero_stage >= 1 { n.div_ceil(w) } else { n };
+    let master_and_moments = if p.offload { 0 } else { shard * state_per_param };
+    // offload: the state, the host copy of the reduced gradient, and a 16-bit staging chunk
+    let host = if p.offload {
+        shard * (state_per_param + 4)
+            + if mixed {
+                shard.min(OFFLOAD_CHUNK) * p.param_bytes
+            } else {
+                0
+            }
     } else {
-        n * state_per_param
+        0
     };
     let fp32_grads = if p.zero_stage >= 1 { n * 4 / w } else { n * 4 };
     // activation bytes scale with the element size (34 s b h is for 2-byte activations)
     let act_scale = p.param_bytes as f64 / 2.0;
     let per_layer = (34 * s * b * h) as f64 * act_scale;
-    let activations = if p.activation_checkpointing {
-        (layers as f64 * (2 * s * b * h) as f64 * act_scale + per_layer) as u64
+    // recomputed blocks keep their input; the others all of their activations
+    let recomputed = if p.activation_checkpointing {
+        layers.div_ceil(p.checkpoint_every.max(1))
+    } else {
+        0
+    };
+    let activations = if recomputed > 0 {
+        (recomputed as f64 * (2 * s * b * h) as f64 * act_scale + (layers - recomputed + 1) as f64 * per_layer) as u64
     } else {
         (layers as f64 * per_layer) as u64
     };
@@ -88,7 +131,14 @@ pub fn plan(c: &ModelConfig, p: &PlanInput) -> MemoryPlan {
         fp32_grads,
         activations,
         logits,
+        host,
     }
+}
+
+/// Whether the plan fits each GPU of [`GPUS`] (device total plus [`SLACK_GIB`]).
+pub fn fits(m: &MemoryPlan) -> Vec<(&'static str, f64, bool)> {
+    let need = gib(m.total()) + SLACK_GIB;
+    GPUS.iter().map(|&(name, cap)| (name, cap, need <= cap)).collect()
 }
 
 /// The checkpoint of a run, in bytes, and how long its slowest writer takes.
@@ -148,11 +198,21 @@ pub fn report(c: &ModelConfig, p: &PlanInput) -> String {
         c.flops_per_token(p.seq_len as i64)
     );
     out += &format!(
-        "memory per GPU: world {}, {}-byte params, ZeRO stage {}, activation checkpointing {}, micro-batch {} x {}\n",
+        "memory per GPU: world {}, {}-byte params, ZeRO stage {}, activation checkpointing {}, optimizer {}, \
+         micro-batch {} x {}\n",
         p.world_size,
         p.param_bytes,
         p.zero_stage,
-        if p.activation_checkpointing { "on" } else { "off" },
+        match (p.activation_checkpointing, p.checkpoint_every) {
+            (false, _) => "off".to_string(),
+            (true, 0 | 1) => "full".to_string(),
+            (true, n) => format!("every {n} blocks"),
+        },
+        if p.offload {
+            "offloaded to host memory"
+        } else {
+            "on the GPU"
+        },
         p.micro_batch_size,
         p.seq_len
     );
@@ -171,6 +231,19 @@ pub fn report(c: &ModelConfig, p: &PlanInput) -> String {
         "total",
         gib(m.total())
     );
+    if p.offload {
+        out +=
+            &format!(
+            "host memory per rank (offload): {:.2} GiB (fp32 master, moments and reduced gradient of the shard{})\n",
+            gib(m.host),
+            if p.param_bytes < 4 { ", a 16-bit staging chunk" } else { "" }
+        );
+    }
+    let row: Vec<String> = fits(&m)
+        .iter()
+        .map(|(name, cap, ok)| format!("{name} ({cap:.0} GiB): {}", if *ok { "fits" } else { "does not fit" }))
+        .collect();
+    out += &format!("fits (total + {SLACK_GIB:.0} GiB slack): {}\n", row.join("; "));
     let k = checkpoint_plan(c, p);
     out += &format!(
         "checkpoint: {:.2} GiB ({:.2} GiB weights + {:.2} GiB fp32 master and moments); rank 0 writes {:.2} GiB, \
@@ -195,6 +268,8 @@ mod tests {
             param_bytes: 2,
             zero_stage: stage,
             activation_checkpointing: ckpt,
+            checkpoint_every: 1,
+            offload: false,
             micro_batch_size: 1,
             seq_len: 4096,
             loss_chunk_tokens: 4096,
@@ -216,6 +291,53 @@ mod tests {
         assert!(gib(zero1.total()) < 80.0, "{}", gib(zero1.total()));
         let zero2 = plan(&c, &input(8, 2, true));
         assert!(zero2.total() < zero1.total());
+    }
+
+    /// The issue's numbers: 7B on one GPU needs ~134 GiB with the state on the GPU (fits only
+    /// the H200), and with offload the device keeps weights, gradients and activations
+    /// (fits 80 GB) while the host holds 16 bytes per parameter and a 32 MiB staging chunk.
+    #[test]
+    fn offload_moves_twelve_bytes_per_parameter_to_the_host() {
+        let c = ModelConfig::baichuan_7b();
+        let n = c.num_parameters();
+        let on_gpu = plan(&c, &input(1, 0, true));
+        assert!((130.0..136.0).contains(&gib(on_gpu.total())), "{}", gib(on_gpu.total()));
+        let fit = |m: &MemoryPlan| fits(m).iter().filter(|f| f.2).map(|f| f.0).collect::<Vec<_>>();
+        assert_eq!(fit(&on_gpu), vec!["H200 141GB", "B200 180GB"]);
+        let off = plan(
+            &c,
+            &PlanInput {
+                offload: true,
+                ..input(1, 0, true)
+            },
+        );
+        assert_eq!(off.master_and_moments, 0);
+        assert_eq!(on_gpu.total() - off.total(), 12 * n);
+        assert_eq!(off.host, 16 * n + 2 * (1 << 24));
+        assert!(fit(&off).contains(&"H100 80GB") && !fit(&off).contains(&"A100 40GB"));
+        // sharded: each of 8 ranks offloads an eighth
+        let off8 = plan(
+            &c,
+            &PlanInput {
+                offload: true,
+                ..input(8, 2, true)
+            },
+        );
+        assert_eq!(off8.host, 16 * n.div_ceil(8) + 2 * (1 << 24));
+    }
+
+    #[test]
+    fn partial_checkpointing_keeps_the_other_blocks_activations() {
+        let c = ModelConfig::baichuan_7b();
+        let every4 = plan(
+            &c,
+            &PlanInput {
+                checkpoint_every: 4,
+                ..input(1, 0, true)
+            },
+        );
+        // 8 of 32 blocks recomputed (2 units each), 24 + 1 keep 34 units of s*b*h
+        assert_eq!(every4.activations, (8 * 2 + 25 * 34) * 4096 * 4096);
     }
 
     #[test]
