@@ -62,8 +62,11 @@ pub struct RunState<'a> {
 
 impl Snapshot {
     /// Copies this rank's checkpoint state to host memory (the only part of a save the loop
-    /// waits for).
+    /// waits for). Without `checkpoint.async_save` the loop waits for the whole write, so
+    /// state already in host memory (an offloaded optimizer's) is written from where it is,
+    /// not copied: a 7B state need not fit twice in host memory.
     pub fn take(opt: &FlatAdamW, s: RunState) -> Self {
+        let sync = !s.config.checkpoint.async_save;
         let stage = s.config.train.zero_stage;
         // below stage 1 every rank holds the same state: rank 0 writes it as one shard
         let writers = if stage >= 1 { s.world } else { 1 };
@@ -74,7 +77,13 @@ impl Snapshot {
             vec![(0, total)]
         };
         let mine = if s.rank < writers { opt.shard } else { (0, 0) };
-        let host = |t: &Tensor| t.to_device(Device::Cpu).copy();
+        let host = |t: &Tensor| {
+            if sync && t.device() == Device::Cpu {
+                t.shallow_clone()
+            } else {
+                t.to_device(Device::Cpu).copy()
+            }
+        };
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             step: s.step,
