@@ -54,6 +54,10 @@ enum BenchCommand {
         /// Largest message in MiB (sizes double from 4 KiB).
         #[arg(long, default_value_t = 64)]
         max_mb: usize,
+        /// Also time all-gather and reduce-scatter, fit the ring's latency and bandwidth to the
+        /// all-gather, and print the cluster model's prediction of the other two beside them.
+        #[arg(long)]
+        model: bool,
     },
     /// The host AdamW (CPU runs and optimizer offload): parameters updated per second.
     Adamw {
@@ -74,7 +78,12 @@ enum BenchCommand {
 
 pub fn run(a: BenchArgs) -> Result<()> {
     match a.what {
-        Some(BenchCommand::Comm { backend, nproc, max_mb }) => return comm(&backend, nproc, max_mb),
+        Some(BenchCommand::Comm {
+            backend,
+            nproc,
+            max_mb,
+            model,
+        }) => return comm(&backend, nproc, max_mb, model),
         Some(BenchCommand::Adamw {
             params_m,
             threads,
@@ -163,8 +172,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// `bench comm`: the ceilings, then the all-reduce table.
-fn comm(backend: &str, nproc: usize, max_mb: usize) -> Result<()> {
+/// `bench comm`: the ceilings, then the all-reduce table (with `model`, the calibration of the
+/// cluster step model against this machine's collectives).
+fn comm(backend: &str, nproc: usize, max_mb: usize, model: bool) -> Result<()> {
     if backend != "tcp" {
         bail!("--backend {backend:?}: this build measures the tcp backend");
     }
@@ -178,6 +188,9 @@ fn comm(backend: &str, nproc: usize, max_mb: usize) -> Result<()> {
     let mut sizes = vec![4096usize];
     while *sizes.last().expect("one size") < max_mb << 20 {
         sizes.push(sizes.last().expect("one size") * 4);
+    }
+    if model {
+        return comm_model(nproc.max(2), &sizes);
     }
     let rows = bench::tcp_all_reduce(nproc.max(2), &sizes, Duration::from_millis(300))?;
     println!("all-reduce, tcp backend, {} ranks (fp32, in place)", nproc.max(2));
@@ -195,5 +208,62 @@ fn comm(backend: &str, nproc: usize, max_mb: usize) -> Result<()> {
             100.0 * r.busbw_gbs * 1e9 / tcp
         );
     }
+    Ok(())
+}
+
+/// The cluster model against this machine: the ring's latency and bandwidth fitted to the
+/// all-gather times, then the model's all-reduce and reduce-scatter times beside the measured.
+fn comm_model(world: usize, sizes: &[usize]) -> Result<()> {
+    use baichuan_trainer::tools::bench::CommOp;
+    use baichuan_trainer::tools::cluster::{fit_ring, reduce_scatter_time, reduction_time, ring_all_reduce_time};
+    let min = Duration::from_millis(300);
+    let gather = bench::tcp_collective(world, CommOp::AllGather, sizes, min)?;
+    let points: Vec<(f64, f64)> = gather.iter().map(|r| (r.bytes as f64, r.seconds)).collect();
+    let (alpha, bw) = fit_ring(world as u64, &points).context("the all-gather times give no physical fit")?;
+    let reduce = bench::reduction_rate();
+    println!(
+        "fit to the all-gather ({world} ranks): latency {:.1} us per ring step, bus bandwidth {:.3} GB/s; \
+         the ring's reduction loop alone: {:.2} GB/s",
+        alpha * 1e6,
+        bw / 1e9,
+        reduce / 1e9
+    );
+    println!(
+        "{:>15} {:>12} {:>14} {:>14} {:>8}",
+        "collective", "bytes", "measured us", "model us", "error"
+    );
+    let n = world as u64;
+    let mut worst: f64 = 0.0;
+    for op in [CommOp::AllGather, CommOp::ReduceScatter, CommOp::AllReduce] {
+        let rows = if op == CommOp::AllGather {
+            gather.clone()
+        } else {
+            bench::tcp_collective(world, op, sizes, min)?
+        };
+        for r in rows {
+            let s = r.bytes as f64;
+            let model = match op {
+                CommOp::AllReduce => ring_all_reduce_time(s, n, bw, alpha) + reduction_time(s, n, reduce),
+                CommOp::ReduceScatter => reduce_scatter_time(s, n, bw, alpha) + reduction_time(s, n, reduce),
+                CommOp::AllGather => reduce_scatter_time(s, n, bw, alpha),
+            };
+            let err = model / r.seconds - 1.0;
+            if op != CommOp::AllGather {
+                worst = worst.max(err.abs());
+            }
+            println!(
+                "{:>15} {:>12} {:>14.1} {:>14.1} {:>+7.1}%",
+                op.name(),
+                r.bytes,
+                r.seconds * 1e6,
+                model * 1e6,
+                100.0 * err
+            );
+        }
+    }
+    println!(
+        "worst error of the predicted collectives (reduce-scatter, all-reduce): {:.1}%",
+        100.0 * worst
+    );
     Ok(())
 }

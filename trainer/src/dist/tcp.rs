@@ -45,6 +45,24 @@ struct Ring {
     world: usize,
     next: TcpStream,
     prev: TcpStream,
+    /// The receive buffer of reduce-scatter steps, kept between collectives.
+    scratch: Vec<u8>,
+}
+
+/// The ranges `send` and `recv` of one buffer, which must not overlap: the first to read,
+/// the second to write, without copying either.
+fn split_pair<T>(buf: &mut [T], send: (usize, usize), recv: (usize, usize)) -> (&[T], &mut [T]) {
+    assert!(
+        send.0 + send.1 <= recv.0 || recv.0 + recv.1 <= send.0,
+        "ring ranges {send:?} and {recv:?} overlap"
+    );
+    if send.0 + send.1 <= recv.0 {
+        let (lo, hi) = buf.split_at_mut(recv.0);
+        (&lo[send.0..send.0 + send.1], &mut hi[..recv.1])
+    } else {
+        let (lo, hi) = buf.split_at_mut(send.0);
+        (&hi[..send.1], &mut lo[recv.0..recv.0 + recv.1])
+    }
 }
 
 fn as_bytes(x: &[f32]) -> &[u8] {
@@ -71,17 +89,23 @@ impl Ring {
 
     fn reduce_scatter(&mut self, data: &mut [f32], ranges: &[(usize, usize)]) -> Result<(), DistError> {
         let (r, w) = (self.rank, self.world);
-        let mut tmp = Vec::new();
+        let mut tmp = std::mem::take(&mut self.scratch);
         for s in 0..w - 1 {
             let (so, sl) = ranges[(r + 2 * w - s - 1) % w];
             let (ro, rl) = ranges[(r + 2 * w - s - 2) % w];
-            let send = data[so..so + sl].to_vec();
             tmp.resize(rl * 4, 0u8);
-            self.exchange(as_bytes(&send), &mut tmp)?;
+            // the chunk sent and the one reduced into are different ranks' ranges
+            let (send, _) = split_pair(data, (so, sl), (ro, rl));
+            let sent = self.exchange(as_bytes(send), &mut tmp);
+            if let Err(e) = sent {
+                self.scratch = tmp;
+                return Err(e);
+            }
             for (d, b) in data[ro..ro + rl].iter_mut().zip(tmp.chunks_exact(4)) {
                 *d += f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
             }
         }
+        self.scratch = tmp;
         Ok(())
     }
 
@@ -90,8 +114,8 @@ impl Ring {
         for s in 0..w - 1 {
             let (so, sl) = ranges[(r + w - s) % w];
             let (ro, rl) = ranges[(r + 2 * w - s - 1) % w];
-            let send = bytes[so..so + sl].to_vec();
-            self.exchange(&send, &mut bytes[ro..ro + rl])?;
+            let (send, recv) = split_pair(bytes, (so, sl), (ro, rl));
+            self.exchange(send, recv)?;
         }
         Ok(())
     }
@@ -311,6 +335,7 @@ impl TcpComm {
             world,
             next,
             prev,
+            scratch: Vec::new(),
         };
         let (tx, rx) = channel::<Job>();
         std::thread::Builder::new()
@@ -433,6 +458,26 @@ pub fn run_local_ranks<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ring_ranges_split_without_copies() {
+        let mut buf = [0u8, 1, 2, 3, 4, 5, 6, 7];
+        let (send, recv) = split_pair(&mut buf, (0, 3), (5, 2));
+        assert_eq!(send, &[0, 1, 2]);
+        recv.copy_from_slice(&[9, 9]);
+        let (send, recv) = split_pair(&mut buf, (4, 4), (1, 2));
+        assert_eq!(send, &[4, 9, 9, 7]);
+        assert_eq!(recv, &mut [1, 2]);
+        // empty ranges (more ranks than elements, uneven ZeRO-2 parts) may share an offset
+        let (send, recv) = split_pair(&mut buf, (3, 0), (3, 0));
+        assert!(send.is_empty() && recv.is_empty());
+        let (send, recv) = split_pair(&mut buf, (0, 0), (0, 2));
+        assert!(send.is_empty() && recv.len() == 2);
+        let (send, recv) = split_pair(&mut buf, (0, 2), (0, 0));
+        assert!(send.len() == 2 && recv.is_empty());
+        let (send, recv) = split_pair(&mut buf, (2, 0), (0, 2));
+        assert!(send.is_empty() && recv.len() == 2);
+    }
 
     /// Three idle connections and a wrong-token one reach the listener before the previous
     /// rank does: it is still accepted at once, not after their read timeouts.

@@ -82,22 +82,82 @@ pub fn loopback_tcp_bandwidth() -> Result<f64> {
     Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Bytes per second of the TCP ring's reduction step on this CPU: a received fp32 buffer
+/// (little-endian bytes) added into the local one, as `dist/tcp.rs` does after each exchange
+/// (64 MiB, best of three).
+pub fn reduction_rate() -> f64 {
+    let n = 16 << 20;
+    let mut data = vec![1f32; n];
+    let recv: Vec<u8> = (0..n).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let start = Instant::now();
+        for (d, b) in data.iter_mut().zip(recv.chunks_exact(4)) {
+            *d += f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&data);
+    (n * 4) as f64 / best
+}
+
+/// The collectives `bench comm` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommOp {
+    AllReduce,
+    ReduceScatter,
+    AllGather,
+}
+
+impl CommOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            CommOp::AllReduce => "all-reduce",
+            CommOp::ReduceScatter => "reduce-scatter",
+            CommOp::AllGather => "all-gather",
+        }
+    }
+
+    /// nccl-tests' bus-bandwidth factor: 2(W-1)/W for all-reduce, (W-1)/W for the others.
+    pub fn bus_factor(self, world: usize) -> f64 {
+        let f = (world - 1) as f64 / world as f64;
+        if self == CommOp::AllReduce {
+            2.0 * f
+        } else {
+            f
+        }
+    }
+}
+
 /// All-reduce timings for `world` ranks over the tcp backend.
 pub fn tcp_all_reduce(world: usize, sizes: &[usize], min_time: Duration) -> Result<Vec<CommRow>> {
+    tcp_collective(world, CommOp::AllReduce, sizes, min_time)
+}
+
+/// Timings of `op` for `world` ranks over the tcp backend, on fp32 buffers of `sizes` bytes
+/// (the whole buffer: reduce-scatter and all-gather move even parts of it).
+pub fn tcp_collective(world: usize, op: CommOp, sizes: &[usize], min_time: Duration) -> Result<Vec<CommRow>> {
     let sizes = sizes.to_vec();
     let per_rank = run_local_ranks(world, move |comm| -> Result<Vec<CommRow>> {
         let mut rows = Vec::new();
         for &bytes in &sizes {
-            let buf = Tensor::ones([(bytes / 4) as i64], (Kind::Float, tch::Device::Cpu));
+            let n = bytes / 4;
+            let buf = Tensor::ones([n as i64], (Kind::Float, tch::Device::Cpu));
+            let ranges = crate::dist::even_ranges(n, world);
+            let once = || match op {
+                CommOp::AllReduce => comm.all_reduce(&buf, ReduceOp::Sum).wait(),
+                CommOp::ReduceScatter => comm.reduce_scatter(&buf, &ranges, ReduceOp::Sum).wait(),
+                CommOp::AllGather => comm.all_gather(&buf, &ranges).wait(),
+            };
             let warm = Instant::now();
-            comm.all_reduce(&buf, ReduceOp::Sum).wait()?;
+            once()?;
             // the ranks agree on an iteration count from the mean warm-up time
             let mean = comm.all_reduce_scalar(warm.elapsed().as_secs_f64(), ReduceOp::Avg)?;
             let iters = (min_time.as_secs_f64() / mean.max(1e-6)).clamp(3.0, 1000.0) as u64;
             comm.barrier()?;
             let start = Instant::now();
             for _ in 0..iters {
-                comm.all_reduce(&buf, ReduceOp::Sum).wait()?;
+                once()?;
             }
             let seconds = start.elapsed().as_secs_f64() / iters as f64;
             let algbw = bytes as f64 / seconds / 1e9;
@@ -105,7 +165,7 @@ pub fn tcp_all_reduce(world: usize, sizes: &[usize], min_time: Duration) -> Resu
                 bytes,
                 seconds,
                 algbw_gbs: algbw,
-                busbw_gbs: algbw * 2.0 * (world - 1) as f64 / world as f64,
+                busbw_gbs: algbw * op.bus_factor(world),
             });
         }
         Ok(rows)
