@@ -58,6 +58,11 @@ enum BenchCommand {
         /// all-gather, and print the cluster model's prediction of the other two beside them.
         #[arg(long)]
         model: bool,
+        /// With --model: a run directory trained with --nproc ranks on this machine; the model's
+        /// exposed communication of each step (its buckets at their recorded issue times)
+        /// beside the recorded wait.
+        #[arg(long, requires = "model")]
+        run: Option<PathBuf>,
     },
     /// The host AdamW (CPU runs and optimizer offload): parameters updated per second.
     Adamw {
@@ -83,7 +88,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
             nproc,
             max_mb,
             model,
-        }) => return comm(&backend, nproc, max_mb, model),
+            run,
+        }) => return comm(&backend, nproc, max_mb, model, run),
         Some(BenchCommand::Adamw {
             params_m,
             threads,
@@ -174,7 +180,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
 /// `bench comm`: the ceilings, then the all-reduce table (with `model`, the calibration of the
 /// cluster step model against this machine's collectives).
-fn comm(backend: &str, nproc: usize, max_mb: usize, model: bool) -> Result<()> {
+fn comm(backend: &str, nproc: usize, max_mb: usize, model: bool, run: Option<PathBuf>) -> Result<()> {
     if backend != "tcp" {
         bail!("--backend {backend:?}: this build measures the tcp backend");
     }
@@ -190,7 +196,7 @@ fn comm(backend: &str, nproc: usize, max_mb: usize, model: bool) -> Result<()> {
         sizes.push(sizes.last().expect("one size") * 4);
     }
     if model {
-        return comm_model(nproc.max(2), &sizes);
+        return comm_model(nproc.max(2), &sizes, run);
     }
     let rows = bench::tcp_all_reduce(nproc.max(2), &sizes, Duration::from_millis(300))?;
     println!("all-reduce, tcp backend, {} ranks (fp32, in place)", nproc.max(2));
@@ -213,7 +219,7 @@ fn comm(backend: &str, nproc: usize, max_mb: usize, model: bool) -> Result<()> {
 
 /// The cluster model against this machine: the ring's latency and bandwidth fitted to the
 /// all-gather times, then the model's all-reduce and reduce-scatter times beside the measured.
-fn comm_model(world: usize, sizes: &[usize]) -> Result<()> {
+fn comm_model(world: usize, sizes: &[usize], run: Option<PathBuf>) -> Result<()> {
     use baichuan_trainer::tools::bench::CommOp;
     use baichuan_trainer::tools::cluster::{fit_ring, reduce_scatter_time, reduction_time, ring_all_reduce_time};
     let min = Duration::from_millis(300);
@@ -265,5 +271,92 @@ fn comm_model(world: usize, sizes: &[usize]) -> Result<()> {
         "worst error of the predicted collectives (reduce-scatter, all-reduce): {:.1}%",
         100.0 * worst
     );
+    if let Some(dir) = run {
+        exposed_in_run(&dir, world, alpha, bw, reduce)?;
+    }
+    Ok(())
+}
+
+/// The model's exposed communication for each recorded step of a run: its buckets (the
+/// reducer's layout of the run's model and bucket size) issued at the recorded times, one after
+/// another on the ring, against the recorded end of backward; beside the recorded wait.
+fn exposed_in_run(dir: &std::path::Path, world: usize, alpha: f64, bw: f64, reduce: f64) -> Result<()> {
+    use baichuan_trainer::tools::cluster::{
+        bucket_layout, reduce_scatter_time, reduction_time, ring_all_reduce_time, serial_schedule, ModelShape,
+    };
+    let cfg = RunConfig::load(&dir.join("config.toml"), &[])?;
+    let model = cfg.model.resolve()?;
+    let shape = ModelShape::from_config(&model, cfg.data.seq_len as u64)?;
+    let spans = bucket_layout(&shape.unit_params, cfg.dist.bucket_elems(world) as u64);
+    let n = world as u64;
+    let durations: Vec<f64> = spans
+        .iter()
+        .map(|b| {
+            let bytes = b.elems as f64 * 4.0;
+            let reduce_time = reduction_time(bytes, n, reduce);
+            if cfg.train.zero_stage >= 2 {
+                reduce_scatter_time(bytes, n, bw, alpha) + reduce_time
+            } else {
+                ring_all_reduce_time(bytes, n, bw, alpha) + reduce_time
+            }
+        })
+        .collect();
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .with_context(|| format!("{}: no metrics.jsonl", dir.display()))?;
+    println!(
+        "run {} ({world} ranks, ZeRO {}, {} buckets): exposed communication per step, ms",
+        dir.display(),
+        cfg.train.zero_stage,
+        spans.len()
+    );
+    println!("{:>6} {:>10} {:>10} {:>10}", "step", "recorded", "model", "comm busy");
+    let (mut recorded, mut modelled) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        let issued: Vec<f64> = match v["bucket_issue_ms"].as_array() {
+            Some(a) => a.iter().filter_map(|x| x.as_f64()).collect(),
+            None => continue,
+        };
+        if issued.len() != spans.len() {
+            bail!(
+                "{}: step {} issued {} buckets, the model's layout has {}: HINT: pass the run's rank count as --nproc",
+                dir.display(),
+                v["step"],
+                issued.len(),
+                spans.len()
+            );
+        }
+        let ready: Vec<f64> = issued.iter().map(|ms| ms / 1e3).collect();
+        let end = serial_schedule(&ready, &durations).last().map_or(0.0, |t| t.1);
+        let backward_end = v["backward_end_ms"].as_f64().unwrap_or(0.0) / 1e3;
+        let model_wait = (end - backward_end).max(0.0);
+        let wait = v["comm_wait_s"].as_f64().unwrap_or(0.0);
+        println!(
+            "{:>6} {:>10.2} {:>10.2} {:>10.2}",
+            v["step"],
+            wait * 1e3,
+            model_wait * 1e3,
+            durations.iter().sum::<f64>() * 1e3
+        );
+        recorded.push(wait);
+        modelled.push(model_wait);
+    }
+    let quantile = |mut v: Vec<f64>, q: f64| {
+        v.sort_by(f64::total_cmp);
+        v.get((q * (v.len() as f64 - 1.0)).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    // the recorded wait also holds the time the other rank took to reach the collective
+    // (ranks drift apart when they share cores); the model has none of that
+    for (name, q) in [("lower quartile", 0.25), ("median", 0.5)] {
+        let (r, m) = (quantile(recorded.clone(), q), quantile(modelled.clone(), q));
+        println!(
+            "{name} of the exposed communication: recorded {:.2} ms, model {:.2} ms ({:+.0}%)",
+            r * 1e3,
+            m * 1e3,
+            100.0 * (m / r - 1.0)
+        );
+    }
     Ok(())
 }

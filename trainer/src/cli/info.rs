@@ -65,6 +65,10 @@ pub struct InfoArgs {
     /// With --sweep-nodes: draw MFU against the number of GPUs into this PNG.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// With --gpu: each gradient bucket of the last micro-batch (size, when its last unit's
+    /// backward is done, when its collective runs).
+    #[arg(long)]
+    buckets: bool,
     /// Print the model beside the published MFU figures it is validated against.
     #[arg(long)]
     published: bool,
@@ -113,29 +117,6 @@ pub fn run(a: InfoArgs) -> Result<()> {
     Ok(())
 }
 
-/// The model's shape as the step model counts it: units in backward order (head, blocks,
-/// embedding), the input embedding left out of 6N.
-fn shape(model: &ModelConfig, seq: u64) -> Result<ModelShape> {
-    let (v, d) = (model.vocab_size as u64, model.hidden_size as u64);
-    let m = ModelShape::uniform(
-        v,
-        d,
-        model.num_hidden_layers as u64,
-        seq,
-        model.block_parameters(),
-        v * d + d,
-        model.embedding_parameters(),
-    );
-    if m.params != model.num_parameters() {
-        bail!(
-            "the step model's units hold {} parameters, the model {}: untied head and input embedding expected",
-            m.params,
-            model.num_parameters()
-        );
-    }
-    Ok(m)
-}
-
 /// The forward+backward MFU of a `baichuan bench --json` result.
 fn bench_mfu(path: &PathBuf) -> Result<f64> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading --bench {}", path.display()))?;
@@ -173,7 +154,7 @@ fn cluster_report(a: &InfoArgs, gpu_name: &str, cfg: &RunConfig, model: &ModelCo
         )
     })?;
     let seq = cfg.data.seq_len as u64;
-    let mut inp = Inputs::new(shape(model, seq)?, gpu, a.gpus_per_node, a.nodes);
+    let mut inp = Inputs::new(ModelShape::from_config(model, seq)?, gpu, a.gpus_per_node, a.nodes);
     let world = inp.world();
     let micro = cfg.train.micro_batch_size as u64;
     let global = cfg.train.global_batch_size as u64;
@@ -237,6 +218,27 @@ fn cluster_report(a: &InfoArgs, gpu_name: &str, cfg: &RunConfig, model: &ModelCo
         inp.recompute
     );
     print!("{}", step_lines(&step));
+    if a.buckets {
+        println!(
+            "  buckets of the last micro-batch (ms from the start of its backward, which takes {:.1} ms):",
+            step.backward_s / inp.grad_accum as f64 * 1e3
+        );
+        println!(
+            "  {:>6} {:>12} {:>6} {:>10} {:>10} {:>10}",
+            "bucket", "elements", "units", "ready", "start", "end"
+        );
+        for (i, b) in step.buckets.iter().enumerate() {
+            println!(
+                "  {:>6} {:>12} {:>6} {:>10.2} {:>10.2} {:>10.2}",
+                i,
+                b.elems,
+                b.units,
+                b.ready_s * 1e3,
+                b.start_s * 1e3,
+                b.end_s * 1e3
+            );
+        }
+    }
     let (bytes, best) = cluster::suggest_bucket_bytes(&inp, &cluster::default_bucket_candidates())?;
     println!(
         "  suggested bucket: {:.0} MB (step {:.1} ms, MFU {:.1}%; dist.bucket_mb = {:.0})",

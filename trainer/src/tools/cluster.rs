@@ -500,6 +500,29 @@ impl ModelShape {
         ModelShape::uniform(vocab, d, layers, seq_len, block, vocab * d + d, vocab * d)
     }
 
+    /// A baichuan model's shape: units in backward order (head, blocks, embedding) as the
+    /// reducer forms them, the input embedding left out of 6N.
+    pub fn from_config(model: &baichuan_model::ModelConfig, seq_len: u64) -> Result<ModelShape, ClusterError> {
+        let (v, d) = (model.vocab_size as u64, model.hidden_size as u64);
+        let m = ModelShape::uniform(
+            v,
+            d,
+            model.num_hidden_layers as u64,
+            seq_len,
+            model.block_parameters(),
+            v * d + d,
+            model.embedding_parameters(),
+        );
+        if m.params != model.num_parameters() {
+            return Err(invalid(format!(
+                "the units hold {} parameters, the model {}: an untied head and input embedding are expected",
+                m.params,
+                model.num_parameters()
+            )));
+        }
+        Ok(m)
+    }
+
     /// Training FLOPs per token, `6 (N - N_embedding) + 12 L d T` (forward + backward, no
     /// recomputation), as `ModelConfig::flops_per_token`.
     pub fn flops_per_token(&self) -> f64 {
