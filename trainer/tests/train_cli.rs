@@ -202,6 +202,75 @@ fn info_reports_the_7b_parameter_count_and_a_memory_plan() {
     assert!(out.contains("total"), "{out}");
 }
 
+/// `info --gpu`: the compute terms by hand (7B, 4096 tokens per GPU, single-GPU MFU 0.5 on an
+/// H100's 989 TFLOP/s: 46,872,944,640 FLOPs per token x 4096 / 4.945e14 = 388.25 ms, a third
+/// forward), a node sweep with its PNG, and errors that name the flag and the fix.
+#[test]
+fn info_models_a_cluster_step() {
+    let dir = common::temp_dir("info-cluster");
+    let png = dir.join("sweep.png");
+    let out = run_ok(baichuan().args([
+        "info",
+        "--config",
+        "config/baichuan-7b.toml",
+        "--gpu",
+        "H100",
+        "--nodes",
+        "2",
+        "--zero-stage",
+        "2",
+        "--set",
+        "train.global_batch_size=16",
+        "--single-gpu-mfu",
+        "0.5",
+        "--sweep-nodes",
+        "4",
+        "--buckets",
+        "--plot",
+        png.to_str().unwrap(),
+    ]));
+    assert!(out.contains("16 x H100"), "{out}");
+    let ms = |term: &str| -> f64 {
+        let line = out.lines().find(|l| l.trim_start().starts_with(term)).unwrap();
+        line.split_whitespace().rev().nth(2).unwrap().parse().unwrap()
+    };
+    assert_eq!((ms("forward"), ms("backward")), (129.4, 258.8), "{out}");
+    let rows: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("node sweep"))
+        .skip(2)
+        .take_while(|l| !l.starts_with("wrote"))
+        .collect();
+    assert_eq!(rows.len(), 3, "1, 2 and 4 nodes: {out}");
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    // ZeRO 2's per-bucket reduce-scatters: 34 buckets of the 7B at 25 MB (one per block, the
+    // head's and the embedding's)
+    assert!(out.contains("34 buckets"), "{out}");
+
+    let (ok, text) = common::run(&["info", "--config", "config/baichuan-7b.toml", "--gpu", "V100"]);
+    assert!(
+        !ok && text.contains("--gpu V100") && text.contains("HINT: one of A800"),
+        "{text}"
+    );
+    let (ok, text) = common::run(&[
+        "info",
+        "--config",
+        "config/baichuan-7b.toml",
+        "--gpu",
+        "H100",
+        "--nodes",
+        "3",
+        "--set",
+        "train.global_batch_size=16",
+    ]);
+    assert!(
+        !ok && text.contains("global_batch_size") && text.contains("HINT"),
+        "{text}"
+    );
+    let (ok, text) = common::run(&["info", "--config", "config/baichuan-7b.toml", "--sweep-nodes", "4"]);
+    assert!(!ok && text.contains("--gpu"), "{text}");
+}
+
 #[test]
 fn init_writes_a_loadable_seed_checkpoint() {
     let dir = common::temp_dir("init");

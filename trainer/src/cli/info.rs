@@ -91,7 +91,8 @@ pub fn run(a: InfoArgs) -> Result<()> {
     if a.write_gbps <= 0.0 {
         bail!("--write-gbps {}: must be positive", a.write_gbps);
     }
-    let world = if a.gpu.is_some() {
+    let gpu = a.gpu.as_deref().map(lookup_gpu).transpose()?;
+    let world = if gpu.is_some() {
         a.gpus_per_node * a.nodes
     } else {
         a.world_size
@@ -109,7 +110,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
         write_bytes_per_s: a.write_gbps * 1e9,
     };
     print!("{}", report(&model, &input));
-    if let Some(gpu) = &a.gpu {
+    if let Some(gpu) = gpu {
         cluster_report(&a, gpu, &cfg, &model)?;
     } else if a.sweep_nodes.is_some() || a.plot.is_some() {
         bail!("--sweep-nodes and --plot model a cluster: add --gpu A800|A100|H100|H200");
@@ -146,19 +147,22 @@ fn bench_mfu(path: &PathBuf) -> Result<f64> {
     Ok(num("mfu")? * num("step_s")? / compute)
 }
 
-fn cluster_report(a: &InfoArgs, gpu_name: &str, cfg: &RunConfig, model: &ModelConfig) -> Result<()> {
-    let gpu = cluster::gpu_by_name(gpu_name).with_context(|| {
+fn lookup_gpu(name: &str) -> Result<cluster::Gpu> {
+    cluster::gpu_by_name(name).with_context(|| {
         format!(
-            "--gpu {gpu_name}: not in the table; HINT: one of {}",
+            "--gpu {name}: not in the table; HINT: one of {}",
             cluster::GPUS.map(|g| g.name).join(", ")
         )
-    })?;
+    })
+}
+
+fn cluster_report(a: &InfoArgs, gpu: cluster::Gpu, cfg: &RunConfig, model: &ModelConfig) -> Result<()> {
     let seq = cfg.data.seq_len as u64;
     let mut inp = Inputs::new(ModelShape::from_config(model, seq)?, gpu, a.gpus_per_node, a.nodes);
     let world = inp.world();
     let micro = cfg.train.micro_batch_size as u64;
     let global = cfg.train.global_batch_size as u64;
-    if global % (micro * world) != 0 {
+    if !global.is_multiple_of(micro * world) {
         bail!(
             "train.global_batch_size {global} is not a multiple of micro_batch_size {micro} x {world} GPUs; HINT: \
              --set train.global_batch_size={}",
