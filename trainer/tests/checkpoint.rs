@@ -22,16 +22,7 @@ const TINY: &str = "--set model.hidden_size=32 --set model.intermediate_size=64 
     --set data.valid_fraction=0.0 --set train.steps=20 --set checkpoint.interval_steps=5 --set train.log_interval=100";
 
 fn args(head: &str, run: &Path, extra: &str) -> Vec<String> {
-    let mut v: Vec<String> = head.split_whitespace().map(String::from).collect();
-    v.extend([
-        "--config".into(),
-        "config/tiny.toml".into(),
-        "--set".into(),
-        format!("job.run_dir={}", run.display()),
-    ]);
-    v.extend(TINY.split_whitespace().map(String::from));
-    v.extend(extra.split_whitespace().map(String::from));
-    v
+    common::tiny_args(head, run, TINY, extra)
 }
 
 fn baichuan(a: &[String]) -> Command {

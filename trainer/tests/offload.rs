@@ -27,16 +27,7 @@ fn args(world: usize, run: &Path, extra: &str) -> Vec<String> {
     } else {
         format!("launch --nproc {world} --master-port 0")
     };
-    let mut v: Vec<String> = head.split_whitespace().map(String::from).collect();
-    v.extend([
-        "--config".into(),
-        "config/tiny.toml".into(),
-        "--set".into(),
-        format!("job.run_dir={}", run.display()),
-    ]);
-    v.extend(TINY.split_whitespace().map(String::from));
-    v.extend(extra.split_whitespace().map(String::from));
-    v
+    common::tiny_args(&head, run, TINY, extra)
 }
 
 fn weights(run: &Path) -> Vec<u8> {

@@ -162,23 +162,34 @@ impl NcclCommunicator {
         buf: &Tensor,
         launch: impl FnOnce(Api, NcclComm, CuStream, *mut c_void, c_int) -> Result<(), DistError>,
     ) -> Work {
+        if !buf.device().is_cuda() || !buf.is_contiguous() {
+            return Work::failed(DistError::Protocol(
+                "NCCL collectives need contiguous CUDA buffers".into(),
+            ));
+        }
+        let dtype = match nccl_dtype(buf.kind()) {
+            Ok(d) => d,
+            Err(e) => return Work::failed(e),
+        };
+        // SAFETY (of what `launch` does with the pointer): the buffer is a live CUDA tensor
+        // kept alive by the caller until the returned Work is waited for.
+        self.on_stream(false, |api, h| launch(api, h.comm, h.stream, buf.data_ptr(), dtype))
+    }
+
+    /// Runs `launch` on the NCCL stream, ordered after the work queued so far on libtorch's
+    /// stream, and returns a handle whose `wait` makes libtorch's stream wait for it or, with
+    /// `host`, blocks the calling thread until it is done.
+    fn on_stream(&self, host: bool, launch: impl FnOnce(Api, &Handles) -> Result<(), DistError>) -> Work {
         let run = || -> Result<Event, DistError> {
-            if !buf.device().is_cuda() || !buf.is_contiguous() {
-                return Err(DistError::Protocol(
-                    "NCCL collectives need contiguous CUDA buffers".into(),
-                ));
-            }
-            let dtype = nccl_dtype(buf.kind())?;
             let h = self.handles.lock().expect("nccl handles");
             let api = self.api;
-            // SAFETY: driver calls on handles created by this communicator; the buffer is a live
-            // CUDA tensor kept alive by the caller until the returned Work is waited for.
+            // SAFETY: driver calls on the context and stream created by this communicator.
             unsafe {
                 api.cuda_ok("cuCtxSetCurrent", (api.cu.cu_ctx_set_current)(h.ctx))?;
                 let ready = self.event()?;
                 api.cuda_ok("cuEventRecord", (api.cu.cu_event_record)(ready.0, std::ptr::null_mut()))?;
                 api.cuda_ok("cuStreamWaitEvent", (api.cu.cu_stream_wait_event)(h.stream, ready.0, 0))?;
-                launch(api, h.comm, h.stream, buf.data_ptr(), dtype)?;
+                launch(api, &h)?;
                 let done = self.event()?;
                 api.cuda_ok("cuEventRecord", (api.cu.cu_event_record)(done.0, h.stream))?;
                 Ok(done)
@@ -194,10 +205,14 @@ impl NcclCommunicator {
                     // SAFETY: the event was recorded on the NCCL stream of context `ctx`.
                     unsafe {
                         api.cuda_ok("cuCtxSetCurrent", (api.cu.cu_ctx_set_current)(ctx as CuContext))?;
-                        api.cuda_ok(
-                            "cuStreamWaitEvent",
-                            (api.cu.cu_stream_wait_event)(std::ptr::null_mut(), done.0, 0),
-                        )
+                        if host {
+                            api.cuda_ok("cuEventSynchronize", (api.cu.cu_event_synchronize)(done.0))
+                        } else {
+                            api.cuda_ok(
+                                "cuStreamWaitEvent",
+                                (api.cu.cu_stream_wait_event)(std::ptr::null_mut(), done.0, 0),
+                            )
+                        }
                     }
                 })
             }
@@ -305,54 +320,27 @@ impl Communicator for NcclCommunicator {
     /// An asynchronous device-to-host copy on the NCCL stream, so it follows the bucket's
     /// collective without holding up the compute stream; `wait` blocks the host on its event.
     fn copy_to_host(&self, src: &Tensor, dst: &Tensor) -> Work {
-        let run = || -> Result<Event, DistError> {
-            let bytes = src.numel() * src.kind().elt_size_in_bytes();
-            if !src.device().is_cuda()
-                || !src.is_contiguous()
-                || dst.device().is_cuda()
-                || !dst.is_contiguous()
-                || dst.kind() != src.kind()
-                || dst.numel() != src.numel()
-            {
-                return Err(DistError::Protocol(
-                    "copy_to_host needs a contiguous CUDA source and a host destination of its size and dtype".into(),
-                ));
-            }
-            let h = self.handles.lock().expect("nccl handles");
-            let api = self.api;
-            // SAFETY: driver calls on this communicator's context and stream; both buffers
-            // are live tensors of `bytes` bytes kept alive by the caller until `wait`.
-            unsafe {
-                api.cuda_ok("cuCtxSetCurrent", (api.cu.cu_ctx_set_current)(h.ctx))?;
-                // the source may have been written on the compute stream: order after it
-                // (the collective before it on this stream is ordered by the stream itself)
-                let ready = self.event()?;
-                api.cuda_ok("cuEventRecord", (api.cu.cu_event_record)(ready.0, std::ptr::null_mut()))?;
-                api.cuda_ok("cuStreamWaitEvent", (api.cu.cu_stream_wait_event)(h.stream, ready.0, 0))?;
-                api.cuda_ok(
-                    "cuMemcpyDtoHAsync",
-                    (api.cu.cu_memcpy_dtoh_async)(dst.data_ptr(), src.data_ptr() as u64, bytes, h.stream),
-                )?;
-                let done = self.event()?;
-                api.cuda_ok("cuEventRecord", (api.cu.cu_event_record)(done.0, h.stream))?;
-                Ok(done)
-            }
-        };
-        match run() {
-            Err(e) => Work::failed(e),
-            Ok(done) => {
-                let ctx = self.handles.lock().expect("nccl handles").ctx as usize;
-                Work::deferred(move || {
-                    let done = done;
-                    let api = done.1;
-                    // SAFETY: the event was recorded on this communicator's stream in `ctx`.
-                    unsafe {
-                        api.cuda_ok("cuCtxSetCurrent", (api.cu.cu_ctx_set_current)(ctx as CuContext))?;
-                        api.cuda_ok("cuEventSynchronize", (api.cu.cu_event_synchronize)(done.0))
-                    }
-                })
-            }
+        let bytes = src.numel() * src.kind().elt_size_in_bytes();
+        if !src.device().is_cuda()
+            || !src.is_contiguous()
+            || dst.device().is_cuda()
+            || !dst.is_contiguous()
+            || dst.kind() != src.kind()
+            || dst.numel() != src.numel()
+        {
+            return Work::failed(DistError::Protocol(
+                "copy_to_host needs a contiguous CUDA source and a host destination of its size and dtype".into(),
+            ));
         }
+        // the source may have been written on the compute stream (on_stream orders after it);
+        // the collective before it on the NCCL stream is ordered by the stream itself
+        self.on_stream(true, |api, h| {
+            // SAFETY: both buffers are live tensors of `bytes` bytes kept alive by the caller
+            // until `wait`, which blocks until the copy is done.
+            api.cuda_ok("cuMemcpyDtoHAsync", unsafe {
+                (api.cu.cu_memcpy_dtoh_async)(dst.data_ptr(), src.data_ptr() as u64, bytes, h.stream)
+            })
+        })
     }
     fn all_reduce_scalar(&self, value: f64, op: ReduceOp) -> Result<f64, DistError> {
         let t = Tensor::from_slice(&[value as f32]).to_device(self.device);

@@ -24,6 +24,21 @@ pub fn tiny_train_args(run_dir: &Path, settings: &str, extra: &str) -> Vec<Strin
     v
 }
 
+/// The words of `head` (`train`, or `launch --nproc N ...`), then `--config config/tiny.toml`
+/// with `job.run_dir=<run>`, then the words of `settings` and of `extra`.
+pub fn tiny_args(head: &str, run: &Path, settings: &str, extra: &str) -> Vec<String> {
+    let mut v: Vec<String> = head.split_whitespace().map(String::from).collect();
+    v.extend([
+        "--config".into(),
+        "config/tiny.toml".into(),
+        "--set".into(),
+        format!("job.run_dir={}", run.display()),
+    ]);
+    v.extend(settings.split_whitespace().map(String::from));
+    v.extend(extra.split_whitespace().map(String::from));
+    v
+}
+
 /// The repository root: `$BAICHUAN_ROOT` (for test binaries carried to another machine by
 /// scripts/gpu_check.sh) or the source tree they were built from.
 pub fn root() -> PathBuf {
