@@ -66,7 +66,7 @@ mod tests {
 
     /// A zeroed pinned tensor of the asked size and dtype (scripts/gpu_check.sh runs it).
     #[test]
-    #[ignore = "needs CUDA"]
+    #[ignore = "needs CUDA (scripts/gpu_check.sh runs it: GPU_CHECK_ONLY=7b)"]
     fn pinned_tensors_on_cuda() {
         let t = zeros_pinned(1000, Kind::BFloat16).unwrap();
         assert_eq!((t.size(), t.kind()), (vec![1000], Kind::BFloat16));
