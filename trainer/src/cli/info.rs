@@ -69,6 +69,11 @@ pub struct InfoArgs {
     /// backward is done, when its collective runs).
     #[arg(long)]
     buckets: bool,
+    /// With --gpu --offload: the host memory bandwidth one rank's offloaded update gets, GB/s
+    /// (default 25: a two-socket server's ~200 GB/s shared by 8 ranks; `baichuan bench adamw`
+    /// measures a machine's).
+    #[arg(long, default_value_t = 25.0)]
+    host_gbps: f64,
     /// Print the model beside the published MFU figures it is validated against.
     #[arg(long)]
     published: bool,
@@ -196,7 +201,10 @@ fn cluster_report(a: &InfoArgs, gpu: cluster::Gpu, cfg: &RunConfig, model: &Mode
         (None, None) => "assumed; set it with --single-gpu-mfu or --bench".to_string(),
     };
     if a.offload {
-        println!("note: the step model below leaves optimizer offload out (its optimizer term is the GPU kernel's)");
+        if a.host_gbps <= 0.0 {
+            bail!("--host-gbps {}: must be positive", a.host_gbps);
+        }
+        inp.offload_host_bytes_per_s = Some(a.host_gbps * 1e9);
     }
     let step = cluster::step_time(&inp)?;
     let fabric = inp.fabric();
@@ -221,6 +229,13 @@ fn cluster_report(a: &InfoArgs, gpu: cluster::Gpu, cfg: &RunConfig, model: &Mode
         100.0 * inp.single_gpu_mfu,
         inp.recompute
     );
+    if a.offload {
+        println!(
+            "  optimizer offloaded: the update at {:.0} GB/s of host memory per rank (--host-gbps), PCIe {:.0} GB/s",
+            a.host_gbps,
+            gpu.pcie_bytes_per_s / 1e9
+        );
+    }
     print!("{}", step_lines(&step));
     if a.buckets {
         println!(

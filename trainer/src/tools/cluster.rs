@@ -691,6 +691,12 @@ pub struct Inputs {
     /// Whether the parameter all-gather hides behind the next forward (Megatron's
     /// `--overlap-param-gather`, FSDP prefetch). baichuan: no.
     pub gather_overlapped: bool,
+    /// Optimizer offload (`train.optimizer_offload = "cpu"`): the host memory bandwidth one
+    /// rank's update gets, bytes/s. The update then moves 28 bytes per parameter of the shard
+    /// on the host while the updated parameters cross PCIe (the slower of the two), and each
+    /// bucket's part of the shard crosses PCIe to the host after its collective, on the same
+    /// stream. None: the fused kernel on the GPU.
+    pub offload_host_bytes_per_s: Option<f64>,
 }
 
 impl Inputs {
@@ -726,6 +732,7 @@ impl Inputs {
             optimizer_bytes_per_param: 30.0,
             hbm_efficiency: 0.72,
             gather_overlapped: false,
+            offload_host_bytes_per_s: None,
         }
     }
 
@@ -785,6 +792,10 @@ impl Inputs {
         positive("intra-node bus bandwidth", fabric.intra_bus_bytes_per_s)?;
         positive("inter-node bandwidth", fabric.node_net_bytes_per_s)?;
         positive("optimizer_bytes_per_param", self.optimizer_bytes_per_param)?;
+        if let Some(host) = self.offload_host_bytes_per_s {
+            positive("offload host bandwidth", host)?;
+            positive("gpu.pcie_bytes_per_s", self.gpu.pcie_bytes_per_s)?;
+        }
         non_negative("alpha_intra_s", self.alpha_intra_s)?;
         non_negative("alpha_inter_s", self.alpha_inter_s)?;
         if !(self.single_gpu_mfu > 0.0 && self.single_gpu_mfu <= 1.0) {
@@ -889,8 +900,12 @@ pub fn step_time(inputs: &Inputs) -> Result<StepTime, ClusterError> {
     let world = inputs.world();
     let n = model.params;
     let shard = if inputs.zero_stage >= 1 { n.div_ceil(world) } else { n };
-    let optimizer_s =
-        inputs.optimizer_bytes_per_param * shard as f64 / (inputs.hbm_efficiency * inputs.gpu.hbm_bytes_per_s);
+    let optimizer_s = match inputs.offload_host_bytes_per_s {
+        // the host update (16 bytes read, 12 written per parameter) against the copy of the
+        // updated parameters to the GPU, which the copier thread overlaps with it
+        Some(host) => (28.0 * shard as f64 / host).max(inputs.param_bytes * shard as f64 / inputs.gpu.pcie_bytes_per_s),
+        None => inputs.optimizer_bytes_per_param * shard as f64 / (inputs.hbm_efficiency * inputs.gpu.hbm_bytes_per_s),
+    };
     let all_gather_total_s = if inputs.zero_stage >= 1 {
         inputs.fabric().all_gather(n as f64 * inputs.param_bytes)
     } else {
@@ -936,11 +951,24 @@ fn bucket_schedule(inputs: &Inputs, backward_s: f64) -> (Vec<BucketTiming>, f64,
         .iter()
         .map(|b| {
             let bytes = b.elems as f64 * inputs.grad_bytes_per_param;
-            if inputs.zero_stage >= 2 {
+            let collective = if inputs.zero_stage >= 2 {
                 fabric.reduce_scatter(bytes)
             } else {
                 fabric.all_reduce(bytes, inputs.algorithm)
-            }
+            };
+            // offload: this rank's part of the reduced bucket (fp32) goes to the host next
+            let to_host = match inputs.offload_host_bytes_per_s {
+                Some(_) => {
+                    let part = if inputs.zero_stage >= 1 {
+                        inputs.world() as f64
+                    } else {
+                        1.0
+                    };
+                    b.elems as f64 * 4.0 / part / inputs.gpu.pcie_bytes_per_s
+                }
+                None => 0.0,
+            };
+            collective + to_host
         })
         .collect();
     let times = serial_schedule(&ready, &durations);
@@ -1388,6 +1416,27 @@ mod tests {
         assert_eq!(s.limiting_term(), "compute");
         let total: f64 = s.shares().iter().map(|x| x.1).sum();
         assert_close!(total, 1.0);
+    }
+
+    /// Offload, by hand. The 7B on one H100 with 25 GB/s of host bandwidth: the host update
+    /// moves 28 x 7,000,559,616 bytes = 7.8406 s, against 2 x 7,000,559,616 bytes over 64 GB/s
+    /// of PCIe = 0.21877 s, so the update sets the term. The three-bucket toy (world 2, ZeRO 0,
+    /// PCIe 1e9 B/s): each bucket also copies its 4-byte elements to the host, 4,998 x 4 / 1e9
+    /// s more on the stream.
+    #[test]
+    fn offload_moves_the_update_to_the_host_and_the_gradients_over_pcie() {
+        let mut inp = Inputs::new(ModelShape::decoder(64000, 4096, 11008, 32, 4096), H100_SXM, 1, 1);
+        inp.offload_host_bytes_per_s = Some(25e9);
+        assert_close!(step_time(&inp).unwrap().optimizer_s, 28.0 * 7_000_559_616.0 / 25e9);
+        inp.offload_host_bytes_per_s = Some(1e15);
+        assert_close!(step_time(&inp).unwrap().optimizer_s, 2.0 * 7_000_559_616.0 / 64e9);
+        let plain = three_bucket_toy();
+        let mut off = three_bucket_toy();
+        off.offload_host_bytes_per_s = Some(1e9);
+        let (a, b) = (step_time(&plain).unwrap(), step_time(&off).unwrap());
+        assert_close!(b.comm_busy_s - a.comm_busy_s, 4998.0 * 4.0 / 1e9);
+        off.offload_host_bytes_per_s = Some(0.0);
+        assert!(step_time(&off).unwrap_err().0.contains("offload host bandwidth"));
     }
 
     #[test]
