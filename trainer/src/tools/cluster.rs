@@ -1,5 +1,5 @@
 //! The step time of a data-parallel / ZeRO training run on a GPU cluster, from first
-//! principles and published hardware figures: no GPU, no network and no crate beyond `std`.
+//! principles and published hardware figures, computed without a GPU or a network.
 //!
 //! One optimizer step on one rank is modelled as
 //!
