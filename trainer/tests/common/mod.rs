@@ -12,16 +12,7 @@ use std::process::{Command, Output};
 /// `train --config config/tiny.toml --set job.run_dir=<run_dir>`, then the whitespace-separated
 /// words of `settings` and of `extra`.
 pub fn tiny_train_args(run_dir: &Path, settings: &str, extra: &str) -> Vec<String> {
-    let mut v: Vec<String> = vec![
-        "train".into(),
-        "--config".into(),
-        "config/tiny.toml".into(),
-        "--set".into(),
-        format!("job.run_dir={}", run_dir.display()),
-    ];
-    v.extend(settings.split_whitespace().map(String::from));
-    v.extend(extra.split_whitespace().map(String::from));
-    v
+    tiny_args("train", run_dir, settings, extra)
 }
 
 /// The words of `head` (`train`, or `launch --nproc N ...`), then `--config config/tiny.toml`
